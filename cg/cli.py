@@ -1,0 +1,293 @@
+"""The `cg` command: a thin Typer shell over the library. main() is the one error funnel.
+
+Heavy modules (llama_cpp, numpy, huggingface_hub) load inside the commands, so `cg --help`
+stays instant.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .errors import CgError, InputError, UsageError
+
+app = typer.Typer(
+    name="cg",
+    help="CodeGemma in the terminal: fill-in-the-middle completion, generation and GGUF conversion.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+models_app = typer.Typer(help="List, remove and choose installed models.", invoke_without_command=True,
+                         add_completion=False, rich_markup_mode=None)
+app.add_typer(models_app, name="models")
+
+# Options shared by several commands, defined once.
+ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help="GGUF path or installed model name (env CG_MODEL).")]
+CtxOpt = Annotated[int, typer.Option("--ctx", min=64, help="Context size in tokens.")]
+ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", "-t", min=1, help="CPU threads (default: all cores).")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed; same input and seed give the same output.")]
+TempOpt = Annotated[float, typer.Option("--temperature", min=0.0, help="0 is greedy (default).")]
+TopPOpt = Annotated[float, typer.Option("--top-p", min=0.0, max=1.0)]
+TopKOpt = Annotated[int, typer.Option("--top-k", min=0)]
+MaxTokensOpt = Annotated[int, typer.Option("--max-tokens", "-n", min=1, help="Most tokens to generate.")]
+MaxTimeOpt = Annotated[Optional[float], typer.Option("--max-time", min=0.0, help="Seconds; then stop at the next newline.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object with text, stop reason, counts and timings.")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", help="Show llama.cpp's log on stderr.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No warnings or notes on stderr.")]
+StopOpt = Annotated[Optional[list[str]], typer.Option("--stop", help="Extra stop text (repeatable).")]
+ContextOpt = Annotated[Optional[list[Path]], typer.Option("--context", "-c", help="Another file to show the model first (repeatable).")]
+
+
+def _run_options(model, ctx, threads, seed, temperature, top_p, top_k, max_tokens, max_time, verbose, quiet):
+    from .complete import RunOptions
+
+    return RunOptions(model=model, n_ctx=ctx, threads=threads, seed=seed, verbose=verbose,
+                      temperature=temperature, top_p=top_p, top_k=top_k, max_tokens=max_tokens,
+                      max_time=max_time, quiet=quiet)
+
+
+def _read_text(path: Path, what: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(f"{what} not found: {path}", "Check the path.") from None
+    except IsADirectoryError:
+        raise InputError(f"{what} is a directory: {path}", "Pass a file.") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{what} is not UTF-8 text: {path}", "cg reads UTF-8 source files.") from None
+
+
+def _read_stdin() -> str:
+    if sys.stdin is None or sys.stdin.isatty():
+        return ""
+    data = sys.stdin.buffer.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InputError("standard input is not UTF-8 text", "Pipe UTF-8 source code into cg.") from None
+
+
+def _emit(events, as_json: bool) -> None:
+    """Write final text as it arrives (stdout gets exactly the text), or one JSON object."""
+    parts = []
+    for event in events:
+        parts.append(event.text)
+        if event.text and not as_json:
+            sys.stdout.write(event.text)
+            sys.stdout.flush()
+        if event.result is not None and as_json:
+            event.result.text = "".join(parts)
+            sys.stdout.write(json.dumps(event.result.to_json(), ensure_ascii=False) + "\n")
+
+
+def _through(events, transform):
+    """Pass a stream through a text transform (FenceStream), keeping it a stream."""
+    from .complete import Event
+
+    for event in events:
+        text = transform.feed(event.text)
+        if event.result is not None:
+            yield Event(text + transform.finish(), event.token, event.finish_reason, event.result)
+            return
+        if text:
+            yield Event(text, event.token)
+
+
+@app.command()
+def complete(
+    prefix: Annotated[Optional[str], typer.Option("--prefix", help="Text before the cursor.")] = None,
+    suffix: Annotated[Optional[str], typer.Option("--suffix", help="Text after the cursor.")] = None,
+    prefix_file: Annotated[Optional[Path], typer.Option("--prefix-file")] = None,
+    suffix_file: Annotated[Optional[Path], typer.Option("--suffix-file")] = None,
+    marker: Annotated[str, typer.Option("--marker", help="Splits standard input into prefix and suffix.")] = "<CURSOR>",
+    path: Annotated[Optional[str], typer.Option("--path", help="File path sent as the header line.")] = None,
+    context: ContextOpt = None,
+    spm: Annotated[bool, typer.Option("--spm", help="Suffix-prefix-middle order instead of PSM.")] = False,
+    max_lines: Annotated[Optional[int], typer.Option("--max-lines", min=1)] = None,
+    single_line: Annotated[bool, typer.Option("--single-line", help="Stop at the end of the first line.")] = False,
+    require_fim: Annotated[bool, typer.Option("--require-fim", help="Fail on a model without FIM tokens.")] = False,
+    stop: StopOpt = None,
+    as_json: JsonOpt = False,
+    model: ModelOpt = None,
+    ctx: CtxOpt = 4096,
+    threads: ThreadsOpt = None,
+    seed: SeedOpt = 0,
+    temperature: TempOpt = 0.0,
+    top_p: TopPOpt = 0.95,
+    top_k: TopKOpt = 40,
+    max_tokens: MaxTokensOpt = 128,
+    max_time: MaxTimeOpt = None,
+    verbose: VerboseOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Fill in the middle. Input: --prefix/--suffix, files, or stdin split at <CURSOR>.
+
+    Example: printf 'def add(a, b):\\n<CURSOR>\\n' | cg complete
+    """
+    from .complete import stream_complete
+
+    pre, suf = _complete_input(prefix, suffix, prefix_file, suffix_file, marker)
+    ctx_files = [(str(p), _read_text(p, "context file")) for p in context or []]
+    opts = _run_options(model, ctx, threads, seed, temperature, top_p, top_k, max_tokens, max_time, verbose, quiet)
+    events = stream_complete(pre, suf, opts=opts, path=path, context=ctx_files, spm=spm, max_lines=max_lines,
+                             single_line=single_line, require_fim=require_fim, stop=stop or ())
+    _emit(events, as_json)
+
+
+def _complete_input(prefix, suffix, prefix_file, suffix_file, marker) -> tuple[str, str]:
+    if prefix is not None and prefix_file is not None:
+        raise UsageError("--prefix and --prefix-file both given", "Use one of them.")
+    if suffix is not None and suffix_file is not None:
+        raise UsageError("--suffix and --suffix-file both given", "Use one of them.")
+    pre = _read_text(prefix_file, "prefix file") if prefix_file else prefix
+    suf = _read_text(suffix_file, "suffix file") if suffix_file else suffix
+    if pre is None and suf is None:
+        if not marker:
+            raise UsageError("--marker must not be empty")
+        text = _read_stdin()
+        pre, _, suf = text.partition(marker)
+    return pre or "", suf or ""
+
+
+@app.command()
+def generate(
+    prompt: Annotated[Optional[str], typer.Argument(help="The prompt (default: standard input).")] = None,
+    raw: Annotated[bool, typer.Option("--raw", help="Keep a fenced code block as it is.")] = False,
+    chat: Annotated[Optional[bool], typer.Option("--chat/--no-chat", help="Force the instruction turn format on or off.")] = None,
+    stop: StopOpt = None,
+    as_json: JsonOpt = False,
+    model: ModelOpt = None,
+    ctx: CtxOpt = 4096,
+    threads: ThreadsOpt = None,
+    seed: SeedOpt = 0,
+    temperature: TempOpt = 0.0,
+    top_p: TopPOpt = 0.95,
+    top_k: TopKOpt = 40,
+    max_tokens: MaxTokensOpt = 256,
+    max_time: MaxTimeOpt = None,
+    verbose: VerboseOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Generate code from a prompt (instruction models answer it, base models continue it)."""
+    from .complete import stream_generate
+    from .postprocess import FenceStream
+
+    text = prompt if prompt is not None else _read_stdin()
+    opts = _run_options(model, ctx, threads, seed, temperature, top_p, top_k, max_tokens, max_time, verbose, quiet)
+    events = stream_generate(text, opts=opts, chat=chat, stop=stop or ())
+    if not raw:
+        events = _through(events, FenceStream())
+    _emit(events, as_json)
+
+
+@app.command()
+def quantize(
+    src_dir: Annotated[Path, typer.Argument(help="Hugging Face checkpoint folder (config.json, *.safetensors, tokenizer.model).")],
+    type: Annotated[str, typer.Option("--type", help="q4_k_m, q8_0, q4_k_s, q5_k_m, q6_k, f16, bf16 or f32.")] = "q4_k_m",
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output .gguf (default: cg's model store).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output.")] = False,
+    name: Annotated[Optional[str], typer.Option("--name", help="Name in the model store (default: FOLDER-TYPE).")] = None,
+    threads: ThreadsOpt = None,
+) -> None:
+    """Convert a CodeGemma checkpoint to GGUF and quantize it with llama.cpp."""
+    from quantize.convert import convert
+
+    path = convert(src_dir, output, type=type.lower(), force=force, threads=threads, name=name)
+    print(path)
+
+
+@models_app.callback()
+def models_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """List installed models (* marks the one used by default)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from . import store
+
+    records = store.list_models()
+    chosen = store.best_installed()
+    rows = [{"name": r.name, "quant": r.quant, "size": r.size, "source": r.source, "revision": r.revision,
+             "path": r.path, "default": chosen is not None and chosen.name == r.name} for r in records]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        print("No models installed; cg uses the bundled Gemma 3 270M. Get CodeGemma: cg download codegemma-2b",
+              file=sys.stderr)
+        return
+    for row in rows:
+        mark = "*" if row["default"] else " "
+        size = f"{row['size'] / 2**20:.0f} MiB"
+        src = f"{row['source']}@{row['revision'][:10]}" if row["source"] else "-"
+        print(f"{mark} {row['name']}\t{row['quant'] or '-'}\t{size}\t{src}\t{row['path']}")
+
+
+@models_app.command("rm")
+def models_rm(name: str) -> None:
+    """Remove an installed model and its file."""
+    from . import store
+
+    rec = store.remove(name)
+    print(f"Removed {rec.name}", file=sys.stderr)
+
+
+@models_app.command("default")
+def models_default(name: str) -> None:
+    """Use NAME when no --model or CG_MODEL is given."""
+    from . import store
+
+    store.set_default(name)
+    print(f"Default model: {name}", file=sys.stderr)
+
+
+def _fail(message: str, hint: str, code: int) -> int:
+    print(f"Error: {message}", file=sys.stderr)
+    if hint:
+        print(f"Hint: {hint}", file=sys.stderr)
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the app, map every failure to `Error:` + `Hint:` and an exit code."""
+    import click
+
+    command = typer.main.get_command(app)
+    try:
+        command.main(args=argv, prog_name="cg", standalone_mode=False)
+        return 0
+    except CgError as exc:
+        if os.environ.get("CG_DEBUG") == "1":
+            raise
+        return _fail(exc.message, exc.hint, exc.exit_code)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        print(exc.ctx.get_help() if exc.ctx else "", file=sys.stderr)
+        return 2
+    except click.UsageError as exc:
+        cmd = exc.ctx.command_path if exc.ctx else "cg"
+        return _fail(exc.format_message().splitlines()[0], f"Run `{cmd} --help` to see the options.", 2)
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        return _fail("interrupted", "", 130)
+    except BrokenPipeError:
+        # The reader went away (e.g. `| head`): not an error for a pipe tool.
+        sys.stderr.close()
+        return 0
+    except Exception as exc:  # the funnel: no traceback unless asked for
+        if os.environ.get("CG_DEBUG") == "1":
+            raise
+        return _fail(f"{type(exc).__name__}: {exc}", "Run again with CG_DEBUG=1 for the traceback.", 1)
+
+
+def run() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

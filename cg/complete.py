@@ -1,0 +1,243 @@
+"""The library API: complete() and generate(), and their streaming forms.
+
+cli, infill, eval and examples all call these. Flow:
+  store (which GGUF) -> engine (load) -> fim (prompt ids within budget)
+  -> engine.stream (tokens, stop by id) -> postprocess.TextCutter (cuts) -> Completion
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Iterator, Sequence
+
+from . import fim, store
+from .engine import SENTINEL_TEXT, Engine, Sampling, Timings, load, logit_bias_processor
+from .errors import InputError, NoFimError, PromptTooLongError
+from .postprocess import CutRules, TextCutter, strip_fence
+
+
+@dataclass
+class Completion:
+    text: str
+    stop_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    timings: Timings
+    model: str
+    fim: bool = True
+    prompt_ids: list[int] = field(default_factory=list, repr=False)
+
+    def to_json(self) -> dict:
+        return {
+            "text": self.text,
+            "stop_reason": self.stop_reason,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "timings": {k: round(v, 3) for k, v in asdict(self.timings).items()},
+            "model": self.model,
+            "fim": self.fim,
+        }
+
+
+@dataclass(frozen=True)
+class Event:
+    """One step of a stream: final text that can be shown now, the token that produced it,
+    and on the last event the finish reason and the whole result."""
+
+    text: str
+    token: int | None = None
+    finish_reason: str | None = None
+    result: Completion | None = None
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How to load and run the model; shared by every command."""
+
+    model: str | None = None
+    n_ctx: int = 4096
+    threads: int | None = None
+    seed: int = 0
+    verbose: bool = False
+    temperature: float = 0.0
+    top_k: int = 40
+    top_p: float = 0.95
+    max_tokens: int = 128
+    max_time: float | None = None
+    logit_bias: dict[int, float] | None = None
+    quiet: bool = False
+
+    def sampling(self) -> Sampling:
+        return Sampling(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
+
+
+def warn(opts: RunOptions, message: str) -> None:
+    if not opts.quiet:
+        print(f"Warning: {message}", file=sys.stderr)
+
+
+_engines: dict[tuple, Engine] = {}
+
+
+def get_engine(opts: RunOptions) -> Engine:
+    """Load once per process: repeated calls reuse the model and its KV cache."""
+    resolved = store.resolve(opts.model)
+    key = (str(resolved.path.resolve()), opts.n_ctx, opts.threads, opts.verbose)
+    if key not in _engines:
+        if resolved.bundled and not opts.quiet:
+            store.notice_once("bundled", "Note: using the bundled Gemma 3 270M (a general model without FIM). "
+                              "For real code completion run: cg download codegemma-2b")
+        recorded = resolved.record.special_ids if resolved.record else None
+        _engines.clear()  # one model at a time: models are large
+        _engines[key] = load(resolved.path, n_ctx=opts.n_ctx, n_threads=opts.threads,
+                             seed=opts.seed, verbose=opts.verbose, recorded_ids=recorded)
+    engine = _engines[key]
+    engine.llm.set_seed(opts.seed)
+    return engine
+
+
+def _stop_texts(extra: Sequence[str]) -> tuple[str, ...]:
+    return tuple(SENTINEL_TEXT.values()) + tuple(s for s in extra if s)
+
+
+def build_fim_prompt(engine: Engine, prefix: str, suffix: str, opts: RunOptions, *,
+                     path: str | None = None, context: Sequence[tuple[str, str]] = (),
+                     spm: bool = False) -> list[int]:
+    sp = engine.special
+    header = engine.tokenize_text(path + "\n") if path else []
+    overhead = 4 + len(header)  # BOS and three sentinels
+    budget = engine.n_ctx - opts.max_tokens - overhead
+    if budget <= 0:
+        raise PromptTooLongError(
+            f"--max-tokens {opts.max_tokens} leaves no room for the prompt in a {engine.n_ctx}-token context")
+    trimmed = fim.trim_to_budget(engine.tokenize_text(prefix), engine.tokenize_text(suffix), budget)
+    if trimmed.dropped_prefix or trimmed.dropped_suffix:
+        warn(opts, f"input exceeds the context: dropped {trimmed.dropped_prefix} prefix tokens from the top "
+                   f"and {trimmed.dropped_suffix} suffix tokens from the bottom")
+    chunks = []
+    if context and sp.fim_sep is None:
+        warn(opts, "the model has no <|file_separator|> token: --context files are ignored")
+    elif context:
+        chunks = [fim.context_chunk(engine.tokenize_text(f"{p}\n{c}"), sp.fim_sep) for p, c in context]
+    room = budget - len(trimmed.prefix) - len(trimmed.suffix)
+    kept, dropped = fim.pack_context(chunks, room)
+    if dropped:
+        warn(opts, f"{dropped} context file(s) did not fit in the context and were left out")
+    ids = fim.FimIds(_bos(engine), sp.fim_pre, sp.fim_suf, sp.fim_mid, sp.fim_sep)
+    return fim.layout(ids, trimmed.prefix, trimmed.suffix, header=header, context=kept, spm=spm)
+
+
+def build_prefix_prompt(engine: Engine, prefix: str, opts: RunOptions) -> list[int]:
+    budget = engine.n_ctx - opts.max_tokens - 1
+    if budget <= 0:
+        raise PromptTooLongError(
+            f"--max-tokens {opts.max_tokens} leaves no room for the prompt in a {engine.n_ctx}-token context")
+    ids = engine.tokenize_text(prefix)
+    if len(ids) > budget:
+        warn(opts, f"input exceeds the context: dropped {len(ids) - budget} prefix tokens from the top")
+        ids = ids[len(ids) - budget:]
+    return [_bos(engine), *ids]
+
+
+def build_chat_prompt(engine: Engine, message: str, opts: RunOptions) -> list[int]:
+    sp = engine.special
+    tok = engine.tokenize_text
+    prompt = fim.chat_turns(_bos(engine), sp.start_turn, sp.eot, tok("user\n" + message), tok("\n"), tok("model\n"))
+    if len(prompt) + opts.max_tokens > engine.n_ctx:
+        raise PromptTooLongError(f"the prompt ({len(prompt)} tokens) and --max-tokens {opts.max_tokens} "
+                                 f"do not fit in a {engine.n_ctx}-token context")
+    return prompt
+
+
+def _bos(engine: Engine) -> int:
+    return engine.special.bos if engine.special.bos is not None else engine.llm.token_bos()
+
+
+def run_stream(engine: Engine, prompt: list[int], rules: CutRules, opts: RunOptions,
+               *, fim_used: bool = True,
+               logits_processor: Callable | None = None) -> Iterator[Event]:
+    """Decode, cut and yield final text; the last event carries the Completion."""
+    timings = Timings(load_ms=engine.load_ms)
+    cutter = TextCutter(rules)
+    processor = logits_processor or (logit_bias_processor(opts.logit_bias) if opts.logit_bias else None)
+    reason, count, start = "max_tokens", 0, time.perf_counter()
+    for step in engine.stream(prompt, max_tokens=opts.max_tokens, sampling=opts.sampling(),
+                              logits_processor=processor, timings=timings):
+        if step.stop:
+            reason = "stop_token"
+            break
+        count += 1
+        if opts.max_time is not None and time.perf_counter() - start > opts.max_time:
+            cutter.mark_time_limit()
+        text = cutter.feed(step.text)
+        if text:
+            yield Event(text, step.token)
+        if cutter.done:
+            break
+    tail = cutter.finish()
+    result = Completion("", cutter.reason or reason, len(prompt), count, timings,
+                        str(engine.path), fim_used, list(prompt))
+    yield Event(tail, None, result.stop_reason, result)
+
+
+def _join(events: Iterator[Event]) -> Completion:
+    parts = []
+    for event in events:
+        parts.append(event.text)
+        if event.result is not None:
+            event.result.text = "".join(parts)
+            return event.result
+    raise AssertionError("stream ended without a result")
+
+
+def stream_complete(prefix: str, suffix: str = "", *, opts: RunOptions = RunOptions(),
+                    path: str | None = None, context: Sequence[tuple[str, str]] = (),
+                    spm: bool = False, max_lines: int | None = None, single_line: bool = False,
+                    require_fim: bool = False, stop: Sequence[str] = (),
+                    engine: Engine | None = None, logits_processor: Callable | None = None) -> Iterator[Event]:
+    """Fill in the middle between prefix and suffix, streaming."""
+    if not prefix.strip() and not suffix.strip():
+        raise InputError("empty input: nothing before or after the cursor",
+                         "Pass code on standard input, e.g. printf 'def add(a, b):\\n<CURSOR>\\n' | cg complete")
+    engine = engine or get_engine(opts)
+    use_fim = engine.special.has_fim
+    if use_fim:
+        prompt = build_fim_prompt(engine, prefix, suffix, opts, path=path, context=context, spm=spm)
+    elif require_fim:
+        raise NoFimError(f"{engine.path.name} has no fill-in-the-middle tokens")
+    else:
+        warn(opts, f"{engine.path.name} has no FIM tokens: continuing the prefix only")
+        prompt = build_prefix_prompt(engine, prefix, opts)
+    rules = CutRules(suffix=suffix, max_lines=max_lines, single_line=single_line, stop_texts=_stop_texts(stop))
+    yield from run_stream(engine, prompt, rules, opts, fim_used=use_fim, logits_processor=logits_processor)
+
+
+def complete(prefix: str, suffix: str = "", **kwargs) -> Completion:
+    """Fill in the middle; same parameters as stream_complete."""
+    return _join(stream_complete(prefix, suffix, **kwargs))
+
+
+def stream_generate(prompt: str, *, opts: RunOptions = RunOptions(), chat: bool | None = None,
+                    stop: Sequence[str] = (), engine: Engine | None = None,
+                    logits_processor: Callable | None = None) -> Iterator[Event]:
+    """Continue text (base models) or answer it (instruction models), streaming raw text."""
+    if not prompt.strip():
+        raise InputError("empty prompt", "Pass a prompt as an argument or on standard input.")
+    engine = engine or get_engine(opts)
+    use_chat = engine.is_chat if chat is None else chat
+    if use_chat and None not in (engine.special.start_turn, engine.special.eot):
+        ids = build_chat_prompt(engine, prompt, opts)
+    else:
+        ids = build_prefix_prompt(engine, prompt, opts)
+    rules = CutRules(stop_texts=_stop_texts(stop))
+    yield from run_stream(engine, ids, rules, opts, fim_used=False, logits_processor=logits_processor)
+
+
+def generate(prompt: str, *, raw: bool = False, **kwargs) -> Completion:
+    """Generate; unless raw, an answer that is one fenced code block becomes its body."""
+    result = _join(stream_generate(prompt, **kwargs))
+    if not raw:
+        result.text = strip_fence(result.text)
+    return result

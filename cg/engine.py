@@ -1,0 +1,279 @@
+"""The only module that runs llama.cpp for inference: load a GGUF, tokenize, stream tokens.
+
+Everything here works on token ids. Prompt layouts live in fim.py, text clean-up in
+postprocess.py.
+"""
+
+from __future__ import annotations
+
+import codecs
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+from . import llama_log
+from .errors import ModelFileError, ModelNotFoundError
+
+# CodeGemma's control tokens, looked up by text when the GGUF metadata does not name them.
+SENTINEL_TEXT = {
+    "fim_pre": "<|fim_prefix|>",
+    "fim_mid": "<|fim_middle|>",
+    "fim_suf": "<|fim_suffix|>",
+    "fim_sep": "<|file_separator|>",
+    "start_turn": "<start_of_turn>",
+    "eot": "<end_of_turn>",
+}
+# GGUF metadata keys for them; older converters wrote prefix/suffix/middle_token_id.
+_METADATA_KEYS = {
+    "bos": ["tokenizer.ggml.bos_token_id"],
+    "eos": ["tokenizer.ggml.eos_token_id"],
+    "fim_pre": ["tokenizer.ggml.fim_pre_token_id", "tokenizer.ggml.prefix_token_id"],
+    "fim_suf": ["tokenizer.ggml.fim_suf_token_id", "tokenizer.ggml.suffix_token_id"],
+    "fim_mid": ["tokenizer.ggml.fim_mid_token_id", "tokenizer.ggml.middle_token_id"],
+    "fim_sep": ["tokenizer.ggml.fim_sep_token_id"],
+    "eot": ["tokenizer.ggml.eot_token_id"],
+}
+_GGUF_MAGIC = b"GGUF"
+
+
+@dataclass(frozen=True)
+class SpecialIds:
+    bos: int | None = None
+    eos: int | None = None
+    fim_pre: int | None = None
+    fim_suf: int | None = None
+    fim_mid: int | None = None
+    fim_sep: int | None = None
+    start_turn: int | None = None
+    eot: int | None = None
+    extra_stops: frozenset[int] = frozenset()
+
+    @property
+    def has_fim(self) -> bool:
+        return None not in (self.fim_pre, self.fim_suf, self.fim_mid)
+
+    @property
+    def stop_ids(self) -> frozenset[int]:
+        """<eos>, every FIM sentinel, <|file_separator|> and <end_of_turn>, marked EOG or not."""
+        ids = {self.eos, self.fim_pre, self.fim_suf, self.fim_mid, self.fim_sep, self.eot}
+        return frozenset(i for i in ids if i is not None) | self.extra_stops
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Greedy by default (temperature 0); repeat penalty 1.0 as Google's GGUF README advises."""
+
+    temperature: float = 0.0
+    top_k: int = 40
+    top_p: float = 0.95
+    min_p: float = 0.05
+    repeat_penalty: float = 1.0
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    token: int
+    text: str  # decoded text of this token ('' for a control token or an incomplete UTF-8 byte)
+    stop: bool  # the token is a stop id; its text is never part of the output
+
+
+@dataclass
+class Timings:
+    load_ms: float = 0.0
+    prompt_ms: float = 0.0
+    generation_ms: float = 0.0
+
+
+@dataclass
+class Engine:
+    llm: object  # llama_cpp.Llama
+    path: Path
+    special: SpecialIds
+    load_ms: float
+    chat_template: str | None = None
+    _protected: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def n_ctx(self) -> int:
+        return self.llm.n_ctx()
+
+    @property
+    def is_chat(self) -> bool:
+        return bool(self.chat_template) or "-it" in self.path.name.lower()
+
+    def tokenize_text(self, text: str) -> list[int]:
+        """User text, special-token parsing off: sentinel text in code stays text."""
+        ids = self._tokenize(text)
+        if self._protected.keys().isdisjoint(ids):
+            return ids
+        # llama.cpp matches user-defined tokens even with special parsing off; a GGUF that marks
+        # a sentinel user-defined would let file content inject it. Split the sentinel text so
+        # only ordinary tokens can match.
+        pattern = "(" + "|".join(re.escape(t) for t in set(self._protected.values())) + ")"
+        out: list[int] = []
+        for part in re.split(pattern, text):
+            if part in self._protected.values():
+                out += self._tokenize(part[:1]) + self._tokenize(part[1:])
+            elif part:
+                out += self._tokenize(part)
+        return out
+
+    def _tokenize(self, text: str) -> list[int]:
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False) if text else []
+
+    def token_text(self, token: int) -> str:
+        return self.llm._model.token_get_text(token)
+
+    def stream(
+        self,
+        prompt: Sequence[int],
+        *,
+        max_tokens: int,
+        sampling: Sampling = Sampling(),
+        stop_ids: frozenset[int] | None = None,
+        logits_processor: Callable | None = None,
+        timings: Timings | None = None,
+    ) -> Iterator[TokenEvent]:
+        """Decode up to max_tokens after prompt; the last event is a stop token or the limit.
+
+        llama-cpp-python's generate() keeps the KV cache of the previous call and only evaluates
+        the part of the prompt that differs, so repeated prompts with a shared prefix are cheap.
+        """
+        stops = self.special.stop_ids if stop_ids is None else stop_ids
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        timings = timings if timings is not None else Timings()
+        start = time.perf_counter()
+        first = None
+        gen = self.llm.generate(
+            list(prompt),
+            temp=sampling.temperature,
+            top_k=sampling.top_k,
+            top_p=sampling.top_p,
+            min_p=sampling.min_p,
+            repeat_penalty=sampling.repeat_penalty,
+            logits_processor=[logits_processor] if logits_processor else None,
+        )
+        try:
+            for n, token in enumerate(gen, start=1):
+                now = time.perf_counter()
+                if first is None:
+                    first = now
+                    timings.prompt_ms = (now - start) * 1000
+                timings.generation_ms = (now - first) * 1000
+                if token in stops:
+                    yield TokenEvent(token, "", True)
+                    return
+                piece = self.llm.detokenize([token], special=False)
+                yield TokenEvent(token, decoder.decode(piece), False)
+                if n >= max_tokens:
+                    return
+        finally:
+            gen.close()
+
+
+def check_gguf_file(path: Path) -> None:
+    """Fail early, with a clear message, on a path that is not a GGUF file."""
+    if not path.exists():
+        raise ModelNotFoundError(f"model not found: {path}")
+    if not path.is_file():
+        raise ModelNotFoundError(f"{path} is not a file")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != _GGUF_MAGIC:
+        raise ModelFileError(f"{path} is not a GGUF file", "cg runs .gguf models; convert a checkpoint with `cg quantize`.")
+
+
+def load(
+    path: Path | str,
+    *,
+    n_ctx: int = 4096,
+    n_threads: int | None = None,
+    seed: int = 0,
+    verbose: bool = False,
+    recorded_ids: dict[str, int] | None = None,
+) -> Engine:
+    path = Path(path)
+    check_gguf_file(path)
+    threads = n_threads or os.cpu_count() or 1
+    start = time.perf_counter()
+    with llama_log.capture(verbose) as log:
+        import llama_cpp
+
+        try:
+            llm = llama_cpp.Llama(
+                model_path=str(path),
+                n_ctx=n_ctx,
+                n_threads=threads,
+                n_threads_batch=threads,
+                seed=seed,
+                verbose=verbose,
+            )
+        except (ValueError, RuntimeError) as exc:
+            reason = log.last_error() or str(exc)
+            raise ModelFileError(f"cannot load {path}: {reason}",
+                                 "The file may be truncated or corrupt; download or convert it again.") from None
+    load_ms = (time.perf_counter() - start) * 1000
+    special = _special_ids(llm, recorded_ids or {})
+    protected = {i: t for i, t in _sentinel_texts(llm, special).items()}
+    return Engine(llm, path, special, load_ms, llm.metadata.get("tokenizer.chat_template"), protected)
+
+
+def _special_ids(llm, recorded: dict[str, int]) -> SpecialIds:
+    meta = llm.metadata
+    found: dict[str, int] = {}
+    for name, keys in _METADATA_KEYS.items():
+        for key in keys:
+            if key in meta and int(meta[key]) >= 0:
+                found[name] = int(meta[key])
+                break
+    for name, text in SENTINEL_TEXT.items():
+        if name not in found:
+            token = _lookup_text(llm, text)
+            if token is not None:
+                found[name] = token
+    # Ids recorded in cg's store (cg download) fill what the GGUF lacks.
+    for name, token in recorded.items():
+        if name in SpecialIds.__dataclass_fields__ and name not in found:
+            found[name] = int(token)
+    eog = _eog_ids(llm)
+    return SpecialIds(**found, extra_stops=frozenset(eog))
+
+
+def _lookup_text(llm, text: str) -> int | None:
+    ids = llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+    if len(ids) == 1 and llm._model.token_get_text(ids[0]) == text:
+        return ids[0]
+    return None
+
+
+def _eog_ids(llm) -> set[int]:
+    """Tokens llama.cpp itself treats as end-of-generation (checked over the special ids only)."""
+    import llama_cpp
+
+    vocab = llm._model.vocab
+    candidates = {llm.token_eos(), llama_cpp.llama_vocab_eot(vocab)}
+    return {t for t in candidates if t >= 0 and llama_cpp.llama_vocab_is_eog(vocab, t)}
+
+
+def _sentinel_texts(llm, special: SpecialIds) -> dict[int, str]:
+    out = {}
+    for name in SENTINEL_TEXT:
+        token = getattr(special, name)
+        if token is not None:
+            out[token] = llm._model.token_get_text(token)
+    return out
+
+
+def logit_bias_processor(bias: dict[int, float]) -> Callable:
+    """A llama-cpp-python logits processor adding a fixed bias per token id."""
+    ids = list(bias)
+    values = [bias[i] for i in ids]
+
+    def process(_input_ids, logits):
+        logits[ids] += values
+        return logits
+
+    return process

@@ -1,0 +1,92 @@
+"""Domain errors. `cli.main()` turns each into `Error: ...` + `Hint: ...` and its exit code.
+
+Exit codes (documented in README.md):
+  1  a failure that is not the user's input (model failed to run, disk, interrupted)
+  2  bad input or usage (missing file, bad option, empty input, prompt too long)
+  3  authentication: gated repository, missing token or licence not accepted
+  4  not found on the hub (repository, revision or file)
+  5  network unreachable
+"""
+
+from __future__ import annotations
+
+
+class CgError(Exception):
+    """Base class: a message for the user, a hint for the next step, an exit code."""
+
+    exit_code = 1
+    default_hint = ""
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = self.default_hint if hint is None else hint
+
+
+class UsageError(CgError):
+    exit_code = 2
+    default_hint = "Run the command with --help to see its options."
+
+
+class InputError(CgError):
+    """Input the user gave cannot be used (empty, undecodable, out of range)."""
+
+    exit_code = 2
+
+
+class ModelNotFoundError(CgError):
+    exit_code = 2
+    default_hint = "Run `cg models` to list installed models, or pass a path to a .gguf file."
+
+
+class ModelFileError(CgError):
+    """The model file exists but is not a loadable GGUF."""
+
+    exit_code = 2
+    default_hint = "Re-download or re-convert the model (cg download / cg quantize)."
+
+
+class PromptTooLongError(CgError):
+    exit_code = 2
+    default_hint = "Lower --max-tokens, raise --ctx, or pass less context."
+
+
+class NoFimError(CgError):
+    exit_code = 2
+    default_hint = "Use a CodeGemma model (cg download codegemma-2b) or drop --require-fim."
+
+
+class ConversionError(CgError):
+    exit_code = 2
+
+
+class QuantizeError(CgError):
+    exit_code = 1
+
+
+class OutputExistsError(CgError):
+    exit_code = 2
+    default_hint = "Pass --force to overwrite it, or choose another path with -o."
+
+
+class DiskSpaceError(CgError):
+    exit_code = 1
+    default_hint = "Free some disk space or write the output elsewhere (-o, CG_HOME)."
+
+
+class AuthError(CgError):
+    exit_code = 3
+
+
+class HubNotFoundError(CgError):
+    exit_code = 4
+
+
+class NetworkError(CgError):
+    exit_code = 5
+    default_hint = "Check your connection, or set HF_HUB_OFFLINE=1 to use what is cached."
+
+
+class StaleFileError(CgError):
+    exit_code = 1
+    default_hint = "The file changed while cg was working; run the command again."

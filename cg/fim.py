@@ -1,0 +1,97 @@
+"""Prompt layouts as token ids: PSM, SPM, file header, multi-file packing, budget, chat turns.
+
+Pure functions. The layouts follow the CodeGemma report:
+  PSM  <bos>[ctx...][path\n]<|fim_prefix|>P<|fim_suffix|>S<|fim_middle|>
+  SPM  <bos>[ctx...][path\n]<|fim_suffix|>S<|fim_prefix|>P<|fim_middle|>   (llama.cpp's order)
+  ctx  path\ncontent<|file_separator|>   one per context file, before the current file
+Exactly one BOS, at the very start; sentinels go in as ids, never as text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class FimIds:
+    bos: int
+    pre: int
+    suf: int
+    mid: int
+    sep: int | None
+
+
+@dataclass
+class Trimmed:
+    prefix: list[int]
+    suffix: list[int]
+    dropped_prefix: int = 0
+    dropped_suffix: int = 0
+
+
+def layout(
+    ids: FimIds,
+    prefix: list[int],
+    suffix: list[int],
+    *,
+    header: list[int] = (),
+    context: list[list[int]] = (),
+    spm: bool = False,
+) -> list[int]:
+    out = [ids.bos]
+    for chunk in context:
+        out += chunk
+    out += header
+    if spm:
+        out += [ids.suf, *suffix, ids.pre, *prefix, ids.mid]
+    else:
+        out += [ids.pre, *prefix, ids.suf, *suffix, ids.mid]
+    return out
+
+
+def context_chunk(path_and_content: list[int], sep: int) -> list[int]:
+    """`path\\ncontent<|file_separator|>`: the caller tokenizes the text part."""
+    return [*path_and_content, sep]
+
+
+def trim_to_budget(prefix: list[int], suffix: list[int], budget: int) -> Trimmed:
+    """Keep the tokens nearest the cursor: drop prefix from the top, suffix from the bottom.
+
+    When both must shrink the prefix keeps three quarters of the budget, since the code before
+    the cursor says more about the middle than the code after it.
+    """
+    if budget < 0:
+        budget = 0
+    if len(prefix) + len(suffix) <= budget:
+        return Trimmed(list(prefix), list(suffix))
+    keep_suffix = min(len(suffix), max(budget // 4, budget - len(prefix)))
+    keep_prefix = min(len(prefix), budget - keep_suffix)
+    keep_suffix = min(len(suffix), budget - keep_prefix)
+    kept_prefix = list(prefix[len(prefix) - keep_prefix:]) if keep_prefix else []
+    return Trimmed(kept_prefix, list(suffix[:keep_suffix]),
+                   len(prefix) - keep_prefix, len(suffix) - keep_suffix)
+
+
+def pack_context(chunks: list[list[int]], budget: int) -> tuple[list[list[int]], int]:
+    """Keep whole context files, nearest first (the given order), while they fit.
+
+    Returns the kept chunks in prompt order (farthest first, so the nearest file sits next to
+    the current one) and the number of files dropped.
+    """
+    kept: list[list[int]] = []
+    used = 0
+    for chunk in chunks:
+        if used + len(chunk) > budget:
+            continue
+        kept.append(chunk)
+        used += len(chunk)
+    return kept[::-1], len(chunks) - len(kept)
+
+
+def chat_turns(bos: int, start_turn: int, end_turn: int, user_turn: list[int], newline: list[int],
+               model_header: list[int]) -> list[int]:
+    """<bos><start_of_turn>user\\n...<end_of_turn>\\n<start_of_turn>model\\n (no system role).
+
+    user_turn is the tokenized "user\\n" + message; model_header is "model\\n".
+    """
+    return [bos, start_turn, *user_turn, end_turn, *newline, start_turn, *model_header]

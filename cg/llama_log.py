@@ -1,0 +1,73 @@
+"""llama.cpp's log, captured: shown on stderr only with --verbose, kept so errors can quote it.
+
+llama.cpp reports why a model failed to load or quantize only through its log callback.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import sys
+from contextlib import contextmanager
+from typing import Iterator
+
+_ERROR_LEVEL = 3
+_CONT_LEVEL = 5
+
+
+class LogBuffer:
+    def __init__(self, echo: bool, on_text=None):
+        self.echo = echo
+        self.on_text = on_text
+        self.lines: list[tuple[int, str]] = []
+        self._level = 1
+
+    def add(self, level: int, text: str) -> None:
+        if level == _CONT_LEVEL:
+            level = self._level
+        self._level = level
+        self.lines.append((level, text))
+        if self.echo:
+            sys.stderr.write(text)
+        if self.on_text is not None:
+            self.on_text(text)
+
+    def last_error(self) -> str:
+        errors = [t.strip() for lvl, t in self.lines if lvl == _ERROR_LEVEL and t.strip()]
+        return errors[-1] if errors else ""
+
+    def text(self) -> str:
+        return "".join(t for _, t in self.lines)
+
+
+_active: list[LogBuffer] = []
+_callback = None  # kept alive: llama.cpp holds a raw pointer to it
+
+
+def _install() -> None:
+    global _callback
+    if _callback is not None:
+        return
+    import llama_cpp
+    import llama_cpp._logger  # noqa: F401  (sets its own callback on import; ours replaces it)
+
+    @llama_cpp.llama_log_callback
+    def callback(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
+        message = text.decode("utf-8", errors="replace")
+        if _active:
+            _active[-1].add(level, message)
+        elif level == _ERROR_LEVEL:
+            sys.stderr.write(message)
+
+    _callback = callback
+    llama_cpp.llama_log_set(_callback, ctypes.c_void_p(0))
+
+
+@contextmanager
+def capture(echo: bool = False, on_text=None) -> Iterator[LogBuffer]:
+    _install()
+    buf = LogBuffer(echo, on_text)
+    _active.append(buf)
+    try:
+        yield buf
+    finally:
+        _active.remove(buf)

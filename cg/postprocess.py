@@ -1,0 +1,165 @@
+"""What happens to generated text: cuts, trailing blank lines, fences. Pure code, no model.
+
+TextCutter is fed decoded pieces as they arrive and hands back only text that no later piece
+can take back, so the streamed output and the joined output are always the same.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_TRAILING_BLANK = re.compile(r"(?:\r?\n[ \t\r]*)+\Z")
+_FENCE = re.compile(r"\A```[\w.+#-]*[ \t]*\r?\n(.*?)\r?\n?```[ \t]*\Z", re.DOTALL)
+
+
+@dataclass(frozen=True)
+class CutRules:
+    suffix: str = ""  # text after the cursor: the completion stops where it starts repeating it
+    max_lines: int | None = None
+    single_line: bool = False
+    stop_texts: tuple[str, ...] = ()  # sentinel text arriving as plain text, user stop words
+
+
+def first_nonblank_line(text: str) -> str:
+    for line in text.splitlines():
+        if line.strip():
+            return line.strip()
+    return ""
+
+
+def drop_trailing_blank_lines(text: str) -> str:
+    text = _TRAILING_BLANK.sub("", text)
+    return "" if not text.strip() else text
+
+
+def strip_fence(text: str) -> str:
+    """The body of the answer when the whole answer is one fenced code block, else the answer."""
+    match = _FENCE.match(text.strip())
+    if match and "```" not in match.group(1):
+        return match.group(1)
+    return text
+
+
+class TextCutter:
+    def __init__(self, rules: CutRules):
+        self.rules = rules
+        self.overlap = first_nonblank_line(rules.suffix)
+        self.text = ""
+        self.emitted = 0
+        self.reason: str | None = None
+        self._time_mark: int | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.reason is not None
+
+    def mark_time_limit(self) -> None:
+        """The time budget is spent: end at the first newline from here on."""
+        if self._time_mark is None:
+            self._time_mark = len(self.text)
+            self._apply(*self._scan())
+
+    def feed(self, piece: str) -> str:
+        """Add a decoded piece; return the text that is now final."""
+        if self.done:
+            return ""
+        self.text += piece
+        self._apply(*self._scan())
+        if self.done:
+            return ""
+        safe = max(self._safe_length(), self.emitted)
+        out, self.emitted = self.text[self.emitted:safe], safe
+        return out
+
+    def finish(self) -> str:
+        """No more pieces: return the rest of the final text."""
+        if not self.done:
+            start = self.text.rfind("\n") + 1
+            last = self.text[start:]
+            if self.overlap and last.strip() == self.overlap:
+                self._apply(start, "suffix_overlap")
+        final = drop_trailing_blank_lines(self.text)
+        out = final[self.emitted:]
+        self.emitted = len(final)
+        return out
+
+    def _apply(self, cut: int | None, reason: str | None) -> None:
+        if cut is not None:
+            self.text = self.text[:cut]
+            self.reason = reason
+
+    def _scan(self) -> tuple[int | None, str | None]:
+        """The earliest place a rule ends the text, and which rule."""
+        best: tuple[int | None, str | None] = (None, None)
+
+        def consider(pos: int, reason: str) -> None:
+            nonlocal best
+            if best[0] is None or pos < best[0]:
+                best = (pos, reason)
+
+        for stop in self.rules.stop_texts:
+            pos = self.text.find(stop)
+            if pos >= 0:
+                consider(pos, "stop_token")
+        start, seen_text, count = 0, False, 0
+        while (end := self.text.find("\n", start)) >= 0:
+            line = self.text[start:end]
+            count += 1
+            if self.overlap and line.strip() == self.overlap:
+                consider(start, "suffix_overlap")
+            seen_text = seen_text or bool(line.strip())
+            if self.rules.single_line and seen_text:
+                consider(end, "max_lines")
+            if self.rules.max_lines and count >= self.rules.max_lines:
+                consider(end, "max_lines")
+            if self._time_mark is not None and end >= self._time_mark:
+                consider(end, "time_limit")
+            start = end + 1
+        return best
+
+    def _safe_length(self) -> int:
+        text = self.text
+        if not text.strip():
+            return 0
+        hold = len(text)
+        blank = _TRAILING_BLANK.search(text)
+        if blank:
+            hold = blank.start()
+        line_start = text.rfind("\n") + 1
+        if self.overlap and self.overlap.startswith(text[line_start:].lstrip()):
+            hold = min(hold, line_start)
+        for stop in self.rules.stop_texts:
+            for k in range(len(stop) - 1, 0, -1):
+                if text.endswith(stop[:k]):
+                    hold = min(hold, len(text) - k)
+                    break
+        return hold
+
+
+class FenceStream:
+    """Streams generated text, holding it back only while it may be one fenced block.
+
+    Gives the same text as strip_fence() on the whole answer.
+    """
+
+    def __init__(self) -> None:
+        self.text = ""
+        self.emitted = 0
+        self.fenced: bool | None = None
+
+    def feed(self, piece: str) -> str:
+        self.text += piece
+        if self.fenced is None:
+            stripped = self.text.lstrip()
+            if "\n" not in stripped:
+                return ""
+            self.fenced = stripped.startswith("```")
+        if self.fenced:
+            return ""
+        out, self.emitted = self.text[self.emitted:], len(self.text)
+        return out
+
+    def finish(self) -> str:
+        final = strip_fence(self.text) if self.fenced is not False else self.text
+        return final if self.emitted == 0 else final[self.emitted:]

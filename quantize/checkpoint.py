@@ -1,0 +1,132 @@
+"""A Hugging Face checkpoint folder read lazily: config, and safetensors tensors memory-mapped.
+
+safetensors is parsed here directly (an 8-byte header length, a JSON header, raw data) so that
+bf16 needs no torch and a truncated file is caught before any output is written.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from cg.errors import ConversionError
+
+_DTYPES = {"F32": ("<f4", 4), "F16": ("<f2", 2), "BF16": ("<u2", 2), "F64": ("<f8", 8)}
+CHUNK_BYTES = 64 * 2**20  # rows converted at a time: peak memory stays near this, not the tensor
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    name: str
+    dtype: str  # safetensors dtype: F32, F16, BF16
+    shape: tuple[int, ...]
+    file: Path
+    offset: int  # absolute byte offset of the data in file
+    nbytes: int
+
+    @property
+    def n_elements(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+    def rows(self) -> Iterator["np.ndarray"]:  # noqa: F821
+        """The tensor as float32 blocks of whole rows (memory-mapped, converted block by block)."""
+        import numpy as np
+
+        np_dtype, size = _DTYPES[self.dtype]
+        data = np.memmap(self.file, dtype=np_dtype, mode="r", offset=self.offset, shape=(self.n_elements,))
+        row = self.shape[-1] if self.shape else 1
+        n_rows = max(1, self.n_elements // row)
+        step = max(1, CHUNK_BYTES // (row * size))
+        for start in range(0, n_rows, step):
+            block = np.asarray(data[start * row:min(n_rows, start + step) * row])
+            yield _to_f32(block, self.dtype).reshape(-1, *self.shape[1:]) if len(self.shape) > 1 else _to_f32(block, self.dtype)
+        del data
+
+
+def _to_f32(block, dtype: str):
+    import numpy as np
+
+    if dtype == "BF16":
+        # bf16 is the top half of an IEEE float32.
+        return (block.astype(np.uint32) << 16).view(np.float32)
+    return block.astype(np.float32)
+
+
+@dataclass
+class Checkpoint:
+    folder: Path
+    config: dict
+    tensors: dict[str, TensorEntry]
+
+    @property
+    def architecture(self) -> str:
+        archs = self.config.get("architectures") or []
+        return archs[0] if archs else self.config.get("model_type", "unknown")
+
+
+def open_checkpoint(folder: Path | str) -> Checkpoint:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ConversionError(f"{folder} is not a folder", "Pass the folder holding config.json and *.safetensors.")
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise ConversionError(f"config.json is missing in {folder}", "Download the whole checkpoint (cg download).")
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    files = _weight_files(folder)
+    tensors: dict[str, TensorEntry] = {}
+    for path in files:
+        for entry in read_header(path):
+            tensors[entry.name] = entry
+    return Checkpoint(folder, config, tensors)
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map", {})
+        names = sorted(set(weight_map.values()))
+        missing = [n for n in names if not (folder / n).is_file()]
+        if missing:
+            raise ConversionError(f"shard {missing[0]} listed in model.safetensors.index.json is missing",
+                                  "Download the checkpoint again; every shard is needed.")
+        return [folder / n for n in names]
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        hint = "cg converts safetensors only; PyTorch .bin checkpoints are not supported."
+        raise ConversionError(f"no *.safetensors weights in {folder}", hint)
+    return files
+
+
+def read_header(path: Path) -> list[TensorEntry]:
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        if len(raw) < 8:
+            raise _truncated(path)
+        (header_len,) = struct.unpack("<Q", raw)
+        if header_len > size - 8 or header_len > 100 * 2**20:
+            raise _truncated(path)
+        header = json.loads(f.read(header_len))
+    base = 8 + header_len
+    entries = []
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        if info["dtype"] not in _DTYPES:
+            raise ConversionError(f"tensor {name} in {path.name} has unsupported dtype {info['dtype']}")
+        start, end = info["data_offsets"]
+        if base + end > size:
+            raise _truncated(path)
+        entries.append(TensorEntry(name, info["dtype"], tuple(info["shape"]), path, base + start, end - start))
+    return entries
+
+
+def _truncated(path: Path) -> ConversionError:
+    return ConversionError(f"{path.name} is truncated or not a safetensors file",
+                           "Download it again (an interrupted download leaves a short file).")
