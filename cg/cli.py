@@ -42,15 +42,30 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object wit
 VerboseOpt = Annotated[bool, typer.Option("--verbose", help="Show llama.cpp's log on stderr.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No warnings or notes on stderr.")]
 StopOpt = Annotated[Optional[list[str]], typer.Option("--stop", help="Extra stop text (repeatable).")]
+BiasOpt = Annotated[Optional[list[str]], typer.Option("--logit-bias", help="TOKEN_ID=BIAS added to a token's logit (repeatable).")]
 ContextOpt = Annotated[Optional[list[Path]], typer.Option("--context", "-c", help="Another file to show the model first (repeatable).")]
 
 
-def _run_options(model, ctx, threads, seed, temperature, top_p, top_k, max_tokens, max_time, verbose, quiet):
+def _run_options(model, ctx, threads, seed, temperature, top_p, top_k, max_tokens, max_time, verbose, quiet,
+                 logit_bias=None):
     from .complete import RunOptions
 
     return RunOptions(model=model, n_ctx=ctx, threads=threads, seed=seed, verbose=verbose,
                       temperature=temperature, top_p=top_p, top_k=top_k, max_tokens=max_tokens,
-                      max_time=max_time, quiet=quiet)
+                      max_time=max_time, quiet=quiet, logit_bias=_parse_bias(logit_bias or []))
+
+
+def _parse_bias(items: list[str]) -> dict[int, float] | None:
+    bias = {}
+    for item in items:
+        token, sep, value = item.partition("=")
+        try:
+            bias[int(token)] = float(value)
+        except ValueError:
+            raise UsageError(f"--logit-bias {item!r} is not TOKEN_ID=BIAS", "Example: --logit-bias 70=-100") from None
+        if not sep:
+            raise UsageError(f"--logit-bias {item!r} is not TOKEN_ID=BIAS", "Example: --logit-bias 70=-100")
+    return bias or None
 
 
 def _read_text(path: Path, what: str) -> str:
@@ -114,6 +129,7 @@ def complete(
     single_line: Annotated[bool, typer.Option("--single-line", help="Stop at the end of the first line.")] = False,
     require_fim: Annotated[bool, typer.Option("--require-fim", help="Fail on a model without FIM tokens.")] = False,
     stop: StopOpt = None,
+    logit_bias: BiasOpt = None,
     as_json: JsonOpt = False,
     model: ModelOpt = None,
     ctx: CtxOpt = 4096,
@@ -135,7 +151,8 @@ def complete(
 
     pre, suf = _complete_input(prefix, suffix, prefix_file, suffix_file, marker)
     ctx_files = [(str(p), _read_text(p, "context file")) for p in context or []]
-    opts = _run_options(model, ctx, threads, seed, temperature, top_p, top_k, max_tokens, max_time, verbose, quiet)
+    opts = _run_options(model, ctx, threads, seed, temperature, top_p, top_k, max_tokens, max_time, verbose, quiet,
+                        logit_bias)
     events = stream_complete(pre, suf, opts=opts, path=path, context=ctx_files, spm=spm, max_lines=max_lines,
                              single_line=single_line, require_fim=require_fim, stop=stop or ())
     _emit(events, as_json)
@@ -162,6 +179,7 @@ def generate(
     raw: Annotated[bool, typer.Option("--raw", help="Keep a fenced code block as it is.")] = False,
     chat: Annotated[Optional[bool], typer.Option("--chat/--no-chat", help="Force the instruction turn format on or off.")] = None,
     stop: StopOpt = None,
+    logit_bias: BiasOpt = None,
     as_json: JsonOpt = False,
     model: ModelOpt = None,
     ctx: CtxOpt = 4096,
@@ -180,7 +198,8 @@ def generate(
     from .postprocess import FenceStream
 
     text = prompt if prompt is not None else _read_stdin()
-    opts = _run_options(model, ctx, threads, seed, temperature, top_p, top_k, max_tokens, max_time, verbose, quiet)
+    opts = _run_options(model, ctx, threads, seed, temperature, top_p, top_k, max_tokens, max_time, verbose, quiet,
+                        logit_bias)
     events = stream_generate(text, opts=opts, chat=chat, stop=stop or ())
     if not raw:
         events = _through(events, FenceStream())

@@ -128,7 +128,9 @@ class TextCutter:
             hold = blank.start()
         line_start = text.rfind("\n") + 1
         if self.overlap and self.overlap.startswith(text[line_start:].lstrip()):
-            hold = min(hold, line_start)
+            # Hold the line and the line break(s) before it: a cut there drops them too.
+            before = _TRAILING_BLANK.search(text[:line_start])
+            hold = min(hold, before.start() if before else line_start)
         for stop in self.rules.stop_texts:
             for k in range(len(stop) - 1, 0, -1):
                 if text.endswith(stop[:k]):

@@ -1,0 +1,78 @@
+"""Shared fixtures: a temporary cg home, a tiny CodeGemma-layout checkpoint and its GGUFs.
+
+Everything runs real code: the checkpoint is random weights plus a SentencePiece tokenizer
+trained here with CodeGemma's special-token ids; GGUFs come from cg's own converter and are
+decoded by real llama.cpp.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from cg import complete as complete_mod
+from cg.complete import RunOptions
+from quantize.synthetic import write_checkpoint
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cg_home(tmp_path_factory) -> Path:
+    home = tmp_path_factory.mktemp("cg-home")
+    old = {k: os.environ.get(k) for k in ("CG_HOME", "CG_MODEL", "CG_DEBUG")}
+    os.environ["CG_HOME"] = str(home)
+    os.environ.pop("CG_MODEL", None)
+    os.environ.pop("CG_DEBUG", None)
+    yield home
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory) -> Path:
+    return write_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny-codegemma")
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tiny_ckpt, tmp_path_factory) -> Path:
+    from quantize.convert import convert
+
+    return convert(tiny_ckpt, tmp_path_factory.mktemp("gguf") / "tiny-f32.gguf", type="f32")
+
+
+@pytest.fixture(scope="session")
+def bundled_gguf(cg_home) -> Path:
+    from cg import store
+
+    return store.bundled_model_path()
+
+
+@pytest.fixture()
+def tiny_opts(tiny_gguf) -> RunOptions:
+    return RunOptions(model=str(tiny_gguf), n_ctx=512, threads=2, quiet=True, max_tokens=16)
+
+
+@pytest.fixture()
+def tiny_engine(tiny_opts):
+    return complete_mod.get_engine(tiny_opts)
+
+
+def forcing(ids: list[int]):
+    """A logits processor that makes llama.cpp's sampler pick ids[0], ids[1], ... in turn.
+
+    Decoding stays real: llama.cpp evaluates every token and its sampler makes each choice;
+    the processor only adds a large bias, like --logit-bias would.
+    """
+    step = {"n": 0}
+
+    def process(_input_ids, logits):
+        if step["n"] < len(ids):
+            logits[ids[step["n"]]] += 1e4
+        step["n"] += 1
+        return logits
+
+    return process

@@ -1,0 +1,156 @@
+"""The `cg` command: exact stdout, empty stderr on success, one funnel for errors, fast start-up."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from cg.cli import main
+from cg.complete import RunOptions, complete, generate
+
+
+# Keeps the random tiny model from stopping at once, so the tests see text.
+NO_STOPS = [a for t in (1, 67, 68, 69, 70, 107) for a in ("--logit-bias", f"{t}=-1000")]
+
+
+def cg(capsys, monkeypatch, *args, stdin: str | None = None):
+    if stdin is not None:
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin.encode())))
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def run_cg(*args, stdin: str = "", env: dict | None = None):
+    return subprocess.run([sys.executable, "-m", "cg", *args], input=stdin, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=300)
+
+
+@pytest.mark.parametrize("args", [["--help"], ["complete", "--help"]])
+def test_help_loads_no_heavy_module(args):
+    code = ("import sys; from cg.cli import main; rc = main(%r); "
+            "print(rc, [m for m in ('llama_cpp', 'numpy', 'huggingface_hub') if m in sys.modules])" % args)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.stdout.strip().splitlines()[-1] == "0 []"
+
+
+def test_complete_from_stdin_prints_exactly_the_completion(capsys, monkeypatch, tiny_gguf):
+    bias = {t: -1000.0 for t in (1, 67, 68, 69, 70, 107)}
+    expected = complete("def add(a, b):\n", "\nprint(add(1, 2))\n",
+                        opts=RunOptions(model=str(tiny_gguf), n_ctx=512, max_tokens=12, logit_bias=bias)).text
+    assert expected
+    code, out, err = cg(capsys, monkeypatch, "complete", "-m", str(tiny_gguf), "--ctx", "512", "-n", "12", *NO_STOPS,
+                        stdin="def add(a, b):\n<CURSOR>\nprint(add(1, 2))\n")
+    assert (code, out, err) == (0, expected, "")
+
+
+def test_complete_prefix_suffix_options_and_marker(capsys, monkeypatch, tiny_gguf):
+    expected = complete("x = ", "\n", opts=RunOptions(model=str(tiny_gguf), n_ctx=512, max_tokens=8)).text
+    a = cg(capsys, monkeypatch, "complete", "-m", str(tiny_gguf), "--ctx", "512", "-n", "8", "--prefix", "x = ",
+           "--suffix", "\n")
+    b = cg(capsys, monkeypatch, "complete", "-m", str(tiny_gguf), "--ctx", "512", "-n", "8", "--marker", "@@",
+           stdin="x = @@\n")
+    assert a == b == (0, expected, "")
+
+
+def test_json_output_fields(capsys, monkeypatch, tiny_gguf):
+    code, out, err = cg(capsys, monkeypatch, "complete", "-m", str(tiny_gguf), "--ctx", "512", "-n", "5", "--json", *NO_STOPS,
+                        stdin="def f():\n<CURSOR>\n")
+    data = json.loads(out)
+    assert code == 0 and err == ""
+    assert set(data) == {"text", "stop_reason", "prompt_tokens", "completion_tokens", "timings", "model", "fim"}
+    assert set(data["timings"]) == {"load_ms", "prompt_ms", "generation_ms"}
+    assert data["stop_reason"] in {"stop_token", "max_tokens", "time_limit", "suffix_overlap", "max_lines"}
+    assert data["model"] == str(tiny_gguf) and data["fim"] is True
+    assert 0 < data["completion_tokens"] <= 5 and data["prompt_tokens"] > 3
+    assert out.count("\n") == 1
+
+
+def one_error(err: str, start: str):
+    lines = err.strip().splitlines()
+    assert lines[0].startswith("Error: " + start), err
+    assert len(lines) == 2 and lines[1].startswith("Hint: "), err
+
+
+def test_model_not_found(capsys, monkeypatch):
+    code, out, err = cg(capsys, monkeypatch, "complete", "-m", "/no/such.gguf", "--prefix", "x")
+    assert code == 2 and out == ""
+    one_error(err, "model not found")
+
+
+def test_not_a_gguf(capsys, monkeypatch, tmp_path):
+    bad = tmp_path / "model.gguf"
+    bad.write_text("hello")
+    code, out, err = cg(capsys, monkeypatch, "complete", "-m", str(bad), "--prefix", "x")
+    assert code == 2 and out == ""
+    one_error(err, f"{bad} is not a GGUF file")
+
+
+def test_truncated_gguf(capsys, monkeypatch, tmp_path, tiny_gguf):
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(tiny_gguf.read_bytes()[: tiny_gguf.stat().st_size // 2])
+    code, out, err = cg(capsys, monkeypatch, "complete", "-m", str(cut), "--prefix", "x")
+    assert code == 2 and out == ""
+    one_error(err, f"cannot load {cut}")
+
+
+def test_empty_input(capsys, monkeypatch, tiny_gguf):
+    code, out, err = cg(capsys, monkeypatch, "complete", "-m", str(tiny_gguf), stdin="  \n")
+    assert code == 2 and out == ""
+    one_error(err, "empty input")
+
+
+def test_prompt_cannot_fit(capsys, monkeypatch, tiny_gguf):
+    code, out, err = cg(capsys, monkeypatch, "complete", "-m", str(tiny_gguf), "--ctx", "256", "-n", "1000",
+                        "--prefix", "x")
+    assert code == 2 and out == ""
+    one_error(err, "--max-tokens 1000 leaves no room")
+
+
+def test_unknown_option(capsys, monkeypatch):
+    code, out, err = cg(capsys, monkeypatch, "complete", "--frobnicate")
+    assert code == 2 and out == ""
+    one_error(err, "No such option '--frobnicate'")
+
+
+def test_traceback_only_with_cg_debug(tmp_path):
+    bad = tmp_path / "x.gguf"
+    bad.write_text("nope")
+    quiet = run_cg("complete", "-m", str(bad), "--prefix", "x")
+    loud = run_cg("complete", "-m", str(bad), "--prefix", "x", env={"CG_DEBUG": "1"})
+    assert "Traceback" not in quiet.stderr and quiet.returncode == 2
+    assert "Traceback" in loud.stderr and loud.returncode != 0
+
+
+def test_bundled_model_generate_and_no_fim_complete(bundled_gguf):
+    gen = run_cg("generate", "def hello_world():", "-n", "12", "-m", "gemma3-270m")
+    assert gen.returncode == 0 and gen.stdout.strip()
+    comp = run_cg("complete", "-m", "gemma3-270m", "-n", "8", "--json", stdin="def add(a, b):\n<CURSOR>\n")
+    data = json.loads(comp.stdout)
+    assert comp.returncode == 0 and data["fim"] is False and data["completion_tokens"] > 0
+    assert comp.stderr.count("no FIM tokens") == 1
+    strict = run_cg("complete", "-m", "gemma3-270m", "--require-fim", stdin="def add(a, b):\n<CURSOR>\n")
+    assert strict.returncode == 2 and strict.stderr.startswith("Error: gemma-3-270m-q4_k_m.gguf has no fill")
+
+
+def test_bundled_is_the_default_and_announced_once(tmp_path, bundled_gguf):
+    env = {"CG_HOME": str(tmp_path)}
+    (tmp_path / "models").mkdir()
+    os.link(bundled_gguf, tmp_path / "models" / bundled_gguf.name)
+    first = run_cg("generate", "x =", "-n", "2", env=env)
+    second = run_cg("generate", "x =", "-n", "2", env=env)
+    assert first.returncode == second.returncode == 0
+    assert "bundled Gemma 3 270M" in first.stderr and "cg download codegemma-2b" in first.stderr
+    assert second.stderr == ""
+
+
+def test_same_seed_same_output(bundled_gguf):
+    opts = RunOptions(model=str(bundled_gguf), temperature=0.9, seed=7, max_tokens=16, quiet=True)
+    a = generate("The best way to sort a list in Python is", opts=opts).text
+    b = generate("The best way to sort a list in Python is", opts=opts).text
+    assert a == b and a.strip()

@@ -1,0 +1,86 @@
+"""TextCutter, fences and FIM budget helpers: pure functions, no model."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from cg import fim
+from cg.postprocess import CutRules, FenceStream, TextCutter, drop_trailing_blank_lines, strip_fence
+
+
+def run(pieces, rules=CutRules()):
+    cutter = TextCutter(rules)
+    out = "".join(cutter.feed(p) for p in pieces)
+    if not cutter.done:
+        pass
+    return out + cutter.finish(), cutter.reason
+
+
+def test_trailing_blank_lines_dropped():
+    assert drop_trailing_blank_lines("x = 1\n\n  \n") == "x = 1"
+    assert drop_trailing_blank_lines("  \n\n") == ""
+    assert drop_trailing_blank_lines("a  ") == "a  "
+
+
+def test_suffix_overlap_cut_at_first_nonblank_suffix_line():
+    rules = CutRules(suffix="\n\nprint(add(1, 2))\n")
+    assert run(["    return a + b\n", "\nprint(add(1, 2))\n", "more"], rules) == ("    return a + b", "suffix_overlap")
+
+
+def test_overlap_on_last_partial_line_at_finish():
+    assert run(["x = 1\n", "return x"], CutRules(suffix="return x")) == ("x = 1", "suffix_overlap")
+
+
+def test_sentinel_text_cut_even_split_across_pieces():
+    rules = CutRules(stop_texts=("<|file_separator|>",))
+    assert run(["abc<|file", "_separator|>tail"], rules) == ("abc", "stop_token")
+    # A piece that only looks like the start of a sentinel is released at the end.
+    assert run(["abc<|fi"], rules) == ("abc<|fi", None)
+
+
+def test_streamed_text_equals_final_text_for_any_split():
+    text = "    x = 1\n\n    y = x\n    return y\n\n\nprint(f())\n<|fim_prefix|>junk"
+    rules = CutRules(suffix="\nprint(f())\n", stop_texts=("<|fim_prefix|>",))
+    expected = run([text], rules)
+    rng = random.Random(0)
+    for _ in range(200):
+        cuts = sorted(rng.sample(range(1, len(text)), 8))
+        pieces = [text[i:j] for i, j in zip([0, *cuts], [*cuts, len(text)])]
+        cutter = TextCutter(rules)
+        streamed = [cutter.feed(p) for p in pieces]
+        total = "".join(streamed) + cutter.finish()
+        assert (total, cutter.reason) == expected
+    assert expected == ("    x = 1\n\n    y = x\n    return y", "suffix_overlap")
+
+
+def test_single_line_skips_leading_newline():
+    assert run(["\n    return 1\n    pass\n"], CutRules(single_line=True)) == ("\n    return 1", "max_lines")
+
+
+def test_whitespace_only_result_is_empty():
+    assert run(["   \n\t\n"]) == ("", None)
+
+
+@pytest.mark.parametrize("answer,body", [
+    ("```python\ndef f():\n    pass\n```", "def f():\n    pass"),
+    ("\n```\nx = 1\n```\n", "x = 1"),
+    ("Here:\n```\nx\n```", "Here:\n```\nx\n```"),
+    ("```a\nx\n```\ntext\n```b\ny\n```", "```a\nx\n```\ntext\n```b\ny\n```"),
+])
+def test_strip_fence_and_fence_stream_agree(answer, body):
+    assert strip_fence(answer) == body
+    stream = FenceStream()
+    out = "".join(stream.feed(c) for c in answer) + stream.finish()
+    assert out == body
+
+
+def test_trim_to_budget_keeps_nearest_tokens():
+    pre, suf = list(range(100)), list(range(1000, 1100))
+    t = fim.trim_to_budget(pre, suf, 80)
+    assert len(t.prefix) + len(t.suffix) == 80
+    assert t.prefix == pre[-60:] and t.suffix == suf[:20]
+    assert (t.dropped_prefix, t.dropped_suffix) == (40, 80)
+    short = fim.trim_to_budget(list(range(10)), suf, 80)
+    assert short.prefix == list(range(10)) and short.suffix == suf[:70]
