@@ -207,6 +207,57 @@ def generate(
 
 
 @app.command()
+def infill(
+    targets: Annotated[list[str], typer.Argument(help="FILE:LINE[:COL] positions, or FILEs whose marker lines to fill.")],
+    write: Annotated[bool, typer.Option("--write", "-w", help="Insert the completions into the files.")] = False,
+    diff: Annotated[bool, typer.Option("--diff", help="Print a unified diff instead of the completions.")] = False,
+    check: Annotated[bool, typer.Option("--check", help="Exit 1 if any marker remains (lists them); writes nothing.")] = False,
+    marker: Annotated[str, typer.Option("--marker", help="Marker comment text.")] = "cg: fill",
+    encoding: Annotated[str, typer.Option("--encoding", help="Source file encoding.")] = "utf-8",
+    context: Annotated[Optional[list[str]], typer.Option("--context", "-c", help="Context FILE (repeatable), or 'auto' for the local imports.")] = None,
+    max_lines: Annotated[Optional[int], typer.Option("--max-lines", min=1)] = None,
+    single_line: Annotated[bool, typer.Option("--single-line")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per target.")] = False,
+    model: ModelOpt = None,
+    ctx: CtxOpt = 4096,
+    threads: ThreadsOpt = None,
+    seed: SeedOpt = 0,
+    temperature: TempOpt = 0.0,
+    top_p: TopPOpt = 0.95,
+    top_k: TopKOpt = 40,
+    max_tokens: MaxTokensOpt = 128,
+    max_time: MaxTimeOpt = None,
+    logit_bias: BiasOpt = None,
+    verbose: VerboseOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Fill positions or marker comments (`# cg: fill`) in files; for scripts and git hooks."""
+    from . import infill as infill_mod
+
+    if check:
+        left = infill_mod.check(targets, marker, encoding)
+        for item in left:
+            print(item, file=sys.stderr)
+        if left:
+            raise typer.Exit(1)
+        return
+    opts = _run_options(model, ctx, threads, seed, temperature, top_p, top_k, max_tokens, max_time, verbose, quiet,
+                        logit_bias)
+    ctx_arg = "auto" if context == ["auto"] else [Path(c) for c in context or []]
+    results = infill_mod.infill(targets, opts=opts, write=write, marker=marker, encoding=encoding, context=ctx_arg,
+                                max_lines=max_lines, single_line=single_line)
+    filled = [f for r in results for f in r.filled]
+    if as_json:
+        for f in filled:
+            data = {"file": str(f.target.path), "line": f.target.line, "col": f.target.col, **f.completion.to_json()}
+            print(json.dumps(data, ensure_ascii=False))
+    elif diff:
+        sys.stdout.write("".join(r.diff() for r in results))
+    elif not write:
+        sys.stdout.write("\n".join(f.completion.text for f in filled))
+
+
+@app.command()
 def quantize(
     src_dir: Annotated[Path, typer.Argument(help="Hugging Face checkpoint folder (config.json, *.safetensors, tokenizer.model).")],
     type: Annotated[str, typer.Option("--type", help="q4_k_m, q8_0, q4_k_s, q5_k_m, q6_k, f16, bf16 or f32.")] = "q4_k_m",
@@ -278,8 +329,8 @@ def main(argv: list[str] | None = None) -> int:
 
     command = typer.main.get_command(app)
     try:
-        command.main(args=argv, prog_name="cg", standalone_mode=False)
-        return 0
+        rc = command.main(args=argv, prog_name="cg", standalone_mode=False)
+        return rc if isinstance(rc, int) else 0  # click returns typer.Exit's code here
     except CgError as exc:
         if os.environ.get("CG_DEBUG") == "1":
             raise

@@ -1,0 +1,236 @@
+"""`cg infill` on real files with real decoding on the tiny CodeGemma-layout GGUF."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cg import infill as infill_mod
+from cg.cli import main
+from cg.complete import RunOptions
+from cg.errors import InputError, StaleFileError
+
+
+def scripted(engine, text: str):
+    """Forces `text` then <|file_separator|> in every generation (restarts after each prompt)."""
+    ids = [*engine.tokenize_text(text), 70]
+    state = {"n": 0}
+
+    def process(input_ids, logits):
+        if input_ids[len(input_ids) - 1] == 68:
+            state["n"] = 0  # a new FIM prompt just ended with <|fim_middle|> (never forced)
+        if state["n"] < len(ids):
+            logits[ids[state["n"]]] += 1e4
+        state["n"] += 1
+        return logits
+
+    return process
+
+
+@pytest.fixture()
+def run(tiny_opts, tiny_engine):
+    def fill(specs, text="X = 1", **kw):
+        return infill_mod.infill(specs, opts=tiny_opts, logits_processor=scripted(tiny_engine, text), **kw)
+
+    return fill
+
+
+def test_write_lf_at_end_of_line(tmp_path, run):
+    f = tmp_path / "a.py"
+    f.write_bytes(b"def f():\n    y = \n    return y\n")
+    run([f"{f}:2"], text="2", write=True)
+    assert f.read_bytes() == b"def f():\n    y = 2\n    return y\n"
+
+
+def test_crlf_bom_and_mode_are_kept(tmp_path, run):
+    f = tmp_path / "a.py"
+    f.write_bytes(b"\xef\xbb\xbfdef f():\r\n    \r\n    return y\r\n")
+    f.chmod(0o751)
+    run([f"{f}:2"], text="y = 1\n    y += 1", write=True)
+    assert f.read_bytes() == b"\xef\xbb\xbfdef f():\r\n    y = 1\r\n    y += 1\r\n    return y\r\n"
+    assert f.stat().st_mode & 0o777 == 0o751
+
+
+def test_append_to_file_without_trailing_newline(tmp_path, run):
+    f = tmp_path / "a.py"
+    f.write_bytes(b"x = 1\ny = 2")
+    run([f"{f}:3"], text="z = 3", write=True)
+    assert f.read_bytes() == b"x = 1\ny = 2\nz = 3"
+
+
+def test_tabs_and_column(tmp_path, run):
+    f = tmp_path / "a.go"
+    f.write_bytes(b"func f() {\n\treturn ()\n}\n")
+    run([f"{f}:2:10"], text="a + b", write=True)
+    assert f.read_bytes() == b"func f() {\n\treturn (a + b)\n}\n"
+
+
+def test_several_targets_in_one_file_fill_bottom_up(tmp_path, run):
+    f = tmp_path / "a.py"
+    f.write_bytes(b"a = \nb = \nc = \n")
+    results = run([f"{f}:1", f"{f}:3"], text="7", write=True)
+    assert f.read_bytes() == b"a = 7\nb = \nc = 7\n"
+    assert [x.target.line for x in results[0].filled] == [1, 3]
+
+
+def test_marker_mode_keeps_indentation(tmp_path, run):
+    f = tmp_path / "a.py"
+    f.write_bytes(b"def f(a):\n    # cg: fill\n    return a\n\n// cg: fill something\n")
+    run([str(f)], text="a += 1", write=True)
+    assert f.read_bytes() == b"def f(a):\n    a += 1\n    return a\n\na += 1\n"
+
+
+def test_check_exit_codes(tmp_path, capsys):
+    clean, marked = tmp_path / "clean.py", tmp_path / "marked.py"
+    clean.write_text("x = 1\n")
+    marked.write_text("x = 1\n  # cg: fill\n")
+    assert main(["infill", "--check", str(clean)]) == 0
+    assert main(["infill", "--check", str(clean), str(marked)]) == 1
+    assert capsys.readouterr().err == f"{marked}:2\n"
+
+
+def test_cli_stdout_diff_and_json(tmp_path, tiny_gguf, capsys):
+    f = tmp_path / "a.py"
+    f.write_text("def f():\n    return 1\n")
+    base = ["infill", "-m", str(tiny_gguf), "--ctx", "512", "-n", "4", *[a for t in (1, 67, 68, 69, 70, 107) for a in ("--logit-bias", f"{t}=-1000")]]
+    assert main([*base, f"{f}:1"]) == 0
+    out, err = capsys.readouterr()
+    assert err == "" and out and f.read_text() == "def f():\n    return 1\n"
+    assert main([*base, "--diff", f"{f}:1"]) == 0
+    diff = capsys.readouterr().out
+    assert diff.startswith(f"--- {f}\n+++ {f}\n") and "-def f():\n+def f():" + out in diff
+    assert main([*base, "--json", f"{f}:1", f"{f}:2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and '"line": 1' in lines[0] and '"line": 2' in lines[1]
+
+
+def test_failure_during_write_leaves_file_untouched(tmp_path, run, monkeypatch):
+    f = tmp_path / "a.py"
+    original = b"x = \r\ny = 2\r\n"
+    f.write_bytes(original)
+
+    def broken_replace(*_args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", broken_replace)
+    with pytest.raises(OSError):
+        run([f"{f}:1"], write=True)
+    assert f.read_bytes() == original
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.py"]
+
+
+def test_failure_during_generation_leaves_file_untouched(tmp_path, tiny_opts, tiny_engine):
+    from cg.complete import complete
+
+    f = tmp_path / "a.py"
+    f.write_bytes(b"a = \nb = \n")
+    calls = []
+
+    def complete_then_interrupt(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # Ctrl-C while the second target is generating
+        return complete(*args, **kwargs)
+
+    with pytest.raises(KeyboardInterrupt):
+        infill_mod.infill([f"{f}:1", f"{f}:2"], opts=tiny_opts, write=True, complete_fn=complete_then_interrupt,
+                          logits_processor=scripted(tiny_engine, "1"))
+    assert len(calls) == 2
+    assert f.read_bytes() == b"a = \nb = \n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.py"]
+
+
+def test_file_changed_on_disk_is_refused(tmp_path, run, tiny_engine, tiny_opts):
+    f = tmp_path / "a.py"
+    f.write_text("a = \n")
+    src = infill_mod.read_source(f)
+    result = infill_mod.fill_file(src, [infill_mod.Target(f, 1)], tiny_opts,
+                                  logits_processor=scripted(tiny_engine, "1"))
+    f.write_text("a = 'edited meanwhile'\n")
+    with pytest.raises(StaleFileError):
+        infill_mod.write_source(result.source, result.new_text)
+    assert f.read_text() == "a = 'edited meanwhile'\n"
+
+
+@pytest.mark.parametrize("make,spec,match", [
+    (None, "{d}/missing.py:1", "file not found"),
+    (None, "{d}:1", "is a directory"),
+    (b"x\n", "{f}:3", "line out of range"),
+    (b"x\n", "{f}:1:3", "column out of range"),
+    (b"x\n", "{f}:one", "LINE and COL must be numbers"),
+    (b"x\n", "{f}:0", "start at 1"),
+    (b"\x00\x01binary", "{f}:1", "binary"),
+    (b"caf\xe9\n", "{f}:1", "not valid utf-8"),
+])
+def test_bad_input(tmp_path, tiny_opts, make, spec, match):
+    f = tmp_path / "a.py"
+    if make is not None:
+        f.write_bytes(make)
+    with pytest.raises(InputError, match=match):
+        infill_mod.infill([spec.format(d=tmp_path, f=f)], opts=tiny_opts, write=True)
+    if make is not None:
+        assert f.read_bytes() == make
+
+
+def test_bad_input_through_cli_is_one_error_line(tmp_path, capsys):
+    assert main(["infill", f"{tmp_path}/nope.py:1"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == f"Error: file not found: {tmp_path}/nope.py" and err[1].startswith("Hint: ")
+
+
+def test_context_auto_picks_local_imports_in_order(tmp_path, tiny_opts, tiny_engine):
+    (tmp_path / ".git").mkdir()
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "util.py").write_text("def helper():\n    return 1\n")
+    (tmp_path / "models.py").write_text("class Model:\n    pass\n")
+    main_py = tmp_path / "main.py"
+    main_py.write_text("import os\nimport models\nfrom pkg import util\n\nx = \n")
+    from cg.repo_context import local_imports
+
+    found = [p.relative_to(tmp_path).as_posix() for p in local_imports(main_py)]
+    assert found == ["models.py", "pkg/__init__.py", "pkg/util.py"]
+    res = infill_mod.infill([f"{main_py}:5"], opts=tiny_opts, context="auto",
+                            logits_processor=scripted(tiny_engine, "1"))
+    prompt = res[0].filled[0].completion.prompt_ids
+    t = tiny_engine.tokenize_text
+    chunk = {rel: [*t(f"{rel}\n{(tmp_path / rel).read_text()}"), 70] for rel in found}
+    # Nearest (first imported) file sits next to the current file, the farthest right after BOS.
+    expected = [2, *chunk["pkg/util.py"], *chunk["pkg/__init__.py"], *chunk["models.py"], *t("main.py\n"), 67]
+    assert prompt[:prompt.index(67) + 1] == expected
+    # A small budget keeps only whole files that fit.
+    small = RunOptions(**{**tiny_opts.__dict__, "n_ctx": 256, "max_tokens": 200})
+    res = infill_mod.infill([f"{main_py}:5"], opts=small, context="auto", logits_processor=scripted(tiny_engine, "1"))
+    assert len(res[0].filled[0].completion.prompt_ids) + 200 <= 256
+    assert res[0].filled[0].completion.prompt_ids.count(70) < 3
+
+
+def test_precommit_blocks_commit_with_marker(tmp_path):
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    env = {**os.environ, "PRE_COMMIT_HOME": str(tmp_path / "pc-home"), "GIT_AUTHOR_NAME": "t",
+           "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
+
+    def sh(*args, check=True):
+        return subprocess.run(args, cwd=repo, env=env, capture_output=True, text=True, check=check, timeout=300)
+
+    sh("git", "init", "-q")
+    (repo / ".pre-commit-config.yaml").write_text(
+        "repos:\n- repo: local\n  hooks:\n  - id: cg-check\n    name: cg markers left\n"
+        f"    entry: {sys.executable} -m cg infill --check\n    language: system\n    types: [python]\n")
+    (repo / "app.py").write_text("def f():\n    # cg: fill\n")
+    sh(sys.executable, "-m", "pre_commit", "install")
+    sh("git", "add", "-A")
+    blocked = sh("git", "commit", "-m", "with marker", check=False)
+    assert blocked.returncode != 0 and "app.py:2" in blocked.stdout + blocked.stderr
+    (repo / "app.py").write_text("def f():\n    return 1\n")
+    sh("git", "add", "-A")
+    assert sh("git", "commit", "-m", "clean", check=False).returncode == 0
