@@ -35,18 +35,27 @@ class TensorEntry:
         return n
 
     def rows(self) -> Iterator["np.ndarray"]:  # noqa: F821
-        """The tensor as float32 blocks of whole rows (memory-mapped, converted block by block)."""
+        """The tensor as float32 blocks of whole rows, read block by block.
+
+        Plain reads, not a memory map: mapped pages count toward the process's resident memory
+        until unmapped, so a mapped 2 GB embedding would show as 2 GB of RSS.
+        """
         import numpy as np
 
         np_dtype, size = _DTYPES[self.dtype]
-        data = np.memmap(self.file, dtype=np_dtype, mode="r", offset=self.offset, shape=(self.n_elements,))
         row = self.shape[-1] if self.shape else 1
         n_rows = max(1, self.n_elements // row)
         step = max(1, CHUNK_BYTES // (row * size))
-        for start in range(0, n_rows, step):
-            block = np.asarray(data[start * row:min(n_rows, start + step) * row])
-            yield _to_f32(block, self.dtype).reshape(-1, *self.shape[1:]) if len(self.shape) > 1 else _to_f32(block, self.dtype)
-        del data
+        with open(self.file, "rb") as f:
+            for start in range(0, n_rows, step):
+                count = (min(n_rows, start + step) - start) * row
+                f.seek(self.offset + start * row * size)
+                block = np.fromfile(f, dtype=np_dtype, count=count)
+                if block.size != count:
+                    raise ConversionError(f"{self.file.name} ended inside tensor {self.name}",
+                                          "Download it again (an interrupted download leaves a short file).")
+                block = _to_f32(block, self.dtype)
+                yield block.reshape(-1, *self.shape[1:]) if len(self.shape) > 1 else block
 
 
 def _to_f32(block, dtype: str):
