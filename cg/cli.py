@@ -43,6 +43,8 @@ VerboseOpt = Annotated[bool, typer.Option("--verbose", help="Show llama.cpp's lo
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No warnings or notes on stderr.")]
 StopOpt = Annotated[Optional[list[str]], typer.Option("--stop", help="Extra stop text (repeatable).")]
 BiasOpt = Annotated[Optional[list[str]], typer.Option("--logit-bias", help="TOKEN_ID=BIAS added to a token's logit (repeatable).")]
+MaxLinesOpt = Annotated[Optional[int], typer.Option("--max-lines", min=1, help="Cut after this many lines.")]
+SingleLineOpt = Annotated[bool, typer.Option("--single-line", help="Stop at the end of the first line.")]
 ContextOpt = Annotated[Optional[list[Path]], typer.Option("--context", "-c", help="Another file to show the model first (repeatable).")]
 
 
@@ -60,11 +62,11 @@ def _parse_bias(items: list[str]) -> dict[int, float] | None:
     for item in items:
         token, sep, value = item.partition("=")
         try:
+            if not sep:
+                raise ValueError(item)
             bias[int(token)] = float(value)
         except ValueError:
             raise UsageError(f"--logit-bias {item!r} is not TOKEN_ID=BIAS", "Example: --logit-bias 70=-100") from None
-        if not sep:
-            raise UsageError(f"--logit-bias {item!r} is not TOKEN_ID=BIAS", "Example: --logit-bias 70=-100")
     return bias or None
 
 
@@ -125,8 +127,8 @@ def complete(
     path: Annotated[Optional[str], typer.Option("--path", help="File path sent as the header line.")] = None,
     context: ContextOpt = None,
     spm: Annotated[bool, typer.Option("--spm", help="Suffix-prefix-middle order instead of PSM.")] = False,
-    max_lines: Annotated[Optional[int], typer.Option("--max-lines", min=1)] = None,
-    single_line: Annotated[bool, typer.Option("--single-line", help="Stop at the end of the first line.")] = False,
+    max_lines: MaxLinesOpt = None,
+    single_line: SingleLineOpt = False,
     require_fim: Annotated[bool, typer.Option("--require-fim", help="Fail on a model without FIM tokens.")] = False,
     stop: StopOpt = None,
     logit_bias: BiasOpt = None,
@@ -215,8 +217,8 @@ def infill(
     marker: Annotated[str, typer.Option("--marker", help="Marker comment text.")] = "cg: fill",
     encoding: Annotated[str, typer.Option("--encoding", help="Source file encoding.")] = "utf-8",
     context: Annotated[Optional[list[str]], typer.Option("--context", "-c", help="Context FILE (repeatable), or 'auto' for the local imports.")] = None,
-    max_lines: Annotated[Optional[int], typer.Option("--max-lines", min=1)] = None,
-    single_line: Annotated[bool, typer.Option("--single-line")] = False,
+    max_lines: MaxLinesOpt = None,
+    single_line: SingleLineOpt = False,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per target.")] = False,
     model: ModelOpt = None,
     ctx: CtxOpt = 4096,

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from . import repo_context
-from .complete import Completion, RunOptions, complete, get_engine
+from .complete import Completion, RunOptions, complete
 from .errors import InputError
 from .textfile import SourceFile, read_source, write_source
 
@@ -34,10 +34,7 @@ class Target:
 @dataclass
 class Filled:
     target: Target
-    start: int  # offsets in the file's text replaced by the completion
-    end: int
     completion: Completion
-    insert: str = ""
 
 
 @dataclass
@@ -109,26 +106,19 @@ def fill_file(src: SourceFile, targets: list[Target], opts: RunOptions, *, conte
     result = FileResult(src, text)
     ctx_files = _context_files(src.path, context)
     for (start, end, indent), target in spans:
-        prefix = text[:start] + (indent if indent != "\n" else "\n")
         suffix = text[end:]
-        done = complete_fn(prefix, suffix, opts=opts, path=header_path(src.path), context=ctx_files, **kwargs)
-        insert = (indent + done.text) if indent else done.text
-        text = text[:start] + insert + suffix
-        result.filled.append(Filled(target, start, end, done, insert))
+        done = complete_fn(text[:start] + indent, suffix, opts=opts, path=header_path(src.path), context=ctx_files,
+                           **kwargs)
+        text = text[:start] + indent + done.text + suffix
+        result.filled.append(Filled(target, done))
     result.new_text = text
     result.filled.reverse()
     return result
 
 
 def _context_files(path: Path, context: Sequence[Path] | str) -> list[tuple[str, str]]:
-    if context == "auto" or (isinstance(context, (list, tuple)) and [str(c) for c in context] == ["auto"]):
-        files = repo_context.local_imports(path)
-    else:
-        files = [Path(c) for c in context]
-    out = []
-    for f in files:
-        out.append((header_path(f), read_source(f).text))
-    return out
+    files = repo_context.local_imports(path) if context == "auto" else [Path(c) for c in context]
+    return [(header_path(f), read_source(f).text) for f in files]
 
 
 def collect_targets(specs: Sequence[str], marker: str, encoding: str) -> dict[Path, tuple[SourceFile, list[Target]]]:
@@ -153,10 +143,8 @@ def infill(specs: Sequence[str], *, opts: RunOptions = RunOptions(), write: bool
     files = collect_targets(specs, marker, encoding)
     results = []
     for src, targets in files.values():
-        if not targets:
-            continue
-        get_engine(opts)  # load once for every target and file
-        results.append(fill_file(src, targets, opts, context=context, **kwargs))
+        if targets:  # the model loads once: get_engine keeps it for every target and file
+            results.append(fill_file(src, targets, opts, context=context, **kwargs))
     if write:
         for res in results:
             if res.new_text != res.source.text:
@@ -169,6 +157,5 @@ def check(specs: Sequence[str], marker: str = DEFAULT_MARKER, encoding: str = "u
     left = []
     for spec in specs:
         path, _, _ = parse_target(spec)
-        src = read_source(path, encoding)
-        left += [f"{path}:{n}" for n in marker_lines(src.text, marker)]
+        left += [f"{path}:{n}" for n in marker_lines(read_source(path, encoding).text, marker)]
     return left

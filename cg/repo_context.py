@@ -31,7 +31,8 @@ def local_imports(path: Path) -> list[Path]:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):
         return []
-    here = path.resolve().parent
+    me = path.resolve()
+    here = me.parent
     root = git_root(path) or here
     modules: list[tuple[int, list[Path], str]] = []
     for m in _IMPORT.finditer(text):
@@ -50,7 +51,7 @@ def local_imports(path: Path) -> list[Path]:
         for base in bases:
             for candidate in _module_files(base, dotted):
                 resolved = candidate.resolve()
-                if candidate.is_file() and resolved != path.resolve() and resolved not in found:
+                if candidate.is_file() and resolved != me and resolved not in found:
                     found.append(resolved)
     return found
 
