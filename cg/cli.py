@@ -275,6 +275,26 @@ def quantize(
     print(path)
 
 
+@app.command()
+def download(
+    model: Annotated[Optional[str], typer.Argument(help="codegemma-2b (default), codegemma-1.1-2b, codegemma-7b, codegemma-7b-it, codegemma-1.1-7b-it, or any hub repo id.")] = None,
+    quant: Annotated[str, typer.Option("--quant", help="q4_k_m (default), q8_0, q4_k_s, q5_k_m, q6_k, f16, bf16 or f32.")] = "q4_k_m",
+    token: Annotated[Optional[str], typer.Option("--token", help="Hub token (default: HF_TOKEN, then `hf auth login`'s).")] = None,
+    revision: Annotated[Optional[str], typer.Option("--revision", help="Branch, tag or commit (default: main).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an installed model of the same name.")] = False,
+    keep_source: Annotated[bool, typer.Option("--keep-source", help="Keep the safetensors checkpoint beside the GGUF in cg's store.")] = False,
+    name: Annotated[Optional[str], typer.Option("--name", help="Name in the model store (default: MODEL-QUANT).")] = None,
+    threads: ThreadsOpt = None,
+) -> None:
+    """Download CodeGemma from the Hugging Face hub, ready for `cg complete` (prints its name)."""
+    from .hub import download as fetch
+
+    record = fetch(model, quant=quant, token=token, revision=revision, force=force, keep_source=keep_source,
+                   name=name, threads=threads)
+    print(f"Installed {record.name}: {record.path}", file=sys.stderr)
+    print(record.name)
+
+
 @models_app.callback()
 def models_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """List installed models (* marks the one used by default)."""
@@ -332,6 +352,8 @@ def main(argv: list[str] | None = None) -> int:
     command = typer.main.get_command(app)
     try:
         rc = command.main(args=argv, prog_name="cg", standalone_mode=False)
+        if rc == 130:  # Typer turns Ctrl-C into a silent Exit(130)
+            return _fail("interrupted", "", 130)
         return rc if isinstance(rc, int) else 0  # click returns typer.Exit's code here
     except CgError as exc:
         if os.environ.get("CG_DEBUG") == "1":

@@ -3,6 +3,7 @@
 Layout under the home folder (``$CG_HOME``, else ``$XDG_CACHE_HOME/cg``, else ``~/.cache/cg``)::
 
     models/<name>.gguf      model files
+    models/<name>.source/   checkpoint kept by `cg download --keep-source`
     models.json             {"default": name|null, "models": {name: record}}
     state.json              one-time notices already shown
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -45,6 +47,8 @@ class ModelRecord:
     revision: str = ""
     # Special ids recorded at install time, so stops work even for GGUFs that lack them.
     special_ids: dict[str, int] = field(default_factory=dict)
+    # --keep-source: the checkpoint kept beside the GGUF (removed with it).
+    source_dir: str = ""
 
     @property
     def size(self) -> int:
@@ -117,10 +121,14 @@ def remove(name: str) -> ModelRecord:
     if data["default"] == name:
         data["default"] = None
     write_json_atomic(home() / "models.json", data)
-    path = Path(rec["path"])
+    record = ModelRecord(**rec)
+    path = Path(record.path)
     if path.parent == models_dir() and path.exists():
         path.unlink()
-    return ModelRecord(**rec)
+    source = Path(record.source_dir) if record.source_dir else None
+    if source is not None and source.parent == models_dir() and source.is_dir():
+        shutil.rmtree(source)
+    return record
 
 
 def set_default(name: str) -> None:

@@ -76,3 +76,22 @@ def forcing(ids: list[int]):
         return logits
 
     return process
+
+
+def variant_gguf(ckpt: Path, path: Path, *, drop=(), user_defined=()) -> Path:
+    """A checkpoint converted with some special ids left out or typed USER_DEFINED,
+    as GGUFs from other converters are."""
+    from quantize import vocab as vocab_mod
+    from quantize.checkpoint import open_checkpoint
+    from quantize.convert import plan_tensors, write_gguf
+    from quantize.registry import lookup
+
+    ckpt = open_checkpoint(ckpt)
+    conv = lookup(ckpt.architecture)(ckpt.config)
+    vocab = vocab_mod.load_vocab(ckpt.folder, ckpt.config["vocab_size"])
+    for name in drop:
+        vocab.special.pop(name)
+    for token in user_defined:
+        vocab.types[token] = vocab_mod.USER_DEFINED
+    write_gguf(ckpt, conv, vocab, plan_tensors(ckpt, conv), path, "f32")
+    return path

@@ -8,12 +8,8 @@ import pytest
 
 from cg import engine as engine_mod
 from cg.complete import RunOptions, complete, generate
-from quantize import vocab as vocab_mod
-from quantize.checkpoint import open_checkpoint
-from quantize.convert import plan_tensors, write_gguf
-from quantize.registry import lookup
 
-from .conftest import forcing
+from .conftest import forcing, variant_gguf
 
 STOP_IDS = {"eos": 1, "fim_pre": 67, "fim_mid": 68, "fim_suf": 69, "fim_sep": 70, "eot": 107}
 
@@ -38,24 +34,10 @@ def test_each_stop_token_ends_generation(tiny_engine, tiny_opts, name):
     assert result.completion_tokens == len(body)
 
 
-def _variant_gguf(tiny_ckpt, path, *, drop=(), user_defined=()):
-    """The tiny model converted with some special ids left out or typed USER_DEFINED,
-    as GGUFs from other converters are."""
-    ckpt = open_checkpoint(tiny_ckpt)
-    conv = lookup(ckpt.architecture)(ckpt.config)
-    vocab = vocab_mod.load_vocab(ckpt.folder, ckpt.config["vocab_size"])
-    for name in drop:
-        vocab.special.pop(name)
-    for token in user_defined:
-        vocab.types[token] = vocab_mod.USER_DEFINED
-    write_gguf(ckpt, conv, vocab, plan_tensors(ckpt, conv), path, "f32")
-    return path
-
-
 def test_file_separator_stops_even_when_gguf_does_not_mark_it(tiny_ckpt, tmp_path):
     import llama_cpp
 
-    path = _variant_gguf(tiny_ckpt, tmp_path / "no-fsep.gguf", drop=("fim_sep", "eot"))
+    path = variant_gguf(tiny_ckpt, tmp_path / "no-fsep.gguf", drop=("fim_sep", "eot"))
     opts = RunOptions(model=str(path), n_ctx=256, quiet=True, max_tokens=16)
     eng = engine_mod.load(path, n_ctx=256)
     # llama.cpp itself would run on past <|file_separator|> in this file ...
@@ -83,7 +65,7 @@ def test_sentinel_text_in_user_code_stays_text(tiny_engine, tiny_opts):
 
 
 def test_user_defined_sentinels_cannot_be_injected(tiny_ckpt, tmp_path):
-    path = _variant_gguf(tiny_ckpt, tmp_path / "userdef.gguf", user_defined=(67, 68, 69, 70))
+    path = variant_gguf(tiny_ckpt, tmp_path / "userdef.gguf", user_defined=(67, 68, 69, 70))
     eng = engine_mod.load(path, n_ctx=256)
     text = "a<|fim_middle|>b"
     # llama.cpp matches user-defined tokens even with special parsing off ...

@@ -1,0 +1,370 @@
+"""`cg download`: a Hugging Face hub repository -> a registered, ready-to-run GGUF.
+
+Everything that touches the hub goes through huggingface_hub (tokens, cache, offline mode,
+resuming a dropped connection with a Range request). The endpoint, cache folder and offline
+switch are read from the environment at call time, so HF_ENDPOINT, HF_HOME/HF_HUB_CACHE and
+HF_HUB_OFFLINE work however cg was started.
+
+A repository that holds GGUF files gives the one matching --quant; otherwise only the files that
+conversion needs are fetched and the quantize pipeline runs. The store entry is written last:
+an interrupted or failed download registers nothing.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import shutil
+import sys
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from . import store
+from .errors import AuthError, CgError, DiskSpaceError, HubNotFoundError, InputError, NetworkError, OutputExistsError
+
+SHORT_NAMES = {
+    "codegemma-2b": "google/codegemma-2b",
+    "codegemma-1.1-2b": "google/codegemma-1.1-2b",
+    "codegemma-7b": "google/codegemma-7b",
+    "codegemma-7b-it": "google/codegemma-7b-it",
+    "codegemma-1.1-7b-it": "google/codegemma-1.1-7b-it",
+}
+DEFAULT_MODEL = "codegemma-2b"
+# What conversion reads; nothing else is fetched (no *.bin, *.pt, *.msgpack, *.h5 ...).
+CHECKPOINT_FILES = {"config.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
+                    "generation_config.json", "model.safetensors.index.json"}
+_FIM_NAMES = ("fim_pre", "fim_suf", "fim_mid", "fim_sep", "eot")
+_QUANT_IN_NAME = re.compile(r"(?:^|[^a-z0-9])(q\d_k_[sml]|q\d_k|q\d_\d|iq\d_[a-z]+|f16|bf16|f32)(?:[^a-z0-9]|$)")
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One revision of a repository: its commit and files (path -> size; -1 where unknown)."""
+
+    repo_id: str
+    commit: str
+    files: dict[str, int]
+    revision: str | None = None  # the branch, tag or commit asked for (None: main)
+    local_dir: Path | None = None  # set when the files come from the cache (offline)
+
+
+@dataclass(frozen=True)
+class Plan:
+    kind: str  # "gguf" or "checkpoint"
+    files: tuple[str, ...]
+
+
+def repo_for(model: str | None) -> tuple[str, str]:
+    """(repo id, base name for the store) from a short name or any `owner/name` repo id."""
+    model = model or DEFAULT_MODEL
+    if model in SHORT_NAMES:
+        return SHORT_NAMES[model], model
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", model):
+        base = model.split("/")[1].lower()
+        return model, re.sub(r"[-_.]gguf$", "", base)
+    raise InputError(f"unknown model {model!r}",
+                     "Use a short name (" + ", ".join(SHORT_NAMES) + ") or a hub repo id like owner/name.")
+
+
+def quant_of(filename: str) -> str | None:
+    """The quantization a GGUF file name announces ("codegemma-2b-Q4_K_M.gguf" -> "q4_k_m")."""
+    m = _QUANT_IN_NAME.search(Path(filename).name.lower().replace("-", "_").removesuffix(".gguf") + ".")
+    return m.group(1) if m else None
+
+
+def choose(files: dict[str, int], quant: str) -> Plan:
+    """The GGUF that matches `quant`, else the checkpoint files conversion needs, else an error."""
+    ggufs = sorted(f for f in files if f.lower().endswith(".gguf"))
+    matching = [f for f in ggufs if quant_of(f) == quant]
+    if matching:
+        if len(matching) > 1 or re.search(r"-\d{5}-of-\d{5}\.gguf$", matching[0]):
+            raise HubNotFoundError(f"the {quant} GGUF in this repository is split into several files: "
+                                   + ", ".join(matching), "Pick another --quant, or download and merge it yourself.")
+        return Plan("gguf", (matching[0],))
+    top = {f for f in files if "/" not in f}
+    weights = sorted(f for f in top if f.endswith(".safetensors"))
+    if weights and "config.json" in top:
+        return Plan("checkpoint", tuple(sorted((top & CHECKPOINT_FILES) | set(weights))))
+    if ggufs:
+        quants = sorted({q for q in map(quant_of, ggufs) if q})
+        raise HubNotFoundError(f"no {quant} GGUF in this repository; it has: "
+                               + (", ".join(quants) if quants else ", ".join(ggufs)),
+                               f"Pass one of them with --quant (e.g. --quant {quants[0] if quants else 'q8_0'}).")
+    other = sorted(f for f in top if f.endswith((".bin", ".pt", ".pth", ".msgpack", ".h5")))
+    raise HubNotFoundError("this repository has neither GGUF files nor safetensors weights"
+                           + (f" (only {', '.join(other)}, which cg does not read)" if other else ""),
+                           "Pick a repository with *.safetensors or *.gguf files.")
+
+
+def download(model: str | None = None, *, quant: str = "q4_k_m", token: str | None = None,
+             revision: str | None = None, force: bool = False, keep_source: bool = False,
+             name: str | None = None, threads: int | None = None) -> store.ModelRecord:
+    """Fetch MODEL from the hub, convert it if needed, register it; return its store record."""
+    from quantize.convert import TYPES
+
+    quant = quant.lower()
+    if quant not in TYPES:
+        raise InputError(f"unknown --quant {quant!r}", "Choose one of: " + ", ".join(TYPES))
+    repo_id, base = repo_for(model)
+    hub = _Hub(token)
+    snap = hub.snapshot(repo_id, revision)
+    plan = choose(snap.files, quant)
+    name = name or f"{base}-{quant}"
+    existing = store.get(name)
+    if existing and Path(existing.path).exists() and not force:
+        if existing.revision == snap.commit:
+            print(f"{name} is already installed ({repo_id}@{snap.commit[:10]})", file=sys.stderr)
+            return existing
+        raise OutputExistsError(f"{name} is installed from another revision ({existing.revision[:10]})",
+                                "Pass --force to replace it, or --name to install this one beside it.")
+    hub.check_space(snap, plan)
+    with hub.progress():
+        local = {f: hub.fetch(snap, f) for f in plan.files}
+    target = store.models_dir() / f"{name}.gguf"
+    if plan.kind == "gguf":
+        _place(local[plan.files[0]], target)
+    else:
+        from quantize.convert import convert
+
+        src = local["config.json"].parent
+        print(f"Converting {repo_id} to {quant}", file=sys.stderr)
+        convert(src, target, type=quant, force=True, threads=threads)
+    source_dir = _keep_source(local, target.with_suffix(".source")) if keep_source and plan.kind != "gguf" else ""
+    record = store.ModelRecord(name=name, path=str(target), quant=quant, source=repo_id, revision=snap.commit,
+                               special_ids=recorded_ids(target, announce=plan.kind == "gguf"),
+                               source_dir=source_dir)
+    store.register(record)
+    return record
+
+
+def recorded_ids(path: Path, *, announce: bool) -> dict[str, int]:
+    """Special ids from the GGUF's metadata, else from its vocabulary by token text.
+
+    GGUFs from other converters usually lack fim_sep (and often eot); recording the ids in the
+    store lets `cg complete` stop on them anyway. With `announce`, say on stderr what was missing.
+    """
+    from gguf import GGUFReader
+
+    from .engine import _METADATA_KEYS, SENTINEL_TEXT
+
+    reader = GGUFReader(path)
+    ids: dict[str, int] = {}
+    for key_name, keys in _METADATA_KEYS.items():
+        for key in keys:
+            field = reader.fields.get(key)
+            if field is not None and int(field.parts[field.data[0]][0]) >= 0:
+                ids[key_name] = int(field.parts[field.data[0]][0])
+                break
+    from_meta = set(ids)
+    tokens = reader.fields.get("tokenizer.ggml.tokens")
+    if tokens is not None:
+        wanted = {text: key for key, text in SENTINEL_TEXT.items() if key not in ids}
+        for i, part in enumerate(tokens.data):
+            text = bytes(tokens.parts[part]).decode("utf-8", "replace")
+            if text in wanted:
+                ids[wanted.pop(text)] = i
+                if not wanted:
+                    break
+    if announce:
+        missing = [k for k in _FIM_NAMES if k not in from_meta]
+        found = {k: ids[k] for k in missing if k in ids}
+        if found:
+            print(f"Note: {path.name} lacks " + ", ".join(_METADATA_KEYS[k][0] for k in found)
+                  + "; cg recorded them from its vocabulary (" + ", ".join(f"{k}={v}" for k, v in found.items())
+                  + ") so completions stop correctly.", file=sys.stderr)
+        if not all(k in ids for k in ("fim_pre", "fim_suf", "fim_mid")):
+            print(f"Note: {path.name} has no FIM tokens; `cg complete` will continue the prefix only.",
+                  file=sys.stderr)
+    return ids
+
+
+class _Hub:
+    def __init__(self, token: str | None):
+        self.token = token
+        self.endpoint = (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+        self.cache_dir = _cache_dir()
+        self.offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+    def snapshot(self, repo_id: str, revision: str | None) -> Snapshot:
+        """The commit and file list, from the hub; from the cache when offline or unreachable."""
+        if self.offline:
+            return self._cached(repo_id, revision, "HF_HUB_OFFLINE is set")
+        from huggingface_hub import HfApi
+
+        try:
+            info = HfApi(endpoint=self.endpoint, token=self.token).model_info(
+                repo_id, revision=revision, files_metadata=True)
+        except Exception as exc:  # noqa: BLE001 - mapped or re-raised below
+            if _is_network_error(exc):
+                snap = self._cached(repo_id, revision, None)
+                print(f"Note: the hub is unreachable ({self.endpoint}); using the cached {repo_id}@"
+                      f"{snap.commit[:10]}", file=sys.stderr)
+                return snap
+            raise self._mapped(exc, repo_id, revision) from exc
+        files = {s.rfilename: (s.size if s.size is not None else -1) for s in info.siblings or []}
+        return Snapshot(repo_id, info.sha, files, revision)
+
+    def _cached(self, repo_id: str, revision: str | None, why: str | None) -> Snapshot:
+        from huggingface_hub import snapshot_download
+
+        try:
+            folder = Path(snapshot_download(repo_id, revision=revision, cache_dir=self.cache_dir,
+                                            local_files_only=True))
+        except Exception as exc:  # noqa: BLE001 - nothing cached for this repo/revision
+            if why:
+                raise NetworkError(f"{repo_id} is not in the hub cache and {why}",
+                                   "Unset HF_HUB_OFFLINE and run the download once online.") from exc
+            raise NetworkError(f"cannot reach the hub at {self.endpoint}, and {repo_id} is not cached") from exc
+        files = {str(p.relative_to(folder)): p.stat().st_size for p in folder.rglob("*") if p.is_file()}
+        return Snapshot(repo_id, folder.name, files, revision, folder)
+
+    def check_space(self, snap: Snapshot, plan: Plan) -> None:
+        from huggingface_hub import try_to_load_from_cache
+
+        need = sum(max(snap.files[f], 0) for f in plan.files
+                   if snap.local_dir is None
+                   and not isinstance(try_to_load_from_cache(snap.repo_id, f, cache_dir=self.cache_dir,
+                                                             revision=snap.commit), str))
+        folder = Path(self.cache_dir) if self.cache_dir else _default_cache()
+        folder = next((p for p in [folder, *folder.parents] if p.exists()), Path("/"))
+        free = shutil.disk_usage(folder).free
+        if need and free < need * 1.05:
+            raise DiskSpaceError(f"not enough disk space in {folder} for the download: need "
+                                 f"{need / 2**30:.1f} GiB, {free / 2**30:.1f} GiB free",
+                                 "Free some space or point HF_HOME at a bigger disk.")
+
+    def fetch(self, snap: Snapshot, filename: str) -> Path:
+        if snap.local_dir is not None:
+            return snap.local_dir / filename
+        from huggingface_hub import hf_hub_download
+
+        try:
+            # By the name asked for (so the cache records refs/<name> for offline use), checked
+            # against the commit listed.
+            path = Path(hf_hub_download(snap.repo_id, filename, revision=snap.revision or "main",
+                                        cache_dir=self.cache_dir, endpoint=self.endpoint, token=self.token))
+        except Exception as exc:  # noqa: BLE001 - mapped to cg's errors, or re-raised as is
+            if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+                raise DiskSpaceError(f"the disk filled up while downloading {filename}",
+                                     "Free some space and run the command again; finished files are kept.") from exc
+            raise self._mapped(exc, snap.repo_id, snap.commit) from exc
+        if path.parent.name != snap.commit and "/" not in filename:
+            raise HubNotFoundError(f"{snap.repo_id} changed while downloading ({snap.commit[:10]} -> "
+                                   f"{path.parent.name[:10]})", "Run the command again.")
+        return path
+
+    def _mapped(self, exc: Exception, repo_id: str, revision: str | None) -> Exception:
+        from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, HfHubHTTPError,
+                                            RepositoryNotFoundError, RevisionNotFoundError)
+
+        page = f"{self.endpoint}/{repo_id}"
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        if isinstance(exc, GatedRepoError) or (isinstance(exc, HfHubHTTPError) and status == 403):
+            if status == 403:
+                return AuthError(f"{repo_id} is gated and your token's account has not accepted its license",
+                                 f"Accept the license at {page}, then run the command again.")
+            return AuthError(f"{repo_id} is gated: the hub wants a token",
+                             f"Accept the license at {page}, then pass --token, set HF_TOKEN or run `hf auth login`.")
+        if isinstance(exc, RevisionNotFoundError):
+            return HubNotFoundError(f"revision {revision!r} not found in {repo_id}",
+                                    f"See the branches and tags at {page}/tree/main.")
+        if isinstance(exc, EntryNotFoundError):
+            return HubNotFoundError(f"a file vanished from {repo_id}@{(revision or 'main')[:10]}: {exc}",
+                                    "Run the command again; the repository changed while downloading.")
+        if isinstance(exc, RepositoryNotFoundError):
+            if status == 401 and not self.token and not os.environ.get("HF_TOKEN"):
+                return AuthError(f"{repo_id} was not found or is private",
+                                 "Check the name; for a private repository pass --token or set HF_TOKEN.")
+            return HubNotFoundError(f"repository {repo_id} not found on {self.endpoint}",
+                                    "Check the name: short names are " + ", ".join(SHORT_NAMES) + ".")
+        if _is_network_error(exc):
+            return NetworkError(f"the connection to {self.endpoint} failed: {type(exc).__name__}",
+                                "Run the command again to resume; finished files are kept in the hub cache.")
+        if isinstance(exc, HfHubHTTPError):
+            return CgError(f"the hub answered {status}: {str(exc).splitlines()[0]}",
+                           "Try again later; see https://status.huggingface.co.")
+        return exc
+
+    @contextmanager
+    def progress(self) -> Iterator[None]:
+        """huggingface_hub's own bars on stderr when it is a terminal; silent otherwise."""
+        from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+        was_disabled = are_progress_bars_disabled()
+        if not sys.stderr.isatty():
+            disable_progress_bars()
+        try:
+            yield
+        finally:
+            if not was_disabled:
+                enable_progress_bars()
+
+
+def _is_network_error(exc: BaseException) -> bool:
+    """A connection that failed or dropped (checked along the cause chain, whatever the HTTP library)."""
+    from huggingface_hub.errors import OfflineModeIsEnabled
+
+    names = {"ConnectError", "ConnectTimeout", "TimeoutException", "ReadTimeout", "ReadError", "WriteError",
+             "RemoteProtocolError", "NetworkError", "ConnectionError", "ProtocolError"}
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, (OfflineModeIsEnabled, ConnectionError, TimeoutError)):
+            return True
+        if any(c.__name__ in names for c in type(exc).__mro__):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _cache_dir() -> str | None:
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.environ["HF_HUB_CACHE"]
+    if os.environ.get("HF_HOME"):
+        return str(Path(os.environ["HF_HOME"]) / "hub")
+    return None
+
+
+def _default_cache() -> Path:
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "huggingface" / "hub"
+
+
+def _place(cached: Path, target: Path) -> None:
+    """Put a cached GGUF into the store: a hard link (no second copy) where the disk allows, else a copy."""
+    from .engine import check_gguf_file
+
+    blob = cached.resolve()
+    check_gguf_file(blob)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(blob, tmp)
+        except OSError:
+            shutil.copyfile(blob, tmp)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _keep_source(local: dict[str, Path], folder: Path) -> str:
+    """--keep-source: the checkpoint files beside the GGUF (hard links where possible)."""
+    tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        for name, path in local.items():
+            try:
+                os.link(path.resolve(), tmp / name)
+            except OSError:
+                shutil.copyfile(path.resolve(), tmp / name)
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return str(folder)
