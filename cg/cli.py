@@ -27,6 +27,9 @@ app = typer.Typer(
 models_app = typer.Typer(help="List, remove and choose installed models.", invoke_without_command=True,
                          add_completion=False, rich_markup_mode=None)
 app.add_typer(models_app, name="models")
+eval_app = typer.Typer(help="Measure what a model is worth on code benchmarks.", no_args_is_help=True,
+                       add_completion=False, rich_markup_mode=None)
+app.add_typer(eval_app, name="eval")
 
 # Options shared by several commands, defined once.
 ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help="GGUF path or installed model name (env CG_MODEL).")]
@@ -293,6 +296,42 @@ def download(
                    name=name, threads=threads)
     print(f"Installed {record.name}: {record.path}", file=sys.stderr)
     print(record.name)
+
+
+@eval_app.command("humaneval-infill")
+def eval_humaneval_infill(
+    benchmark: Annotated[str, typer.Option("--benchmark", "-b", help="single-line (1033 tasks) or multi-line (5815).")] = "single-line",
+    model: ModelOpt = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Run N tasks spread evenly over the set.")] = None,
+    jobs: Annotated[Optional[int], typer.Option("--jobs", "-j", min=1, help="Programs scored at once (default: cores-1, at most 4).")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Per-task results as JSON lines (- for stdout).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted --out file.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --out file.")] = False,
+    self_check: Annotated[bool, typer.Option("--self-check", help="Fill each task with its canonical text (must score 100%).")] = False,
+    stop_words: Annotated[bool, typer.Option("--stop-words", help="Also stop at HumanEval's usual words (\\nclass, \\ndef, \\n#, \\nif).")] = False,
+    timeout: Annotated[float, typer.Option("--timeout", min=0.1, help="Seconds each test program may run.")] = 10.0,
+    memory: Annotated[int, typer.Option("--memory-mb", min=64, help="Memory limit of each test program.")] = 1024,
+    max_tokens: MaxTokensOpt = 256,
+    ctx: CtxOpt = 4096,
+    threads: ThreadsOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """HumanEval infilling pass@1 through the same path as `cg complete` (tests run sandboxed)."""
+    from .complete import RunOptions
+    from .evaluate.humaneval import EvalOptions, default_jobs, evaluate
+    from .evaluate.sandbox import Limits
+
+    if resume and force:
+        raise UsageError("--resume and --force contradict each other", "Pass one of them.")
+    if (resume or force) and out is None:
+        raise UsageError("--resume and --force need --out FILE")
+    eo = EvalOptions(benchmark=benchmark, limit=limit, jobs=jobs or default_jobs(), out=out, resume=resume,
+                     force=force, self_check=self_check, stop_words=stop_words,
+                     limits=Limits(timeout=timeout, memory_mb=memory),
+                     run=RunOptions(model=model, n_ctx=ctx, threads=threads, max_tokens=max_tokens, quiet=True))
+    summary = evaluate(eo)
+    text = json.dumps(summary.to_json()) + "\n" if as_json else summary.table()
+    (sys.stderr if out is not None and str(out) == "-" else sys.stdout).write(text)
 
 
 @models_app.callback()

@@ -21,7 +21,7 @@ from cg.errors import ConversionError, DiskSpaceError, OutputExistsError
 from . import registry
 from .checkpoint import Checkpoint, TensorEntry, open_checkpoint
 from .llama_quant import FTYPES, quantize_gguf
-from .progress import progress_bar
+from cg.progress import progress_bar
 from .vocab import load_vocab, write_vocab
 
 FLOAT_TYPES = {"f32": 0, "f16": 1, "bf16": 32}  # llama_ftype of the float outputs

@@ -1,0 +1,1 @@
+"""`cg eval`: HumanEval infilling (single-line and multi-line), scored in a sandboxed subprocess."""
