@@ -57,7 +57,7 @@ def _run_options(model, ctx, threads, seed, temperature, top_p, top_k, max_token
 
     return RunOptions(model=model, n_ctx=ctx, threads=threads, seed=seed, verbose=verbose,
                       temperature=temperature, top_p=top_p, top_k=top_k, max_tokens=max_tokens,
-                      max_time=max_time, quiet=quiet, logit_bias=_parse_bias(logit_bias or []))
+                      max_time=max_time, quiet=quiet, logit_bias=_parse_bias(logit_bias or []), prompt_cache=True)
 
 
 def _parse_bias(items: list[str]) -> dict[int, float] | None:

@@ -68,6 +68,8 @@ class RunOptions:
     max_time: float | None = None
     logit_bias: dict[int, float] | None = None
     quiet: bool = False
+    # Share evaluated prompts across processes (cg/prompt_cache.py); the CLI turns it on.
+    prompt_cache: bool = False
 
     def sampling(self) -> Sampling:
         return Sampling(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
@@ -95,6 +97,13 @@ def get_engine(opts: RunOptions) -> Engine:
                              seed=opts.seed, verbose=opts.verbose, recorded_ids=recorded)
     engine = _engines[key]
     engine.llm.set_seed(opts.seed)
+    from . import prompt_cache
+
+    if opts.prompt_cache and prompt_cache.enabled():
+        if engine.prompt_cache is None:
+            engine.prompt_cache = prompt_cache.PromptCache.for_model(engine.path)
+    else:
+        engine.prompt_cache = None
     return engine
 
 

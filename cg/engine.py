@@ -85,6 +85,8 @@ class Timings:
     load_ms: float = 0.0
     prompt_ms: float = 0.0
     generation_ms: float = 0.0
+    cached_tokens: int = 0  # prompt tokens not evaluated: reused from memory or the prompt cache
+    disk_cache_ms: float = 0.0  # time spent loading from the on-disk prompt cache
 
 
 @dataclass
@@ -95,6 +97,7 @@ class Engine:
     load_ms: float
     chat_template: str | None = None
     _protected: dict[int, str] = field(default_factory=dict)
+    prompt_cache: object | None = None  # a prompt_cache.PromptCache shared across processes, or None
 
     @property
     def n_ctx(self) -> int:
@@ -146,6 +149,7 @@ class Engine:
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         timings = timings if timings is not None else Timings()
         start = time.perf_counter()
+        timings.cached_tokens = self._reuse(prompt, timings)
         first = None
         gen = self.llm.generate(
             list(prompt),
@@ -172,6 +176,30 @@ class Engine:
                     return
         finally:
             gen.close()
+            self._remember(len(prompt), timings.cached_tokens)
+
+    def _reuse(self, prompt: Sequence[int], timings: Timings) -> int:
+        """Prompt tokens whose KV is already there: from the last call in this process, or
+        loaded from the on-disk prompt cache when that saves more."""
+        from .prompt_cache import MIN_GAIN, common_prefix
+
+        in_memory = common_prefix(self.llm.input_ids[: self.llm.n_tokens], prompt)
+        if self.prompt_cache is None or len(prompt) - in_memory < MIN_GAIN:
+            return min(in_memory, len(prompt) - 1)
+        t0 = time.perf_counter()
+        best = self.prompt_cache.best(prompt)
+        reused = in_memory
+        if best is not None and best[1] >= in_memory + MIN_GAIN:
+            loaded = self.prompt_cache.restore(self.llm, best[0])
+            reused = common_prefix(self.llm.input_ids[: self.llm.n_tokens], prompt) if loaded else 0
+        timings.disk_cache_ms = (time.perf_counter() - t0) * 1000
+        return max(0, min(reused, len(prompt) - 1))
+
+    def _remember(self, prompt_len: int, reused: int) -> None:
+        from .prompt_cache import MIN_GAIN, MIN_TOKENS
+
+        if self.prompt_cache is not None and prompt_len >= MIN_TOKENS and prompt_len - reused >= MIN_GAIN:
+            self.prompt_cache.save(self.llm)
 
 
 def check_gguf_file(path: Path) -> None:
