@@ -1,68 +1,103 @@
 """Conversion and quantization cost at codegemma-2b's shape (random weights: values do not
-change the cost). Reports convert time, quantize time and peak RSS of each step, measured in a
-child process each.
+change the cost), against llama.cpp's own convert_hf_to_gguf.py in the same run.
 
     python benchmarks/bench_quantize.py [--layers 18] [--dtype BF16] [--workdir /tmp/cg-bench]
+        [--llama-cpp DIR] [--types f16,q8_0,q4_k_m] [--keep]
 
---layers below 18 keeps codegemma-2b's tensor shapes but fewer blocks (quicker; the embedding,
-the largest tensor at 256000 x 2048, stays). Not a test: run by hand.
-
-Not done yet: the same run of llama.cpp's convert_hf_to_gguf.py (vendor/llama.cpp in the
-llama-cpp-python sdist, needs `pip install torch==2.13.0`) for the tensor-identity and speed
-and RSS ratios the quantize issue asks for.
+Each conversion runs in a child process; its time and peak RSS (wait4) are reported. With
+--llama-cpp (a llama.cpp source tree, e.g. vendor/llama.cpp of the llama-cpp-python sdist; needs
+`pip install '.[bench]'` for torch) its converter writes the same float outputs, and every
+tensor is compared byte for byte with cg's. --keep leaves the q8_0 / q4_k_m GGUFs in the workdir
+for bench_inference.py. --layers below 18 keeps codegemma-2b's tensor shapes with fewer blocks.
+Not a test: run by hand.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
-import resource
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-CHILD = r'''
-import json, resource, sys, time
-from quantize.convert import convert
-src, out, qtype = sys.argv[1:4]
-start = time.perf_counter()
-convert(src, out, type=qtype, force=True)
-print(json.dumps({"seconds": time.perf_counter() - start,
-                  "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
-'''
+CG_CHILD = "import sys; from quantize.convert import convert; convert(sys.argv[1], sys.argv[2], type=sys.argv[3], force=True)"
 
 
-def run_child(src: Path, out: Path, qtype: str) -> dict:
-    proc = subprocess.run([sys.executable, "-c", CHILD, str(src), str(out), qtype],
-                          capture_output=True, text=True, check=True)
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+def timed_child(cmd: list[str], cwd: Path | None = None) -> tuple[float, float]:
+    """(seconds, peak RSS MiB) of one child process."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - start
+    err = proc.stderr.read().decode(errors="replace")
+    proc.stderr.close()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd[:3])} failed:\n{err[-2000:]}")
+    return seconds, usage.ru_maxrss / 1024
+
+
+def compare_tensors(a: Path, b: Path) -> tuple[int, int, list[str]]:
+    """(identical, total, differing names): tensor type, shape and bytes."""
+    from gguf import GGUFReader
+
+    ta = {t.name: t for t in GGUFReader(a).tensors}
+    tb = {t.name: t for t in GGUFReader(b).tensors}
+    names = sorted(set(ta) | set(tb))
+    differ = [n for n in names if n not in ta or n not in tb or ta[n].tensor_type != tb[n].tensor_type
+              or list(ta[n].shape) != list(tb[n].shape) or ta[n].data.tobytes() != tb[n].data.tobytes()]
+    return len(names) - len(differ), len(names), differ
 
 
 def main() -> None:
-    from quantize.synthetic import CODEGEMMA_2B, write_checkpoint
+    from quantize.synthetic import CODEGEMMA_2B
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--layers", type=int, default=CODEGEMMA_2B.layers)
     ap.add_argument("--dtype", default="BF16", choices=["BF16", "F32"])
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/cg-bench"))
+    ap.add_argument("--llama-cpp", type=Path, default=None, help="llama.cpp source tree (for convert_hf_to_gguf.py)")
+    ap.add_argument("--types", default="f16,q8_0,q4_k_m")
+    ap.add_argument("--keep", action="store_true", help="keep the quantized outputs (for bench_inference.py)")
     args = ap.parse_args()
-    shape = dataclasses.replace(CODEGEMMA_2B, layers=args.layers)
     src = args.workdir / f"codegemma-2b-shape-{args.layers}l"
     if not (src / "config.json").exists():
-        start = time.perf_counter()
-        write_checkpoint(src, shape, dtype=args.dtype, shards=2, scale=1.0)
-        print(f"wrote random checkpoint in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+        # In a child: a child's peak RSS counts its parent's at fork/exec time on Linux, so
+        # this process must stay small for the measurements below to mean anything.
+        code = ("import sys, dataclasses; from pathlib import Path; from quantize.synthetic import CODEGEMMA_2B, "
+                "write_checkpoint; write_checkpoint(Path(sys.argv[1]), dataclasses.replace(CODEGEMMA_2B, "
+                "layers=int(sys.argv[2])), dtype=sys.argv[3], shards=2, scale=1.0)")
+        sec, _ = timed_child([sys.executable, "-c", code, str(src), str(args.layers), args.dtype])
+        print(f"wrote random checkpoint in {sec:.1f} s", file=sys.stderr)
     size = sum(f.stat().st_size for f in src.glob("*.safetensors"))
-    print(f"checkpoint: {src.name}, {size / 2**30:.2f} GiB {args.dtype}, layers {args.layers}")
-    print(f"{'output':<10}{'seconds':>10}{'peak RSS MiB':>14}{'file MiB':>10}")
-    for qtype in ("f16", "q8_0", "q4_k_m"):
-        out = args.workdir / f"out-{qtype}.gguf"
-        r = run_child(src, out, qtype)
-        print(f"{qtype:<10}{r['seconds']:>10.1f}{r['peak_rss_mib']:>14.0f}{out.stat().st_size / 2**20:>10.0f}")
-        out.unlink()
-    print(f"(this process: peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB)")
+    print(f"checkpoint: {src.name}, {size / 2**30:.2f} GiB {args.dtype}, layers {args.layers}, "
+          f"{os.cpu_count()} CPUs")
+    print(f"{'output':<22}{'seconds':>9}{'peak RSS MiB':>14}{'file MiB':>10}")
+    rows = {}
+    for qtype in args.types.split(","):
+        out = args.workdir / f"codegemma-2b-shape-{args.layers}l-{qtype}.gguf"
+        sec, rss = timed_child([sys.executable, "-c", CG_CHILD, str(src), str(out), qtype])
+        rows[qtype] = (sec, rss)
+        print(f"{'cg ' + qtype:<22}{sec:>9.1f}{rss:>14.0f}{out.stat().st_size / 2**20:>10.0f}", flush=True)
+        if args.llama_cpp and qtype in ("f16", "f32"):
+            ref = args.workdir / f"llama-cpp-{qtype}.gguf"
+            lsec, lrss = timed_child([sys.executable, "convert_hf_to_gguf.py", str(src), "--outtype", qtype,
+                                      "--outfile", str(ref)], cwd=args.llama_cpp)
+            print(f"{'llama.cpp ' + qtype:<22}{lsec:>9.1f}{lrss:>14.0f}{ref.stat().st_size / 2**20:>10.0f}")
+            # In a child too: reading two multi-GiB files would raise this process's RSS.
+            code = ("import sys, json; sys.path.insert(0, sys.argv[3]); from bench_quantize import compare_tensors; "
+                    "print(json.dumps(compare_tensors(sys.argv[1], sys.argv[2])))")
+            cmp = subprocess.run([sys.executable, "-c", code, str(out), str(ref), str(Path(__file__).parent)],
+                                 capture_output=True, text=True, check=True)
+            same, total, differ = json.loads(cmp.stdout)
+            print(f"  tensors identical: {same}/{total}" + (f"  differ: {', '.join(differ[:5])}" if differ else ""))
+            print(f"  cg/llama.cpp: time {sec / lsec:.2f}x (target <= 1), peak RSS {rss / lrss:.2f}x (target <= 0.5)",
+                  flush=True)
+            ref.unlink()
+        if not (args.keep and qtype not in ("f16", "f32")):
+            out.unlink()
 
 
 if __name__ == "__main__":

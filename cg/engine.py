@@ -176,24 +176,47 @@ class Engine:
                     return
         finally:
             gen.close()
+            self._forget_generated(len(prompt))
             self._remember(len(prompt), timings.cached_tokens)
+
+    def _forget_generated(self, prompt_len: int) -> None:
+        """Keep only the prompt's KV. Generated tokens were evaluated one by one, and reusing
+        their KV for a later prompt (evaluated in batches) changes its floating-point results
+        enough to flip a greedy choice now and then: cg's output must not depend on what ran
+        before it, in this process or in the prompt cache."""
+        if self.llm.n_tokens > prompt_len:
+            import llama_cpp
+
+            llama_cpp.llama_memory_seq_rm(llama_cpp.llama_get_memory(self.llm._ctx.ctx), -1, prompt_len, -1)
+            self.llm.n_tokens = prompt_len
 
     def _reuse(self, prompt: Sequence[int], timings: Timings) -> int:
         """Prompt tokens whose KV is already there: from the last call in this process, or
         loaded from the on-disk prompt cache when that saves more."""
         from .prompt_cache import MIN_GAIN, common_prefix
 
-        in_memory = common_prefix(self.llm.input_ids[: self.llm.n_tokens], prompt)
-        if self.prompt_cache is None or len(prompt) - in_memory < MIN_GAIN:
-            return min(in_memory, len(prompt) - 1)
-        t0 = time.perf_counter()
-        best = self.prompt_cache.best(prompt)
+        in_memory = self._aligned(common_prefix(self.llm.input_ids[: self.llm.n_tokens], prompt), len(prompt))
         reused = in_memory
-        if best is not None and best[1] >= in_memory + MIN_GAIN:
-            loaded = self.prompt_cache.restore(self.llm, best[0])
-            reused = common_prefix(self.llm.input_ids[: self.llm.n_tokens], prompt) if loaded else 0
-        timings.disk_cache_ms = (time.perf_counter() - t0) * 1000
-        return max(0, min(reused, len(prompt) - 1))
+        if self.prompt_cache is not None and len(prompt) - in_memory >= MIN_GAIN:
+            t0 = time.perf_counter()
+            best = self.prompt_cache.best(prompt)
+            if best is not None and self._aligned(best[1], len(prompt)) >= in_memory + MIN_GAIN:
+                loaded = self.prompt_cache.restore(self.llm, best[0])
+                reused = common_prefix(self.llm.input_ids[: self.llm.n_tokens], prompt) if loaded else 0
+                reused = self._aligned(reused, len(prompt))
+            timings.disk_cache_ms = (time.perf_counter() - t0) * 1000
+        # llama-cpp-python reuses the longest prefix of what it holds: hold just the aligned part.
+        self.llm.n_tokens = min(self.llm.n_tokens, reused)
+        return reused
+
+    def _aligned(self, common: int, prompt_len: int) -> int:
+        """Reuse whole batches only. llama.cpp evaluates a prompt in n_batch chunks from position
+        0; resuming at a chunk boundary makes the rest evaluate in exactly the chunks a fresh run
+        uses, so the logits, and the greedy output, are bit-for-bit those of a run without reuse
+        (a split elsewhere changes float rounding enough to flip a close choice). The last prompt
+        token is always evaluated, as it is the one whose logits are sampled."""
+        step = max(1, int(self.llm.n_batch))
+        return (min(common, prompt_len - 1) // step) * step
 
     def _remember(self, prompt_len: int, reused: int) -> None:
         from .prompt_cache import MIN_GAIN, MIN_TOKENS

@@ -1,4 +1,5 @@
-"""Gemma (CodeGemma) conversion: hyper-parameters, tensor names and shapes, RMSNorm +1."""
+"""Gemma 1 (CodeGemma), Gemma 2 and Gemma 3 (text) conversion: hyper-parameters, tensor names
+and shapes, RMSNorm +1 (all three compute x * (1 + w); llama.cpp computes x * w)."""
 
 from __future__ import annotations
 
@@ -69,6 +70,9 @@ class GemmaConverter(Converter):
             "ffn_norm": (hidden,), "attn_q": (q, hidden), "attn_k": (kv, hidden), "attn_v": (kv, hidden),
             "attn_output": (hidden, q), "ffn_gate": (ffn, hidden), "ffn_up": (ffn, hidden),
             "ffn_down": (hidden, ffn),
+            # Gemma 2 and 3: norms after attention and after the FFN; Gemma 3: q/k norms per head.
+            "post_attention_norm": (hidden,), "post_ffw_norm": (hidden,),
+            "attn_q_norm": (self.head_dim,), "attn_k_norm": (self.head_dim,),
         }
         return shapes.get(kind)
 
@@ -92,3 +96,53 @@ class GemmaConverter(Converter):
         theta = c.get("rope_theta", 10000.0)
         if theta != 10000.0:
             writer.add_rope_freq_base(theta)
+
+
+@register("Gemma2ForCausalLM")
+class Gemma2Converter(GemmaConverter):
+    gguf_arch = "GEMMA2"
+    arch_name = "gemma2"
+
+    def set_params(self, writer) -> None:
+        super().set_params(writer)
+        c = self.config
+        writer.add_attn_logit_softcapping(c.get("attn_logit_softcapping") or 50.0)
+        writer.add_final_logit_softcapping(c.get("final_logit_softcapping") or 30.0)
+        writer.add_sliding_window(c.get("sliding_window", 4096))
+
+
+@register("Gemma3ForCausalLM")
+class Gemma3Converter(GemmaConverter):
+    """Gemma 3 text models (270M, 1B; the text part of the larger ones has the same tensors)."""
+
+    gguf_arch = "GEMMA3"
+    arch_name = "gemma3"
+
+    @property
+    def head_dim(self) -> int:
+        return int(self.config.get("head_dim", 256))
+
+    def set_params(self, writer) -> None:
+        c = self.config
+        writer.add_context_length(c.get("max_position_embeddings", 131072))
+        writer.add_embedding_length(c["hidden_size"])
+        writer.add_block_count(self.n_blocks)
+        writer.add_feed_forward_length(c["intermediate_size"])
+        writer.add_head_count(c.get("num_attention_heads", 8))
+        writer.add_head_count_kv(c.get("num_key_value_heads", 4))
+        writer.add_layer_norm_rms_eps(c.get("rms_norm_eps", 1e-6))
+        writer.add_key_length(self.head_dim)
+        writer.add_value_length(self.head_dim)
+        rope = c.get("rope_parameters") or {}
+        full = rope.get("full_attention", rope) if isinstance(rope, dict) else {}
+        writer.add_rope_freq_base(full.get("rope_theta", c.get("rope_theta", 1_000_000.0)))
+        scaling = full if full.get("rope_type") else (c.get("rope_scaling") or {})
+        if scaling.get("rope_type", scaling.get("type")) == "linear" and scaling.get("factor"):
+            import gguf
+
+            writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+            writer.add_rope_scaling_factor(scaling["factor"])
+        if c.get("final_logit_softcapping"):
+            writer.add_final_logit_softcapping(c["final_logit_softcapping"])
+        if c.get("sliding_window_pattern") != 1 and c.get("sliding_window"):
+            writer.add_sliding_window(c["sliding_window"])
