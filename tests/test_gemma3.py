@@ -1,4 +1,5 @@
-"""Gemma 3 through cg's converter: the real Gemma 3 270M, dequantized to a checkpoint and back."""
+"""Gemma 2 and 3 through cg's converter: tiny checkpoints against the numpy reference, and the
+real Gemma 3 270M dequantized to a checkpoint and converted back."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from gguf import GGUFReader
 from quantize.convert import convert
 from quantize.registry import supported
 
+from . import gemma_reference as ref
 from .gguf_export import export_checkpoint, perplexity
+from .test_quantize import PROMPT_TEXT, llama_logits
 
 CODE = (Path(__file__).parent.parent / "cg" / "complete.py").read_text(encoding="utf-8")
 
@@ -26,6 +29,59 @@ def roundtrip(bundled_gguf, tmp_path_factory):
 
 def test_gemma_2_and_3_are_registered():
     assert {"GemmaForCausalLM", "Gemma2ForCausalLM", "Gemma3ForCausalLM"} <= set(supported())
+
+
+def later_gemma(tiny_ckpt, folder, arch: str) -> Path:
+    """The tiny Gemma 1 checkpoint turned into a Gemma 2 or 3 one: the extra norms (random, so
+    a missing +1 or a swapped name shows), the config keys, six layers for Gemma 3's local/global mix."""
+    import json
+    import shutil
+
+    from safetensors.numpy import load_file
+
+    from quantize.synthetic import save_safetensors
+
+    shutil.copytree(tiny_ckpt, folder)
+    config = json.loads((folder / "config.json").read_text())
+    tensors = load_file(str(folder / "model.safetensors"))
+    rng = np.random.default_rng(7)
+    n_layers = 6 if arch == "Gemma3ForCausalLM" else config["num_hidden_layers"]
+    for i in range(config["num_hidden_layers"], n_layers):  # more blocks: copies of the last one
+        for name in [k for k in tensors if k.startswith(f"model.layers.{config['num_hidden_layers'] - 1}.")]:
+            tensors[name.replace(f"layers.{config['num_hidden_layers'] - 1}.", f"layers.{i}.")] = tensors[name].copy()
+    hidden, hd = config["hidden_size"], config["head_dim"]
+    for i in range(n_layers):
+        extra = {"post_attention_layernorm": hidden, "pre_feedforward_layernorm": hidden,
+                 "post_feedforward_layernorm": hidden}
+        if arch == "Gemma3ForCausalLM":
+            extra.update({"self_attn.q_norm": hd, "self_attn.k_norm": hd})
+        for name, size in extra.items():
+            tensors[f"model.layers.{i}.{name}.weight"] = (rng.standard_normal(size) * 0.3).astype(np.float32)
+    save_safetensors(folder / "model.safetensors", tensors, "F32")
+    config.update(architectures=[arch], num_hidden_layers=n_layers, query_pre_attn_scalar=hd, sliding_window=512)
+    if arch == "Gemma2ForCausalLM":
+        config.update(model_type="gemma2", attn_logit_softcapping=50.0, final_logit_softcapping=30.0)
+    else:
+        config.update(model_type="gemma3_text", rope_theta=1_000_000.0, rope_local_base_freq=10000.0,
+                      sliding_window_pattern=6)
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+@pytest.mark.parametrize("arch", ["Gemma2ForCausalLM", "Gemma3ForCausalLM"])
+def test_tiny_gemma_2_and_3_match_the_numpy_reference(tiny_ckpt, tmp_path, arch):
+    import sentencepiece as spm
+
+    folder = later_gemma(tiny_ckpt, tmp_path / "ckpt", arch)
+    out = convert(folder, tmp_path / "out.gguf", type="f32")
+    sp = spm.SentencePieceProcessor(model_file=str(folder / "tokenizer.model"))
+    prompt = [2, *sp.encode(PROMPT_TEXT)]
+    config, weights = ref.load_weights(folder)
+    want = ref.forward(config, weights, prompt)
+    got = llama_logits(out, prompt)
+    err = np.abs(got - want).max() / np.abs(want).max()
+    assert err < 1e-3, err
+    assert (got.argmax(-1) == want.argmax(-1)).all()
 
 
 def test_round_trip_keeps_metadata_and_vocabulary(bundled_gguf, roundtrip):
