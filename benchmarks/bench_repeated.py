@@ -43,6 +43,9 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=32)
     ap.add_argument("--file-tokens", type=int, default=1500)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--second-at", type=float, nargs="*", default=[0.5, 0.7, 0.9],
+                    help="cursor positions (fraction of the file) for the second-infill measure")
+    ap.add_argument("--skip-n", action="store_true", help="only the second-infill measure")
     args = ap.parse_args()
     work = WORKDIR / "repeated"
     shutil.rmtree(work, ignore_errors=True)
@@ -65,33 +68,37 @@ def main() -> None:
     specs = [f"{src}:{line}" for line in targets]
     print(f"{Path(args.model).name}, {args.threads} threads, file of {n_lines} lines (~{args.file_tokens} tokens), "
           f"{args.targets} targets at lines {targets}, {args.tokens} new tokens each")
-    one_sec, one_rows = run(specs, cache=False, home="home-a")
+    if args.skip_n:
+        specs = []
+    one_sec, one_rows = run(specs, cache=False, home="home-a") if specs else (0.0, [])
     # One-shot calls in the order cg itself fills them (bottom-up, so positions stay valid).
     cold = [run([s], cache=False, home="home-b") for s in reversed(specs)]
     warm = [run([s], cache=True, home="home-c") for s in reversed(specs)]
     cold_sec, warm_sec = sum(s for s, _ in cold), sum(s for s, _ in warm)
-    print(f"\n{'N infills in one file':<44}{'wall s':>9}{'prompt s':>10}{'vs one-shot':>13}")
-    rows = [("one process (cg infill F:L1 ... F:LN)", one_sec, [r for r in one_rows]),
-            ("N one-shot processes, no prompt cache", cold_sec, [r for _, rs in cold for r in rs]),
-            ("N one-shot processes, prompt cache", warm_sec, [r for _, rs in warm for r in rs])]
-    for name, sec, rs in rows:
-        prompt = sum(r["timings"]["prompt_ms"] for r in rs) / 1000
-        print(f"{name:<44}{sec:>9.1f}{prompt:>10.1f}{cold_sec / sec:>12.2f}x")
+    if specs:
+        print(f"\n{'N infills in one file':<44}{'wall s':>9}{'prompt s':>10}{'vs one-shot':>13}")
+        rows = [("one process (cg infill F:L1 ... F:LN)", one_sec, one_rows),
+                ("N one-shot processes, no prompt cache", cold_sec, [r for _, rs in cold for r in rs]),
+                ("N one-shot processes, prompt cache", warm_sec, [r for _, rs in warm for r in rs])]
+        for name, sec, rs in rows:
+            prompt = sum(r["timings"]["prompt_ms"] for r in rs) / 1000
+            print(f"{name:<44}{sec:>9.1f}{prompt:>10.1f}{cold_sec / sec:>12.2f}x", flush=True)
 
     # A second infill two lines below the first: its prefix is what the first one cached.
-    line = targets[len(targets) // 2]
-    first = f"{src}:{line}"
-    second = f"{src}:{line + 2}"
-    run([first], cache=True, home="home-d")
-    _, [cached] = run([second], cache=True, home="home-d")
-    _, [uncached] = run([second], cache=False, home="home-e")
-    pc, pu = cached["timings"]["prompt_ms"] / 1000, uncached["timings"]["prompt_ms"] / 1000
-    print(f"\nsecond infill (line {line + 2} after line {line}), {cached['prompt_tokens']} prompt tokens, "
-          f"{cached['timings']['cached_tokens']} from the cache")
-    print(f"{'prompt time s: no cache':<30}{pu:>8.2f}")
-    print(f"{'prompt time s: cached prefix':<30}{pc:>8.2f}   cut {pu / pc:.1f}x (target >= 3x)")
-    same = cached["text"] == uncached["text"]
-    print(f"same completion with and without the cache: {same}")
+    print(f"\n{'second infill, cursor at':<26}{'prompt':>8}{'cached':>8}{'no cache s':>12}{'cached s':>10}{'cut':>7}"
+          f"{'same text':>11}")
+    for where in args.second_at:
+        line = max(2, int(n_lines * where))
+        first, second = f"{src}:{line}", f"{src}:{line + 2}"
+        home = f"home-pair-{line}"
+        run([first], cache=True, home=home)
+        _, [cached] = run([second], cache=True, home=home)
+        _, [uncached] = run([second], cache=False, home=home + "-off")
+        pc, pu = cached["timings"]["prompt_ms"] / 1000, uncached["timings"]["prompt_ms"] / 1000
+        print(f"{f'line {line + 2}/{n_lines} ({where:.0%})':<26}{cached['prompt_tokens']:>8}"
+              f"{cached['timings']['cached_tokens']:>8}{pu:>12.2f}{pc:>10.2f}{pu / pc:>6.1f}x"
+              f"{str(cached['text'] == uncached['text']):>11}", flush=True)
+    print("target: cut >= 3x")
 
 
 if __name__ == "__main__":

@@ -37,6 +37,10 @@ _METADATA_KEYS = {
     "eot": ["tokenizer.ggml.eot_token_id"],
 }
 _GGUF_MAGIC = b"GGUF"
+# llama.cpp's physical batch. Prompt reuse resumes only at its multiples (see Engine._aligned);
+# 128 evaluates prompts as fast as the default 512 on CPU (measured on 2B and 270M models) and
+# loses at most 127 tokens of a reusable prefix instead of 511.
+UBATCH = 128
 
 
 @dataclass(frozen=True)
@@ -210,12 +214,12 @@ class Engine:
         return reused
 
     def _aligned(self, common: int, prompt_len: int) -> int:
-        """Reuse whole batches only. llama.cpp evaluates a prompt in n_batch chunks from position
-        0; resuming at a chunk boundary makes the rest evaluate in exactly the chunks a fresh run
-        uses, so the logits, and the greedy output, are bit-for-bit those of a run without reuse
+        """Reuse whole batches only. llama.cpp evaluates a prompt in chunks of UBATCH tokens from
+        position 0; resuming at a chunk boundary makes the rest evaluate in exactly the chunks a
+        fresh run uses, so the logits, and the greedy output, are bit-for-bit those of a run without reuse
         (a split elsewhere changes float rounding enough to flip a close choice). The last prompt
         token is always evaluated, as it is the one whose logits are sampled."""
-        step = max(1, int(self.llm.n_batch))
+        step = min(UBATCH, max(1, int(self.llm.n_batch)))
         return (min(common, prompt_len - 1) // step) * step
 
     def _remember(self, prompt_len: int, reused: int) -> None:
@@ -259,6 +263,7 @@ def load(
                 n_ctx=n_ctx,
                 n_threads=threads,
                 n_threads_batch=threads,
+                n_ubatch=UBATCH,
                 seed=seed,
                 verbose=verbose,
             )
