@@ -154,6 +154,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--no-transformers", action="store_true")
+    ap.add_argument("--hf-270m", type=Path, default=None,
+                    help="a Hugging Face checkpoint of the bundled 270M model, for its transformers baseline "
+                         "(make one with: python -c 'from tests.gguf_export import export_checkpoint; ...')")
     args = ap.parse_args()
     if args.worker:
         kind, *rest = args.worker
@@ -210,16 +213,17 @@ def main() -> None:
         print(f"{'one-shot wall s':<28}{dw:>11.2f}{cw:>11.2f}{cw / dw:>8.3f}  <= 1.15")
         print(f"{'one-shot peak RSS MiB':<28}{dr:>11.0f}{cr:>11.0f}{cr / dr:>8.3f}")
         is_shape = Path(model).name.startswith("codegemma-2b-shape")
-        if is_shape and not args.no_transformers and args.checkpoint.exists() and not hf_done:
-            hf_done = True
+        checkpoint = args.checkpoint if is_shape else args.hf_270m if "270m" in Path(model).name else None
+        if checkpoint and not args.no_transformers and checkpoint.exists() and not (hf_done and is_shape):
+            hf_done = hf_done or is_shape
             cg_decode = med(r["decode"] for r in c)
             cg_ttft = med(r["ttft"] for r in c)
             print(f"\n## transformers {__import__('importlib.metadata').metadata.version('transformers')} on CPU, "
-                  f"same shape and prompt ids (cg row: {Path(model).name})")
+                  f"{checkpoint.name}, same prompt ids (cg row: {Path(model).name})")
             print(f"{'dtype':<8}{'ttft s':>9}{'decode tok/s':>14}{'peak RSS MiB':>14}"
                   f"{'cg decode x':>13}{'cg ttft x':>11}  target decode >= 5x")
             for dtype in ("bfloat16", "float32"):
-                sec, rss, out = child([*me, "--tokens", "16", "--worker", "transformers", str(args.checkpoint),
+                sec, rss, out = child([*me, "--tokens", "16", "--worker", "transformers", str(checkpoint),
                                        str(spec_file), dtype])
                 r = json.loads(out)
                 print(f"{dtype:<8}{r['ttft']:>9.1f}{r['decode']:>14.2f}{rss:>14.0f}"
