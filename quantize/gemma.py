@@ -82,18 +82,25 @@ class GemmaConverter(Converter):
             return block + 1
         return block
 
+    # Defaults where config.json leaves a value out (Gemma 3 configs omit several).
+    default_context, default_heads, default_kv_heads = 8192, None, None
+
     def set_params(self, writer) -> None:
         c = self.config
-        writer.add_context_length(c.get("max_position_embeddings", 8192))
+        heads = c.get("num_attention_heads", self.default_heads)
+        writer.add_context_length(c.get("max_position_embeddings", self.default_context))
         writer.add_embedding_length(c["hidden_size"])
         writer.add_block_count(self.n_blocks)
         writer.add_feed_forward_length(c["intermediate_size"])
-        writer.add_head_count(c["num_attention_heads"])
-        writer.add_head_count_kv(c.get("num_key_value_heads", c["num_attention_heads"]))
+        writer.add_head_count(heads)
+        writer.add_head_count_kv(c.get("num_key_value_heads", self.default_kv_heads or heads))
         writer.add_layer_norm_rms_eps(c.get("rms_norm_eps", 1e-6))
         writer.add_key_length(self.head_dim)
         writer.add_value_length(self.head_dim)
-        theta = c.get("rope_theta", 10000.0)
+        self.set_rope(writer)
+
+    def set_rope(self, writer) -> None:
+        theta = self.config.get("rope_theta", 10000.0)
         if theta != 10000.0:
             writer.add_rope_freq_base(theta)
 
@@ -117,22 +124,22 @@ class Gemma3Converter(GemmaConverter):
 
     gguf_arch = "GEMMA3"
     arch_name = "gemma3"
+    default_context, default_heads, default_kv_heads = 131072, 8, 4
 
     @property
     def head_dim(self) -> int:
         return int(self.config.get("head_dim", 256))
 
     def set_params(self, writer) -> None:
+        super().set_params(writer)
         c = self.config
-        writer.add_context_length(c.get("max_position_embeddings", 131072))
-        writer.add_embedding_length(c["hidden_size"])
-        writer.add_block_count(self.n_blocks)
-        writer.add_feed_forward_length(c["intermediate_size"])
-        writer.add_head_count(c.get("num_attention_heads", 8))
-        writer.add_head_count_kv(c.get("num_key_value_heads", 4))
-        writer.add_layer_norm_rms_eps(c.get("rms_norm_eps", 1e-6))
-        writer.add_key_length(self.head_dim)
-        writer.add_value_length(self.head_dim)
+        if c.get("final_logit_softcapping"):
+            writer.add_final_logit_softcapping(c["final_logit_softcapping"])
+        if c.get("sliding_window_pattern") != 1 and c.get("sliding_window"):
+            writer.add_sliding_window(c["sliding_window"])
+
+    def set_rope(self, writer) -> None:
+        c = self.config
         rope = c.get("rope_parameters") or {}
         full = rope.get("full_attention", rope) if isinstance(rope, dict) else {}
         writer.add_rope_freq_base(full.get("rope_theta", c.get("rope_theta", 1_000_000.0)))
@@ -142,7 +149,3 @@ class Gemma3Converter(GemmaConverter):
 
             writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
             writer.add_rope_scaling_factor(scaling["factor"])
-        if c.get("final_logit_softcapping"):
-            writer.add_final_logit_softcapping(c["final_logit_softcapping"])
-        if c.get("sliding_window_pattern") != 1 and c.get("sliding_window"):
-            writer.add_sliding_window(c["sliding_window"])
