@@ -219,7 +219,8 @@ def stream_complete(prefix: str, suffix: str = "", *, opts: RunOptions = RunOpti
     else:
         warn(opts, f"{engine.path.name} has no FIM tokens: continuing the prefix only")
         prompt = build_prefix_prompt(engine, prefix, opts)
-    rules = CutRules(suffix=suffix, max_lines=max_lines, single_line=single_line, stop_texts=_stop_texts(stop))
+    rules = CutRules(suffix=suffix, max_lines=max_lines, single_line=single_line, stop_texts=_stop_texts(stop),
+                     line_prefix=prefix.rsplit("\n", 1)[-1])
     yield from run_stream(engine, prompt, rules, opts, fim_used=use_fim, logits_processor=logits_processor)
 
 

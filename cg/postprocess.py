@@ -19,6 +19,27 @@ class CutRules:
     max_lines: int | None = None
     single_line: bool = False
     stop_texts: tuple[str, ...] = ()  # sentinel text arriving as plain text, user stop words
+    line_prefix: str = ""  # the cursor's line up to the cursor (for the rest-of-line rule)
+
+
+_OPEN, _CLOSE = "([{", ")]}"
+
+
+def repeats_rest_of_line(before: str, line: str, rest: str) -> bool:
+    """Does `line` end by typing again `rest`, the text after the cursor on its line?
+
+    `before` is everything from the start of the cursor's line up to `line`. `print(` +
+    `len(x))` with `)` after the cursor: yes, one `)` too many. `print(` + `len(x)`: no, that
+    `)` closes len's bracket. Where the rest holds brackets, it counts as a repeat only if
+    keeping it would leave more closing than opening brackets from the line start to the rest.
+    """
+    body = line.rstrip()
+    if not rest or not body.endswith(rest):
+        return False
+    if body.strip() == rest or not any(c in _OPEN + _CLOSE for c in rest):
+        return True
+    whole = before + body + rest
+    return sum(whole.count(c) for c in _CLOSE) > sum(whole.count(c) for c in _OPEN)
 
 
 def first_nonblank_line(text: str) -> str:
@@ -45,6 +66,9 @@ class TextCutter:
     def __init__(self, rules: CutRules):
         self.rules = rules
         self.overlap = first_nonblank_line(rules.suffix)
+        # The rest of the cursor's line, when the cursor is inside a line after some code (at a
+        # line start, completions are whole lines and the suffix's first line stays its own).
+        self.rest = rules.suffix.split("\n", 1)[0].strip() if rules.line_prefix.strip() else ""
         self.text = ""
         self.emitted = 0
         self.reason: str | None = None
@@ -79,6 +103,9 @@ class TextCutter:
             last = self.text[start:]
             if self.overlap and last.strip() == self.overlap:
                 self._apply(start, "suffix_overlap")
+            elif self.rest and repeats_rest_of_line(self.rules.line_prefix + self.text[:start], last, self.rest):
+                # The last line is the one the rest of the cursor's line follows.
+                self._apply(start + len(last.rstrip()) - len(self.rest), "suffix_overlap")
         final = drop_trailing_blank_lines(self.text)
         out = final[self.emitted:]
         self.emitted = len(final)
@@ -106,6 +133,9 @@ class TextCutter:
         while (end := self.text.find("\n", start)) >= 0:
             line = self.text[start:end]
             count += 1
+            if count == 1 and self.rest and repeats_rest_of_line(self.rules.line_prefix, line, self.rest):
+                # Cursor inside a line: its first line typed the rest again, then went on.
+                consider(len(line.rstrip()) - len(self.rest), "suffix_overlap")
             if self.overlap and line.strip() == self.overlap:
                 consider(start, "suffix_overlap")
             seen_text = seen_text or bool(line.strip())
@@ -135,6 +165,13 @@ class TextCutter:
             for k in range(len(stop) - 1, 0, -1):
                 if text.endswith(stop[:k]):
                     hold = min(hold, len(text) - k)
+                    break
+        if self.rest:
+            # The last line may still end by repeating the rest of the cursor's line.
+            body = text.rstrip()
+            for k in range(len(self.rest), 0, -1):
+                if body.endswith(self.rest[:k]):
+                    hold = min(hold, len(body) - k)
                     break
         return hold
 

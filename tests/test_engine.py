@@ -138,6 +138,15 @@ def test_suffix_overlap_cut_by_real_decoding(tiny_engine, tiny_opts):
     assert (result.text, result.stop_reason) == ("    x = 1", "suffix_overlap")
 
 
+def test_rest_of_line_repeat_cut_by_real_decoding(tiny_engine, tiny_opts):
+    ids = text_ids(tiny_engine, "len(x))\n")
+    result = complete("print(", ")\n", opts=tiny_opts, engine=tiny_engine, logits_processor=forcing(ids))
+    assert (result.text, result.stop_reason) == ("len(x)", "suffix_overlap")
+    ids = text_ids(tiny_engine, "len(x)")
+    result = complete("print(", ")\n", opts=tiny_opts, engine=tiny_engine, logits_processor=forcing([*ids, 70]))
+    assert (result.text, result.stop_reason) == ("len(x)", "stop_token")
+
+
 def test_max_lines_single_line_and_time_limit(tiny_engine, tiny_opts):
     ids = text_ids(tiny_engine, "a = 1\nb = 2\nc = 3\n")
     run = dict(opts=tiny_opts, engine=tiny_engine)

@@ -55,6 +55,30 @@ def test_streamed_text_equals_final_text_for_any_split():
     assert expected == ("    x = 1\n\n    y = x\n    return y", "suffix_overlap")
 
 
+@pytest.mark.parametrize("line_prefix, pieces, suffix, expected", [
+    ("print(", ["len(", "x))"], ")\n", ("len(x)", "suffix_overlap")),       # one ")" too many
+    ("print(", ["len(x)"], ")\n", ("len(x)", None)),                      # that ")" closes len(
+    ("if x > 0", [" and y:"], ":\n    pass\n", (" and y", "suffix_overlap")),
+    ("def f(a", [", b):\n", "    return a\n"], "):\n    pass\n", (", b", "suffix_overlap")),
+    ("x = ", ["foo()"], "foo()\n", ("", "suffix_overlap")),                # only the rest, again
+    ("x = [", ["1, 2]"], "]\ny = 2\n", ("1, 2", "suffix_overlap")),
+    ("x = [", ["1, 2"], "]\ny = 2\n", ("1, 2", None)),
+    ("    ", ["return 1"], "\nfoo()\n", ("return 1", None)),               # cursor at a line's end: no rest
+    ("    ", ["x = foo()"], "foo()\n", ("x = foo()", None)),               # line start: the rule is off
+    ("x = foo(", ["\n    a,\n    b)"], ")\n", ("\n    a,\n    b", "suffix_overlap")),
+    ("x = foo(", ["\n    bar(a),\n    baz(b)"], ")\n", ("\n    bar(a),\n    baz(b)", None)),
+    # Cursor at a line start, whole lines filled: the next line's ")" is not on this line.
+    ("", ["    foo(a)\n"], "    )\n", ("    foo(a)", None)),
+])
+def test_rest_of_line_repeat(line_prefix, pieces, suffix, expected):
+    rules = CutRules(suffix=suffix, line_prefix=line_prefix)
+    assert run(pieces, rules) == expected
+    # Streaming never shows what the cut takes back.
+    cutter = TextCutter(rules)
+    shown = "".join(cutter.feed(ch) for p in pieces for ch in p)
+    assert expected[0].startswith(shown)
+
+
 def test_single_line_skips_leading_newline():
     assert run(["\n    return 1\n    pass\n"], CutRules(single_line=True)) == ("\n    return 1", "max_lines")
 
