@@ -211,6 +211,28 @@ def test_context_auto_picks_local_imports_in_order(tmp_path, tiny_opts, tiny_eng
     assert res[0].filled[0].completion.prompt_ids.count(70) < 3
 
 
+def test_context_auto_for_js_ts_c_and_rust(tmp_path):
+    from cg.repo_context import local_imports
+
+    (tmp_path / ".git").mkdir()
+    files = {"web/api.ts": "", "web/util/index.js": "", "web/old.js": "", "web/style.css": "",
+             "src/point.h": "", "include/shared.h": "", "crate/src/parser.rs": "", "crate/src/lexer/mod.rs": ""}
+    for rel, text in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    app = tmp_path / "web" / "app.tsx"
+    app.write_text("import React from 'react'\nimport { get } from './api.js'\nimport u from \"./util\"\n"
+                   "const old = require('./old')\nimport './style.css'\nimport x from './missing'\n")
+    rel = lambda paths: [p.relative_to(tmp_path).as_posix() for p in paths]  # noqa: E731
+    assert rel(local_imports(app)) == ["web/api.ts", "web/util/index.js", "web/old.js", "web/style.css"]
+    main_c = tmp_path / "src" / "main.c"
+    main_c.write_text('#include <stdio.h>\n#include "point.h"\n# include "include/shared.h"\n')
+    assert rel(local_imports(main_c)) == ["src/point.h", "include/shared.h"]
+    lib = tmp_path / "crate" / "src" / "lib.rs"
+    lib.write_text("pub mod parser;\nmod lexer;\nmod tests {\n}\n")
+    assert rel(local_imports(lib)) == ["crate/src/parser.rs", "crate/src/lexer/mod.rs"]
+
+
 def test_precommit_blocks_commit_with_marker(tmp_path):
     if shutil.which("git") is None:
         pytest.skip("git is not installed")
