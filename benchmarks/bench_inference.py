@@ -178,7 +178,7 @@ def main() -> None:
           "--repeats", str(args.repeats)]
     med = statistics.median
     print(f"{os.cpu_count()} CPUs, {args.threads} threads, {args.tokens} new tokens, median of {args.repeats}")
-    hf_done = False
+    hf_done: set[Path] = set()  # one transformers run per checkpoint
     for model in models:
         spec_file = WORKDIR / f"spec-{Path(model).stem}.json"
         WORKDIR.mkdir(parents=True, exist_ok=True)
@@ -214,8 +214,8 @@ def main() -> None:
         print(f"{'one-shot peak RSS MiB':<28}{dr:>11.0f}{cr:>11.0f}{cr / dr:>8.3f}")
         is_shape = Path(model).name.startswith("codegemma-2b-shape")
         checkpoint = args.checkpoint if is_shape else args.hf_270m if "270m" in Path(model).name else None
-        if checkpoint and not args.no_transformers and checkpoint.exists() and not (hf_done and is_shape):
-            hf_done = hf_done or is_shape
+        if checkpoint and not args.no_transformers and checkpoint.exists() and checkpoint not in hf_done:
+            hf_done.add(checkpoint)
             cg_decode = med(r["decode"] for r in c)
             cg_ttft = med(r["ttft"] for r in c)
             print(f"\n## transformers {__import__('importlib.metadata').metadata.version('transformers')} on CPU, "

@@ -17,26 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).parent))
+from common import child  # noqa: E402
+
 CG_CHILD = "import sys; from quantize.convert import convert; convert(sys.argv[1], sys.argv[2], type=sys.argv[3], force=True)"
-
-
-def timed_child(cmd: list[str], cwd: Path | None = None) -> tuple[float, float]:
-    """(seconds, peak RSS MiB) of one child process."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - start
-    err = proc.stderr.read().decode(errors="replace")
-    proc.stderr.close()
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd[:3])} failed:\n{err[-2000:]}")
-    return seconds, usage.ru_maxrss / 1024
 
 
 def compare_tensors(a: Path, b: Path) -> tuple[int, int, list[str]]:
@@ -69,7 +56,7 @@ def main() -> None:
         code = ("import sys, dataclasses; from pathlib import Path; from quantize.synthetic import CODEGEMMA_2B, "
                 "write_checkpoint; write_checkpoint(Path(sys.argv[1]), dataclasses.replace(CODEGEMMA_2B, "
                 "layers=int(sys.argv[2])), dtype=sys.argv[3], shards=2, scale=1.0)")
-        sec, _ = timed_child([sys.executable, "-c", code, str(src), str(args.layers), args.dtype])
+        sec, _, _ = child([sys.executable, "-c", code, str(src), str(args.layers), args.dtype])
         print(f"wrote random checkpoint in {sec:.1f} s", file=sys.stderr)
     size = sum(f.stat().st_size for f in src.glob("*.safetensors"))
     print(f"checkpoint: {src.name}, {size / 2**30:.2f} GiB {args.dtype}, layers {args.layers}, "
@@ -78,20 +65,19 @@ def main() -> None:
     rows = {}
     for qtype in args.types.split(","):
         out = args.workdir / f"codegemma-2b-shape-{args.layers}l-{qtype}.gguf"
-        sec, rss = timed_child([sys.executable, "-c", CG_CHILD, str(src), str(out), qtype])
+        sec, rss, _ = child([sys.executable, "-c", CG_CHILD, str(src), str(out), qtype])
         rows[qtype] = (sec, rss)
         print(f"{'cg ' + qtype:<22}{sec:>9.1f}{rss:>14.0f}{out.stat().st_size / 2**20:>10.0f}", flush=True)
         if args.llama_cpp and qtype in ("f16", "f32"):
             ref = args.workdir / f"llama-cpp-{qtype}.gguf"
-            lsec, lrss = timed_child([sys.executable, "convert_hf_to_gguf.py", str(src), "--outtype", qtype,
-                                      "--outfile", str(ref)], cwd=args.llama_cpp)
+            lsec, lrss, _ = child([sys.executable, "convert_hf_to_gguf.py", str(src), "--outtype", qtype,
+                                   "--outfile", str(ref)], cwd=args.llama_cpp)
             print(f"{'llama.cpp ' + qtype:<22}{lsec:>9.1f}{lrss:>14.0f}{ref.stat().st_size / 2**20:>10.0f}")
             # In a child too: reading two multi-GiB files would raise this process's RSS.
             code = ("import sys, json; sys.path.insert(0, sys.argv[3]); from bench_quantize import compare_tensors; "
                     "print(json.dumps(compare_tensors(sys.argv[1], sys.argv[2])))")
-            cmp = subprocess.run([sys.executable, "-c", code, str(out), str(ref), str(Path(__file__).parent)],
-                                 capture_output=True, text=True, check=True)
-            same, total, differ = json.loads(cmp.stdout)
+            same, total, differ = json.loads(child([sys.executable, "-c", code, str(out), str(ref),
+                                                    str(Path(__file__).parent)])[2])
             print(f"  tensors identical: {same}/{total}" + (f"  differ: {', '.join(differ[:5])}" if differ else ""))
             print(f"  cg/llama.cpp: time {sec / lsec:.2f}x (target <= 1), peak RSS {rss / lrss:.2f}x (target <= 0.5)",
                   flush=True)

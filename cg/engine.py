@@ -219,7 +219,7 @@ class Engine:
         fresh run uses, so the logits, and the greedy output, are bit-for-bit those of a run without reuse
         (a split elsewhere changes float rounding enough to flip a close choice). The last prompt
         token is always evaluated, as it is the one whose logits are sampled."""
-        step = min(UBATCH, max(1, int(self.llm.n_batch)))
+        step = max(1, int(self.llm.context_params.n_ubatch))  # UBATCH, or n_batch when smaller
         return (min(common, prompt_len - 1) // step) * step
 
     def _remember(self, prompt_len: int, reused: int) -> None:

@@ -155,8 +155,8 @@ def recorded_ids(path: Path, *, announce: bool) -> dict[str, int]:
     for key_name, keys in _METADATA_KEYS.items():
         for key in keys:
             field = reader.fields.get(key)
-            if field is not None and int(field.parts[field.data[0]][0]) >= 0:
-                ids[key_name] = int(field.parts[field.data[0]][0])
+            if field is not None and int(field.contents()) >= 0:
+                ids[key_name] = int(field.contents())
                 break
     from_meta = set(ids)
     tokens = reader.fields.get("tokenizer.ggml.tokens")
@@ -343,10 +343,7 @@ def _place(cached: Path, target: Path) -> None:
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
         tmp.unlink(missing_ok=True)
-        try:
-            os.link(blob, tmp)
-        except OSError:
-            shutil.copyfile(blob, tmp)
+        _link_or_copy(blob, tmp)
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
@@ -359,12 +356,17 @@ def _keep_source(local: dict[str, Path], folder: Path) -> str:
     tmp.mkdir(parents=True)
     try:
         for name, path in local.items():
-            try:
-                os.link(path.resolve(), tmp / name)
-            except OSError:
-                shutil.copyfile(path.resolve(), tmp / name)
+            _link_or_copy(path.resolve(), tmp / name)
         shutil.rmtree(folder, ignore_errors=True)
         os.replace(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return str(folder)
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """A hard link (no second copy of a multi-GB file) where the disk allows, else a copy."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)

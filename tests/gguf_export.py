@@ -78,9 +78,7 @@ def export_checkpoint(gguf_path: Path, folder: Path) -> Path:
 
 
 def _value(reader, key):
-    field = reader.fields[key]
-    value = field.contents()
-    return value
+    return reader.fields[key].contents()
 
 
 def _write_tokenizer(reader, folder: Path) -> None:

@@ -111,9 +111,10 @@ def evaluate(eo: EvalOptions, *, engine=None, processor_for: Callable[[Task], Ca
             collect(block=True)
     scored = [results[t.task_id] for t in tasks]
     n = len(scored) or 1
+    passed = sum(r["passed"] for r in scored)
     return Summary(
-        benchmark=eo.benchmark, model=model, tasks=len(scored), passed=sum(r["passed"] for r in scored),
-        resumed=len(done), pass_at_1=sum(r["passed"] for r in scored) / n,
+        benchmark=eo.benchmark, model=model, tasks=len(scored), passed=passed,
+        resumed=len(done), pass_at_1=passed / n,
         gen_seconds=sum(r["gen_seconds"] for r in scored) / n, score_seconds=sum(r["score_seconds"] for r in scored) / n,
         wall_seconds=time.perf_counter() - start)
 
