@@ -10,12 +10,20 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
+
+from quantize.tokens import SENTINELS
 
 from . import fim, store
-from .engine import SENTINEL_TEXT, Engine, Sampling, Timings, load, logit_bias_processor
+from .engine import Engine, LogitsProcessor, Sampling, Timings, load, logit_bias_processor
 from .errors import InputError, NoFimError, PromptTooLongError
 from .postprocess import CutRules, TextCutter, strip_fence
+
+# Defaults, declared once: the CLI's options and RunOptions use these.
+DEFAULT_CTX = 4096  # not the model's 8192: keeps memory and the CPU prompt cost modest
+DEFAULT_MAX_TOKENS = 128  # complete / infill
+GENERATE_MAX_TOKENS = 256
+EVAL_MAX_TOKENS = 256
 
 
 @dataclass
@@ -29,7 +37,7 @@ class Completion:
     fim: bool = True
     prompt_ids: list[int] = field(default_factory=list, repr=False)
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {
             "text": self.text,
             "stop_reason": self.stop_reason,
@@ -57,14 +65,14 @@ class RunOptions:
     """How to load and run the model; shared by every command."""
 
     model: str | None = None
-    n_ctx: int = 4096
+    n_ctx: int = DEFAULT_CTX
     threads: int | None = None
     seed: int = 0
     verbose: bool = False
-    temperature: float = 0.0
-    top_k: int = 40
-    top_p: float = 0.95
-    max_tokens: int = 128
+    temperature: float = Sampling.temperature
+    top_k: int = Sampling.top_k
+    top_p: float = Sampling.top_p
+    max_tokens: int = DEFAULT_MAX_TOKENS
     max_time: float | None = None
     logit_bias: dict[int, float] | None = None
     quiet: bool = False
@@ -80,7 +88,7 @@ def warn(opts: RunOptions, message: str) -> None:
         print(f"Warning: {message}", file=sys.stderr)
 
 
-_engines: dict[tuple, Engine] = {}
+_engines: dict[tuple[Any, ...], Engine] = {}
 
 
 def get_engine(opts: RunOptions) -> Engine:
@@ -101,14 +109,16 @@ def get_engine(opts: RunOptions) -> Engine:
 
     if opts.prompt_cache and prompt_cache.enabled():
         if engine.prompt_cache is None:
-            engine.prompt_cache = prompt_cache.PromptCache.for_model(engine.path)
+            engine.prompt_cache = prompt_cache.PromptCache.for_model(engine.path, engine.state_version,
+                                                                     lambda message: warn(opts, message))
     else:
         engine.prompt_cache = None
     return engine
 
 
 def _stop_texts(extra: Sequence[str]) -> tuple[str, ...]:
-    return tuple(SENTINEL_TEXT.values()) + tuple(s for s in extra if s)
+    """Sentinel text arriving as plain text (a model that spells it out) ends the completion too."""
+    return tuple(t.text for t in SENTINELS) + tuple(s for s in extra if s)
 
 
 def build_fim_prompt(engine: Engine, prefix: str, suffix: str, opts: RunOptions, *,
@@ -166,10 +176,12 @@ def _bos(engine: Engine) -> int:
 
 def run_stream(engine: Engine, prompt: list[int], rules: CutRules, opts: RunOptions,
                *, fim_used: bool = True,
-               logits_processor: Callable | None = None) -> Iterator[Event]:
+               logits_processor: LogitsProcessor | None = None) -> Iterator[Event]:
     """Decode, cut and yield final text; the last event carries the Completion."""
     timings = Timings(load_ms=engine.load_ms)
     cutter = TextCutter(rules)
+    if opts.logit_bias:
+        engine.check_token_ids(list(opts.logit_bias), "--logit-bias")
     processor = logits_processor or (logit_bias_processor(opts.logit_bias) if opts.logit_bias else None)
     reason, count, start = "max_tokens", 0, time.perf_counter()
     for step in engine.stream(prompt, max_tokens=opts.max_tokens, sampling=opts.sampling(),
@@ -205,8 +217,21 @@ def stream_complete(prefix: str, suffix: str = "", *, opts: RunOptions = RunOpti
                     path: str | None = None, context: Sequence[tuple[str, str]] = (),
                     spm: bool = False, max_lines: int | None = None, single_line: bool = False,
                     require_fim: bool = False, stop: Sequence[str] = (),
-                    engine: Engine | None = None, logits_processor: Callable | None = None) -> Iterator[Event]:
-    """Fill in the middle between prefix and suffix, streaming."""
+                    engine: Engine | None = None, logits_processor: LogitsProcessor | None = None) -> Iterator[Event]:
+    """Fill in the middle between prefix and suffix, streaming final text as it is known.
+
+    Args:
+        prefix, suffix: the code before and after the cursor.
+        opts: model, context, sampling and limits (RunOptions).
+        path: the file's path, sent as the header line CodeGemma was trained with.
+        context: other files as (path, content), nearest first, packed before the current one.
+        spm: suffix-prefix-middle order instead of PSM.
+        max_lines, single_line: cut the completion after N lines / its first line.
+        require_fim: fail on a model without FIM tokens instead of continuing the prefix.
+        stop: extra texts that end the completion.
+        engine: a loaded engine (default: the one opts names, loaded once per process).
+        logits_processor: called on every step's logits (tests, constrained decoding).
+    """
     if not prefix.strip() and not suffix.strip():
         raise InputError("empty input: nothing before or after the cursor",
                          "Pass code on standard input, e.g. printf 'def add(a, b):\\n<CURSOR>\\n' | cg complete")
@@ -224,15 +249,28 @@ def stream_complete(prefix: str, suffix: str = "", *, opts: RunOptions = RunOpti
     yield from run_stream(engine, prompt, rules, opts, fim_used=use_fim, logits_processor=logits_processor)
 
 
-def complete(prefix: str, suffix: str = "", **kwargs) -> Completion:
-    """Fill in the middle; same parameters as stream_complete."""
-    return _join(stream_complete(prefix, suffix, **kwargs))
+def complete(prefix: str, suffix: str = "", *, opts: RunOptions = RunOptions(),
+             path: str | None = None, context: Sequence[tuple[str, str]] = (),
+             spm: bool = False, max_lines: int | None = None, single_line: bool = False,
+             require_fim: bool = False, stop: Sequence[str] = (),
+             engine: Engine | None = None, logits_processor: LogitsProcessor | None = None) -> Completion:
+    """Fill in the middle and return the whole Completion (Args: see stream_complete)."""
+    return _join(stream_complete(prefix, suffix, opts=opts, path=path, context=context, spm=spm,
+                                 max_lines=max_lines, single_line=single_line, require_fim=require_fim, stop=stop,
+                                 engine=engine, logits_processor=logits_processor))
 
 
 def stream_generate(prompt: str, *, opts: RunOptions = RunOptions(), chat: bool | None = None,
                     stop: Sequence[str] = (), engine: Engine | None = None,
-                    logits_processor: Callable | None = None) -> Iterator[Event]:
-    """Continue text (base models) or answer it (instruction models), streaming raw text."""
+                    logits_processor: LogitsProcessor | None = None) -> Iterator[Event]:
+    """Continue text (base models) or answer it (instruction models), streaming raw text.
+
+    Args:
+        prompt: the text to continue or the instruction to answer.
+        opts: model, context, sampling and limits (RunOptions).
+        chat: force the instruction turn format on or off (default: from the model).
+        stop, engine, logits_processor: as for stream_complete.
+    """
     if not prompt.strip():
         raise InputError("empty prompt", "Pass a prompt as an argument or on standard input.")
     engine = engine or get_engine(opts)
@@ -245,9 +283,13 @@ def stream_generate(prompt: str, *, opts: RunOptions = RunOptions(), chat: bool 
     yield from run_stream(engine, ids, rules, opts, fim_used=False, logits_processor=logits_processor)
 
 
-def generate(prompt: str, *, raw: bool = False, **kwargs) -> Completion:
-    """Generate; unless raw, an answer that is one fenced code block becomes its body."""
-    result = _join(stream_generate(prompt, **kwargs))
+def generate(prompt: str, *, raw: bool = False, opts: RunOptions = RunOptions(), chat: bool | None = None,
+             stop: Sequence[str] = (), engine: Engine | None = None,
+             logits_processor: LogitsProcessor | None = None) -> Completion:
+    """Generate (Args: see stream_generate); unless raw, an answer that is one fenced code block
+    becomes its body."""
+    result = _join(stream_generate(prompt, opts=opts, chat=chat, stop=stop, engine=engine,
+                                   logits_processor=logits_processor))
     if not raw:
         result.text = strip_fence(result.text)
     return result

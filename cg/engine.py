@@ -7,36 +7,31 @@ postprocess.py.
 from __future__ import annotations
 
 import codecs
+import ctypes
 import os
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
-from . import llama_log
-from .errors import ModelFileError, ModelNotFoundError
+from quantize import llama_log
+from quantize.tokens import BY_NAME, SENTINELS, metadata_keys
 
-# CodeGemma's control tokens, looked up by text when the GGUF metadata does not name them.
-SENTINEL_TEXT = {
-    "fim_pre": "<|fim_prefix|>",
-    "fim_mid": "<|fim_middle|>",
-    "fim_suf": "<|fim_suffix|>",
-    "fim_sep": "<|file_separator|>",
-    "start_turn": "<start_of_turn>",
-    "eot": "<end_of_turn>",
-}
-# GGUF metadata keys for them; older converters wrote prefix/suffix/middle_token_id.
-_METADATA_KEYS = {
-    "bos": ["tokenizer.ggml.bos_token_id"],
-    "eos": ["tokenizer.ggml.eos_token_id"],
-    "fim_pre": ["tokenizer.ggml.fim_pre_token_id", "tokenizer.ggml.prefix_token_id"],
-    "fim_suf": ["tokenizer.ggml.fim_suf_token_id", "tokenizer.ggml.suffix_token_id"],
-    "fim_mid": ["tokenizer.ggml.fim_mid_token_id", "tokenizer.ggml.middle_token_id"],
-    "fim_sep": ["tokenizer.ggml.fim_sep_token_id"],
-    "eot": ["tokenizer.ggml.eot_token_id"],
-}
+from .errors import ModelFileError, ModelNotFoundError, UsageError
+
+if TYPE_CHECKING:
+    import numpy as np
+    from llama_cpp import Llama
+
+    from .prompt_cache import PromptCache
+
+# logits_processor(input_ids, logits) -> logits, as llama-cpp-python calls it
+LogitsProcessor = Callable[["np.ndarray", "np.ndarray"], "np.ndarray"]
 _GGUF_MAGIC = b"GGUF"
+# An instruction-tuned model's file name: "-it" as a whole word (codegemma-7b-it-q4_k_m.gguf,
+# gemma-2-9b-it.Q4.gguf), not inside another one (model-iter, item).
+_INSTRUCT_NAME = re.compile(r"(?:^|[-_.])it(?:$|[-_.])", re.IGNORECASE)
 # llama.cpp's physical batch. Prompt reuse resumes only at its multiples (see Engine._aligned);
 # 128 evaluates prompts as fast as the default 512 on CPU (measured on 2B and 270M models) and
 # loses at most 127 tokens of a reusable prefix instead of 511.
@@ -45,6 +40,8 @@ UBATCH = 128
 
 @dataclass(frozen=True)
 class SpecialIds:
+    """Ids of the special tokens (quantize/tokens.py names them) in the loaded vocabulary."""
+
     bos: int | None = None
     eos: int | None = None
     fim_pre: int | None = None
@@ -62,8 +59,12 @@ class SpecialIds:
     @property
     def stop_ids(self) -> frozenset[int]:
         """<eos>, every FIM sentinel, <|file_separator|> and <end_of_turn>, marked EOG or not."""
-        ids = {self.eos, self.fim_pre, self.fim_suf, self.fim_mid, self.fim_sep, self.eot}
+        ids = {getattr(self, t.name) for t in BY_NAME.values() if t.stop}
         return frozenset(i for i in ids if i is not None) | self.extra_stops
+
+    def named(self) -> dict[str, int]:
+        """The ids found, by name (what cg's store records)."""
+        return {f.name: v for f in fields(self) if isinstance(v := getattr(self, f.name), int)}
 
 
 @dataclass(frozen=True)
@@ -95,21 +96,32 @@ class Timings:
 
 @dataclass
 class Engine:
-    llm: object  # llama_cpp.Llama
+    llm: Llama
     path: Path
     special: SpecialIds
     load_ms: float
     chat_template: str | None = None
     _protected: dict[int, str] = field(default_factory=dict)
-    prompt_cache: object | None = None  # a prompt_cache.PromptCache shared across processes, or None
+    prompt_cache: PromptCache | None = None  # shared across processes, or None
 
     @property
     def n_ctx(self) -> int:
-        return self.llm.n_ctx()
+        return int(self.llm.n_ctx())
+
+    @property
+    def n_vocab(self) -> int:
+        return int(self.llm.n_vocab())
 
     @property
     def is_chat(self) -> bool:
-        return bool(self.chat_template) or "-it" in self.path.name.lower()
+        return bool(self.chat_template) or bool(_INSTRUCT_NAME.search(self.path.name))
+
+    @property
+    def state_version(self) -> str:
+        """What the prompt cache's state files depend on besides the model file."""
+        import llama_cpp
+
+        return str(llama_cpp.__version__)
 
     def tokenize_text(self, text: str) -> list[int]:
         """User text, special-token parsing off: sentinel text in code stays text."""
@@ -131,8 +143,12 @@ class Engine:
     def _tokenize(self, text: str) -> list[int]:
         return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False) if text else []
 
-    def token_text(self, token: int) -> str:
-        return self.llm._model.token_get_text(token)
+    def check_token_ids(self, ids: Sequence[int], what: str) -> None:
+        """Refuse ids outside the vocabulary (a negative one would index from the end)."""
+        bad = [i for i in ids if not 0 <= i < self.n_vocab]
+        if bad:
+            raise UsageError(f"{what}: token id {bad[0]} is not in the model's vocabulary (0..{self.n_vocab - 1})",
+                             "Use an id the model has, e.g. 70 for <|file_separator|> in CodeGemma.")
 
     def stream(
         self,
@@ -141,7 +157,7 @@ class Engine:
         max_tokens: int,
         sampling: Sampling = Sampling(),
         stop_ids: frozenset[int] | None = None,
-        logits_processor: Callable | None = None,
+        logits_processor: LogitsProcessor | None = None,
         timings: Timings | None = None,
     ) -> Iterator[TokenEvent]:
         """Decode up to max_tokens after prompt; the last event is a stop token or the limit.
@@ -205,7 +221,9 @@ class Engine:
             t0 = time.perf_counter()
             best = self.prompt_cache.best(prompt)
             if best is not None and self._aligned(best[1], len(prompt)) >= in_memory + MIN_GAIN:
-                loaded = self.prompt_cache.restore(self.llm, best[0])
+                loaded = self._load_state(best[0])
+                if loaded:
+                    self.prompt_cache.touch(best[0])
                 reused = common_prefix(self.llm.input_ids[: self.llm.n_tokens], prompt) if loaded else 0
                 reused = self._aligned(reused, len(prompt))
             timings.disk_cache_ms = (time.perf_counter() - t0) * 1000
@@ -226,7 +244,37 @@ class Engine:
         from .prompt_cache import MIN_GAIN, MIN_TOKENS
 
         if self.prompt_cache is not None and prompt_len >= MIN_TOKENS and prompt_len - reused >= MIN_GAIN:
-            self.prompt_cache.save(self.llm)
+            self.prompt_cache.save(self.llm.input_ids[: self.llm.n_tokens], self._save_state)
+
+    def _save_state(self, path: Path) -> bool:
+        """Sequence 0 (its KV cache and tokens) to llama.cpp's state file at path."""
+        import llama_cpp
+
+        n = self.llm.n_tokens
+        tokens = (llama_cpp.llama_token * n)(*self.llm.input_ids[:n].tolist())
+        return bool(llama_cpp.llama_state_seq_save_file(self.llm._ctx.ctx, str(path).encode(), 0, tokens, n))
+
+    def _load_state(self, path: Path) -> int:
+        """Load a state file into sequence 0; return the tokens now in the KV cache (0: failed)."""
+        import llama_cpp
+        import numpy as np
+
+        capacity = self.n_ctx
+        tokens = (llama_cpp.llama_token * capacity)()
+        count = ctypes.c_size_t(0)
+        ctx = self.llm._ctx.ctx
+        memory = llama_cpp.llama_get_memory(ctx)
+        llama_cpp.llama_memory_seq_rm(memory, 0, -1, -1)
+        self.llm.n_tokens = 0
+        read = llama_cpp.llama_state_seq_load_file(ctx, str(path).encode(), 0, tokens, capacity, ctypes.byref(count))
+        if not read:
+            llama_cpp.llama_memory_seq_rm(memory, 0, -1, -1)
+            return 0
+        n = int(count.value)
+        self.llm.input_ids[:n] = np.ctypeslib.as_array(tokens)[:n]
+        self.llm.n_tokens = n
+        self.llm._requires_eval = True  # logits must come from a live decode
+        return n
 
 
 def check_gguf_file(path: Path) -> None:
@@ -235,8 +283,11 @@ def check_gguf_file(path: Path) -> None:
         raise ModelNotFoundError(f"model not found: {path}")
     if not path.is_file():
         raise ModelNotFoundError(f"{path} is not a file")
-    with open(path, "rb") as f:
-        magic = f.read(4)
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as exc:
+        raise ModelFileError(f"cannot read {path}: {exc.strerror or exc}", "Check the file's permissions.") from None
     if magic != _GGUF_MAGIC:
         raise ModelFileError(f"{path} is not a GGUF file", "cg runs .gguf models; convert a checkpoint with `cg quantize`.")
 
@@ -277,19 +328,19 @@ def load(
     return Engine(llm, path, special, load_ms, llm.metadata.get("tokenizer.chat_template"), protected)
 
 
-def _special_ids(llm, recorded: dict[str, int]) -> SpecialIds:
+def _special_ids(llm: Llama, recorded: dict[str, int]) -> SpecialIds:
     meta = llm.metadata
     found: dict[str, int] = {}
-    for name, keys in _METADATA_KEYS.items():
-        for key in keys:
+    for name in (f.name for f in fields(SpecialIds) if f.name in BY_NAME):
+        for key in metadata_keys(BY_NAME[name]):
             if key in meta and int(meta[key]) >= 0:
                 found[name] = int(meta[key])
                 break
-    for name, text in SENTINEL_TEXT.items():
-        if name not in found:
-            token = _lookup_text(llm, text)
+    for sentinel in SENTINELS:
+        if sentinel.name not in found:
+            token = _lookup_text(llm, sentinel.text)
             if token is not None:
-                found[name] = token
+                found[sentinel.name] = token
     # Ids recorded in cg's store (cg download) fill what the GGUF lacks.
     for name, token in recorded.items():
         if name in SpecialIds.__dataclass_fields__ and name not in found:
@@ -298,14 +349,14 @@ def _special_ids(llm, recorded: dict[str, int]) -> SpecialIds:
     return SpecialIds(**found, extra_stops=frozenset(eog))
 
 
-def _lookup_text(llm, text: str) -> int | None:
+def _lookup_text(llm: Llama, text: str) -> int | None:
     ids = llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
     if len(ids) == 1 and llm._model.token_get_text(ids[0]) == text:
         return ids[0]
     return None
 
 
-def _eog_ids(llm) -> set[int]:
+def _eog_ids(llm: Llama) -> set[int]:
     """Tokens llama.cpp itself treats as end-of-generation (checked over the special ids only)."""
     import llama_cpp
 
@@ -314,21 +365,21 @@ def _eog_ids(llm) -> set[int]:
     return {t for t in candidates if t >= 0 and llama_cpp.llama_vocab_is_eog(vocab, t)}
 
 
-def _sentinel_texts(llm, special: SpecialIds) -> dict[int, str]:
+def _sentinel_texts(llm: Llama, special: SpecialIds) -> dict[int, str]:
     out = {}
-    for name in SENTINEL_TEXT:
-        token = getattr(special, name)
+    for sentinel in SENTINELS:
+        token = getattr(special, sentinel.name)
         if token is not None:
             out[token] = llm._model.token_get_text(token)
     return out
 
 
-def logit_bias_processor(bias: dict[int, float]) -> Callable:
+def logit_bias_processor(bias: dict[int, float]) -> LogitsProcessor:
     """A llama-cpp-python logits processor adding a fixed bias per token id."""
     ids = list(bias)
     values = [bias[i] for i in ids]
 
-    def process(_input_ids, logits):
+    def process(_input_ids: np.ndarray, logits: np.ndarray) -> np.ndarray:
         logits[ids] += values
         return logits
 

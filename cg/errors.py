@@ -1,14 +1,24 @@
 """Domain errors. `cli.main()` turns each into `Error: ...` + `Hint: ...` and its exit code.
 
 Exit codes (documented in README.md):
-  1  a failure that is not the user's input (model failed to run, disk, interrupted)
+  1  a failure that is not the user's input (model failed to run, disk, quantizer)
   2  bad input or usage (missing file, bad option, empty input, prompt too long)
   3  authentication: gated repository, missing token or licence not accepted
   4  not found on the hub (repository, revision or file)
   5  network unreachable
+  130 interrupted
+
+quantize/ is a library with its own errors (it never imports cg); they are mapped here.
 """
 
 from __future__ import annotations
+
+from quantize.errors import ConversionError, DiskSpaceError, OutputExistsError, QuantizeError, QuantizerFailed
+
+__all__ = ["AuthError", "CgError", "ConversionError", "DiskSpaceError", "HomeError", "HubNotFoundError", "InputError", "ModelFileError", "ModelNotFoundError", "NetworkError", "NoFimError", "OutputExistsError", "PromptTooLongError", "QuantizeError", "QuantizerFailed", "ReadOnlyFileError", "StaleFileError", "UsageError", "WriteError", "exit_code"]
+# quantize's errors -> exit codes: bad input 2, the rest 1.
+_QUANTIZE_EXIT = {ConversionError: 2, OutputExistsError: 2, DiskSpaceError: 1, QuantizerFailed: 1}
+
 
 
 class CgError(Exception):
@@ -56,22 +66,10 @@ class NoFimError(CgError):
     default_hint = "Use a CodeGemma model (cg download codegemma-2b) or drop --require-fim."
 
 
-class ConversionError(CgError):
+class HomeError(CgError):
+    """cg's home folder or a file in it cannot be used."""
+
     exit_code = 2
-
-
-class QuantizeError(CgError):
-    exit_code = 1
-
-
-class OutputExistsError(CgError):
-    exit_code = 2
-    default_hint = "Pass --force to overwrite it, or choose another path with -o."
-
-
-class DiskSpaceError(CgError):
-    exit_code = 1
-    default_hint = "Free some disk space or write the output elsewhere (-o, CG_HOME)."
 
 
 class AuthError(CgError):
@@ -90,3 +88,20 @@ class NetworkError(CgError):
 class StaleFileError(CgError):
     exit_code = 1
     default_hint = "The file changed while cg was working; run the command again."
+
+
+class ReadOnlyFileError(CgError):
+    exit_code = 2
+    default_hint = "Make it writable (chmod u+w), or pass --force to replace it anyway."
+
+
+class WriteError(CgError):
+    """Writing files failed part-way; the message names what was and was not replaced."""
+
+    exit_code = 1
+
+
+def exit_code(exc: CgError | QuantizeError) -> int:
+    if isinstance(exc, CgError):
+        return exc.exit_code
+    return next((code for cls, code in _QUANTIZE_EXIT.items() if isinstance(exc, cls)), 1)

@@ -22,6 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from quantize.atomic import atomic_path, check_free_space
+from quantize.llama_quant import TYPE_NAMES, OutType
+from quantize.tokens import FIM_AND_TURN
+
 from . import store
 from .errors import AuthError, CgError, DiskSpaceError, HubNotFoundError, InputError, NetworkError, OutputExistsError
 
@@ -36,7 +40,6 @@ DEFAULT_MODEL = "codegemma-2b"
 # What conversion reads; nothing else is fetched (no *.bin, *.pt, *.msgpack, *.h5 ...).
 CHECKPOINT_FILES = {"config.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
                     "generation_config.json", "model.safetensors.index.json"}
-_FIM_NAMES = ("fim_pre", "fim_suf", "fim_mid", "fim_sep", "eot")
 _QUANT_IN_NAME = re.compile(r"(?:^|[^a-z0-9])(q\d_k_[sml]|q\d_k|q\d_\d|iq\d_[a-z]+|f16|bf16|f32)(?:[^a-z0-9]|$)")
 
 
@@ -103,11 +106,9 @@ def download(model: str | None = None, *, quant: str = "q4_k_m", token: str | No
              revision: str | None = None, force: bool = False, keep_source: bool = False,
              name: str | None = None, threads: int | None = None) -> store.ModelRecord:
     """Fetch MODEL from the hub, convert it if needed, register it; return its store record."""
-    from quantize.convert import TYPES
-
     quant = quant.lower()
-    if quant not in TYPES:
-        raise InputError(f"unknown --quant {quant!r}", "Choose one of: " + ", ".join(TYPES))
+    if quant not in TYPE_NAMES:
+        raise InputError(f"unknown --quant {quant!r}", "Choose one of: " + ", ".join(TYPE_NAMES))
     repo_id, base = repo_for(model)
     hub = _Hub(token)
     snap = hub.snapshot(repo_id, revision)
@@ -123,15 +124,17 @@ def download(model: str | None = None, *, quant: str = "q4_k_m", token: str | No
     hub.check_space(snap, plan)
     with hub.progress():
         local = {f: hub.fetch(snap, f) for f in plan.files}
-    target = store.models_dir() / f"{name}.gguf"
+    target = store.ensure_dir(store.models_dir()) / f"{name}.gguf"
     if plan.kind == "gguf":
         _place(local[plan.files[0]], target)
     else:
         from quantize.convert import convert
 
+        from .progress import progress_bar
+
         src = local["config.json"].parent
         print(f"Converting {repo_id} to {quant}", file=sys.stderr)
-        convert(src, target, type=quant, force=True, threads=threads)
+        convert(src, target, type=OutType(quant), force=True, threads=threads, progress=progress_bar)
     source_dir = _keep_source(local, target.with_suffix(".source")) if keep_source and plan.kind != "gguf" else ""
     record = store.ModelRecord(name=name, path=str(target), quant=quant, source=repo_id, revision=snap.commit,
                                special_ids=recorded_ids(target, announce=plan.kind == "gguf"),
@@ -146,34 +149,12 @@ def recorded_ids(path: Path, *, announce: bool) -> dict[str, int]:
     GGUFs from other converters usually lack fim_sep (and often eot); recording the ids in the
     store lets `cg complete` stop on them anyway. With `announce`, say on stderr what was missing.
     """
-    from gguf import GGUFReader
-
-    from .engine import _METADATA_KEYS, SENTINEL_TEXT
-
-    reader = GGUFReader(path)
-    ids: dict[str, int] = {}
-    for key_name, keys in _METADATA_KEYS.items():
-        for key in keys:
-            field = reader.fields.get(key)
-            if field is not None and int(field.contents()) >= 0:
-                ids[key_name] = int(field.contents())
-                break
-    from_meta = set(ids)
-    tokens = reader.fields.get("tokenizer.ggml.tokens")
-    if tokens is not None:
-        wanted = {text: key for key, text in SENTINEL_TEXT.items() if key not in ids}
-        for i, part in enumerate(tokens.data):
-            text = bytes(tokens.parts[part]).decode("utf-8", "replace")
-            if text in wanted:
-                ids[wanted.pop(text)] = i
-                if not wanted:
-                    break
+    ids, from_meta = store.gguf_special_ids(path)
     if announce:
-        missing = [k for k in _FIM_NAMES if k not in from_meta]
-        found = {k: ids[k] for k in missing if k in ids}
+        found = {t: ids[t.name] for t in FIM_AND_TURN if t.name not in from_meta and t.name in ids}
         if found:
-            print(f"Note: {path.name} lacks " + ", ".join(_METADATA_KEYS[k][0] for k in found)
-                  + "; cg recorded them from its vocabulary (" + ", ".join(f"{k}={v}" for k, v in found.items())
+            print(f"Note: {path.name} lacks " + ", ".join(str(t.gguf_key) for t in found)
+                  + "; cg recorded them from its vocabulary (" + ", ".join(f"{t.name}={v}" for t, v in found.items())
                   + ") so completions stop correctly.", file=sys.stderr)
         if not all(k in ids for k in ("fim_pre", "fim_suf", "fim_mid")):
             print(f"Note: {path.name} has no FIM tokens; `cg complete` will continue the prefix only.",
@@ -229,12 +210,10 @@ class _Hub:
                    and not isinstance(try_to_load_from_cache(snap.repo_id, f, cache_dir=self.cache_dir,
                                                              revision=snap.commit), str))
         folder = Path(self.cache_dir) if self.cache_dir else _default_cache()
-        folder = next((p for p in [folder, *folder.parents] if p.exists()), Path("/"))
-        free = shutil.disk_usage(folder).free
-        if need and free < need * 1.05:
-            raise DiskSpaceError(f"not enough disk space in {folder} for the download: need "
-                                 f"{need / 2**30:.1f} GiB, {free / 2**30:.1f} GiB free",
-                                 "Free some space or point HF_HOME at a bigger disk.")
+        try:
+            check_free_space(folder, need, "the download")
+        except DiskSpaceError as exc:
+            raise DiskSpaceError(exc.message, "Free some space or point HF_HOME at a bigger disk.") from None
 
     def fetch(self, snap: Snapshot, filename: str) -> Path:
         if snap.local_dir is not None:
@@ -339,14 +318,8 @@ def _place(cached: Path, target: Path) -> None:
 
     blob = cached.resolve()
     check_gguf_file(blob)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(target) as tmp:
         _link_or_copy(blob, tmp)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _keep_source(local: dict[str, Path], folder: Path) -> str:

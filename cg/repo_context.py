@@ -6,15 +6,22 @@ half-written and rarely parses."""
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
 
 def git_root(path: Path) -> Path | None:
-    for folder in [path.resolve().parent, *path.resolve().parents]:
+    """The nearest folder above path holding .git (symlinks not followed: a link is where it lives)."""
+    here = Path(os.path.abspath(path))
+    for folder in here.parents:
         if (folder / ".git").exists():
             return folder
     return None
+
+
+def relative_to_root(path: Path, root: Path) -> str:
+    return Path(os.path.abspath(path)).relative_to(root).as_posix()
 
 
 _IMPORT = re.compile(r"^\s*import\s+(?P<names>[\w.]+(?:\s+as\s+\w+)?(?:\s*,\s*[\w.]+(?:\s+as\s+\w+)?)*)", re.M)

@@ -5,26 +5,36 @@ Layout under the home folder (``$CG_HOME``, else ``$XDG_CACHE_HOME/cg``, else ``
     models/<name>.gguf      model files
     models/<name>.source/   checkpoint kept by `cg download --keep-source`
     models.json             {"default": name|null, "models": {name: record}}
+    models.json.lock        held (flock) while models.json is read, changed and written back
     state.json              one-time notices already shown
+
+Reading never needs a usable home: an absent or unusable folder reads as no models installed,
+so `--model FILE` works whatever CG_HOME is. Writing into an unusable home is a clear error.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
 import sys
-import tempfile
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any, Iterator
 
-from .errors import ModelNotFoundError
+from quantize.atomic import atomic_path, remove_stale_temps, write_atomic
+from quantize.tokens import SENTINELS, SPECIAL_TOKENS, metadata_keys
+
+from .errors import HomeError, ModelNotFoundError
 
 BUNDLED_NAME = "gemma3-270m"
 # Preference when nothing is chosen: FIM-trained base models first (the -it models are poor at
-# FIM), newer before older, bigger before smaller, better quantization first.
+# FIM), newer before older, bigger before smaller, better quantization first. A name belongs to
+# the longest family it starts with: codegemma-7b-it-q4_k_m is codegemma-7b-it, not codegemma-7b.
 _FAMILY_RANK = ["codegemma-7b", "codegemma-1.1-2b", "codegemma-2b", "codegemma-1.1-7b-it", "codegemma-7b-it"]
-_QUANT_RANK = ["f32", "bf16", "f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_k_s"]
+_QUANT_RANK = ["f32", "bf16", "f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0", "q4_k_s"]
 
 
 def home() -> Path:
@@ -66,40 +76,70 @@ class ResolvedModel:
     bundled: bool = False
 
 
+def ensure_dir(folder: Path) -> Path:
+    """Create a folder in cg's home, or say clearly why it cannot be."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise HomeError(f"cg cannot use {folder}: {exc.strerror or exc}",
+                        "Set CG_HOME to a writable folder (cg keeps models and its cache there).") from None
+    return folder
+
+
 def write_json_atomic(path: Path, data: object) -> None:
     """Write JSON beside the target and rename it in: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    ensure_dir(path.parent)
+    write_atomic(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode("utf-8"))
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object, {} if the file (or the folder it would be in) is absent; corrupt is an error."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+        text = path.read_text(encoding="utf-8")
+    except (FileNotFoundError, NotADirectoryError):
         return {}
+    except OSError as exc:
+        raise HomeError(f"cannot read {path}: {exc.strerror or exc}", "Check the file's permissions.") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise HomeError(f"{path} is corrupt (not valid JSON: {exc.msg} at line {exc.lineno})",
+                        f"Move it aside (mv {path} {path}.bad) and re-register models with `cg download` "
+                        "or `cg quantize`; model files in models/ are untouched.") from None
+    if not isinstance(data, dict):
+        raise HomeError(f"{path} is corrupt (not a JSON object)", f"Move it aside: mv {path} {path}.bad")
+    return data
 
 
-def _registry() -> dict:
-    data = _read_json(home() / "models.json")
+def _registry_path() -> Path:
+    return home() / "models.json"
+
+
+def _registry() -> dict[str, Any]:
+    data = read_json(_registry_path())
     data.setdefault("default", None)
     data.setdefault("models", {})
     return data
 
 
+@contextmanager
+def _locked_registry() -> Iterator[dict[str, Any]]:
+    """models.json read, changed by the caller and written back under an exclusive lock, so
+    concurrent registrations from several processes never lose one another."""
+    path = _registry_path()
+    ensure_dir(path.parent)
+    with open(path.with_name(path.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            data = _registry()
+            yield data
+            write_json_atomic(path, data)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def list_models() -> list[ModelRecord]:
     return [ModelRecord(**rec) for rec in _registry()["models"].values()]
-
-
-def default_name() -> str | None:
-    return _registry()["default"]
 
 
 def get(name: str) -> ModelRecord | None:
@@ -108,19 +148,17 @@ def get(name: str) -> ModelRecord | None:
 
 
 def register(record: ModelRecord) -> None:
-    data = _registry()
-    data["models"][record.name] = record.__dict__
-    write_json_atomic(home() / "models.json", data)
+    with _locked_registry() as data:
+        data["models"][record.name] = asdict(record)
 
 
 def remove(name: str) -> ModelRecord:
-    data = _registry()
-    rec = data["models"].pop(name, None)
-    if rec is None:
-        raise ModelNotFoundError(f"no installed model named {name!r}")
-    if data["default"] == name:
-        data["default"] = None
-    write_json_atomic(home() / "models.json", data)
+    with _locked_registry() as data:
+        rec = data["models"].pop(name, None)
+        if rec is None:
+            raise ModelNotFoundError(f"no installed model named {name!r}")
+        if data["default"] == name:
+            data["default"] = None
     record = ModelRecord(**rec)
     path = Path(record.path)
     if path.parent == models_dir() and path.exists():
@@ -132,17 +170,17 @@ def remove(name: str) -> ModelRecord:
 
 
 def set_default(name: str) -> None:
-    data = _registry()
-    if name not in data["models"]:
-        raise ModelNotFoundError(f"no installed model named {name!r}")
-    data["default"] = name
-    write_json_atomic(home() / "models.json", data)
+    with _locked_registry() as data:
+        if name not in data["models"]:
+            raise ModelNotFoundError(f"no installed model named {name!r}")
+        data["default"] = name
 
 
 def _rank(rec: ModelRecord) -> tuple[int, int]:
-    family = next((i for i, f in enumerate(_FAMILY_RANK) if rec.name.startswith(f + "-") or rec.name == f), None)
+    families = [f for f in _FAMILY_RANK if rec.name == f or rec.name.startswith(f + "-")]
+    family = _FAMILY_RANK.index(max(families, key=len)) if families else len(_FAMILY_RANK)
     quant = _QUANT_RANK.index(rec.quant) if rec.quant in _QUANT_RANK else len(_QUANT_RANK)
-    return (len(_FAMILY_RANK) if family is None else family, quant)
+    return family, quant
 
 
 def best_installed() -> ModelRecord | None:
@@ -161,14 +199,10 @@ def bundled_model_path() -> Path:
     target = models_dir() / bundled.MODEL_NAME
     if target.exists():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
+    ensure_dir(target.parent)
+    remove_stale_temps(target.parent)
+    with atomic_path(target) as tmp:
         bundled.assemble(tmp, overwrite=True)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return target
 
 
@@ -203,10 +237,39 @@ def _resolve_choice(choice: str) -> ResolvedModel:
     raise ModelNotFoundError(f"model not found: {choice}")
 
 
+def gguf_special_ids(path: Path) -> tuple[dict[str, int], set[str]]:
+    """A GGUF's special ids from its metadata, else found in its vocabulary by text (what
+    `cg download` and `cg quantize` record), and the names that came from metadata."""
+    from gguf import GGUFReader
+
+    reader = GGUFReader(path)
+    ids: dict[str, int] = {}
+    for token in SPECIAL_TOKENS:
+        for key in metadata_keys(token):
+            value = reader.fields.get(key)
+            if value is not None and int(value.contents()) >= 0:
+                ids[token.name] = int(value.contents())
+                break
+    from_meta = set(ids)
+    tokens = reader.fields.get("tokenizer.ggml.tokens")
+    if tokens is not None:
+        wanted = {t.text: t.name for t in SENTINELS if t.name not in ids}
+        for i, part in enumerate(tokens.data):
+            if not wanted:
+                break
+            text = bytes(tokens.parts[part]).decode("utf-8", "replace")
+            if text in wanted:
+                ids[wanted.pop(text)] = i
+    return {k: v for k, v in ids.items() if k not in ("pad", "unk")}, from_meta
+
+
 def notice_once(key: str, text: str) -> None:
-    """Print a notice on stderr the first time only (remembered in state.json)."""
+    """Print a notice on stderr the first time only (remembered in state.json, if it can be)."""
     path = home() / "state.json"
-    state = _read_json(path)
+    try:
+        state = read_json(path)
+    except HomeError:
+        state = {}
     shown = set(state.get("notices", []))
     if key in shown:
         return
@@ -214,5 +277,5 @@ def notice_once(key: str, text: str) -> None:
     state["notices"] = sorted(shown | {key})
     try:
         write_json_atomic(path, state)
-    except OSError:
+    except (OSError, HomeError):
         pass

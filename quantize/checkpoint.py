@@ -1,4 +1,4 @@
-"""A Hugging Face checkpoint folder read lazily: config, and safetensors tensors memory-mapped.
+"""A Hugging Face checkpoint folder read lazily: config, and safetensors tensors in row blocks.
 
 safetensors is parsed here directly (an 8-byte header length, a JSON header, raw data) so that
 bf16 needs no torch and a truncated file is caught before any output is written.
@@ -10,9 +10,12 @@ import json
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
-from cg.errors import ConversionError
+from .errors import ConversionError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 _DTYPES = {"F32": ("<f4", 4), "F16": ("<f2", 2), "BF16": ("<u2", 2), "F64": ("<f8", 8)}
 CHUNK_BYTES = 64 * 2**20  # rows converted at a time: peak memory stays near this, not the tensor
@@ -34,7 +37,7 @@ class TensorEntry:
             n *= d
         return n
 
-    def rows(self) -> Iterator["np.ndarray"]:  # noqa: F821
+    def rows(self) -> Iterator[np.ndarray]:
         """The tensor as float32 blocks of whole rows, read block by block.
 
         Plain reads, not a memory map: mapped pages count toward the process's resident memory
@@ -58,7 +61,7 @@ class TensorEntry:
                 yield block.reshape(-1, *self.shape[1:]) if len(self.shape) > 1 else block
 
 
-def _to_f32(block, dtype: str):
+def _to_f32(block: np.ndarray, dtype: str) -> np.ndarray:
     import numpy as np
 
     if dtype == "BF16":
@@ -70,7 +73,7 @@ def _to_f32(block, dtype: str):
 @dataclass
 class Checkpoint:
     folder: Path
-    config: dict
+    config: dict[str, Any]
     tensors: dict[str, TensorEntry]
 
     @property
@@ -86,7 +89,7 @@ def open_checkpoint(folder: Path | str) -> Checkpoint:
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise ConversionError(f"config.json is missing in {folder}", "Download the whole checkpoint (cg download).")
-    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config = read_json(config_path)
     files = _weight_files(folder)
     tensors: dict[str, TensorEntry] = {}
     for path in files:
@@ -98,7 +101,7 @@ def open_checkpoint(folder: Path | str) -> Checkpoint:
 def _weight_files(folder: Path) -> list[Path]:
     index = folder / "model.safetensors.index.json"
     if index.is_file():
-        weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map", {})
+        weight_map = read_json(index).get("weight_map", {})
         names = sorted(set(weight_map.values()))
         missing = [n for n in names if not (folder / n).is_file()]
         if missing:
@@ -112,6 +115,17 @@ def _weight_files(folder: Path) -> list[Path]:
     return files
 
 
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from the checkpoint; anything else is a clear input error."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConversionError(f"{path} is not valid JSON ({exc})", "Download the checkpoint's JSON files again.") from None
+    if not isinstance(data, dict):
+        raise ConversionError(f"{path} is not a JSON object", "Download the checkpoint's JSON files again.")
+    return data
+
+
 def read_header(path: Path) -> list[TensorEntry]:
     size = path.stat().st_size
     with open(path, "rb") as f:
@@ -121,18 +135,28 @@ def read_header(path: Path) -> list[TensorEntry]:
         (header_len,) = struct.unpack("<Q", raw)
         if header_len > size - 8 or header_len > 100 * 2**20:
             raise _truncated(path)
-        header = json.loads(f.read(header_len))
+        raw_header = f.read(header_len)
+    try:
+        header = json.loads(raw_header)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise _truncated(path) from None
+    if not isinstance(header, dict):
+        raise _truncated(path)
     base = 8 + header_len
     entries = []
     for name, info in header.items():
         if name == "__metadata__":
             continue
-        if info["dtype"] not in _DTYPES:
-            raise ConversionError(f"tensor {name} in {path.name} has unsupported dtype {info['dtype']}")
-        start, end = info["data_offsets"]
+        try:
+            dtype, shape, (start, end) = info["dtype"], tuple(int(d) for d in info["shape"]), info["data_offsets"]
+        except (KeyError, TypeError, ValueError):
+            raise ConversionError(f"tensor {name} in {path.name} has a malformed header entry",
+                                  "Download the file again.") from None
+        if dtype not in _DTYPES:
+            raise ConversionError(f"tensor {name} in {path.name} has unsupported dtype {dtype}")
         if base + end > size:
             raise _truncated(path)
-        entries.append(TensorEntry(name, info["dtype"], tuple(info["shape"]), path, base + start, end - start))
+        entries.append(TensorEntry(name, dtype, shape, path, base + start, end - start))
     return entries
 
 

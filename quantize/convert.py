@@ -1,177 +1,170 @@
 """The pipeline: checkpoint folder -> registry converter -> streamed GGUF -> llama.cpp quantizer.
 
-Tensors are read one at a time from memory-mapped safetensors, in row blocks, and written as
-they are converted: peak memory stays near one block, not the model. Every output goes to a
-temp file beside the target and is renamed in at the end; on any error or Ctrl-C nothing
-partial remains.
+Tensors are read one at a time from the safetensors files, in row blocks, and written as they
+are converted: peak memory stays near one block, not the model. Every output goes to a temp file
+beside the target and is renamed in at the end (quantize/atomic.py); on any error or Ctrl-C
+nothing partial remains.
 """
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
-
-from cg.errors import ConversionError, DiskSpaceError, OutputExistsError
+from typing import TYPE_CHECKING, Callable
 
 from . import registry
+from .atomic import atomic_path, check_free_space, scratch_path
+from .base import Converter
 from .checkpoint import Checkpoint, TensorEntry, open_checkpoint
-from .llama_quant import FTYPES, quantize_gguf
-from cg.progress import progress_bar
-from .vocab import load_vocab, write_vocab
+from .errors import ConversionError, OutputExistsError
+from .llama_quant import OutType, quantize_gguf
+from .vocab import Vocab, load_vocab, write_vocab
 
-FLOAT_TYPES = {"f32": 0, "f16": 1, "bf16": 32}  # llama_ftype of the float outputs
-TYPES = [*FTYPES, *FLOAT_TYPES]
+if TYPE_CHECKING:
+    import gguf
+
+# progress(description, total) -> a context manager yielding advance(amount=0, *, completed=None, total=None)
+Advance = Callable[..., None]
+Progress = Callable[[str, float], AbstractContextManager[Advance]]
+
 # Bytes per weight, roughly, to check disk space before starting.
-_BYTES_PER_WEIGHT = {"f32": 4, "f16": 2, "bf16": 2, "q8_0": 1.07, "q6_k": 0.83, "q5_k_m": 0.72,
-                     "q4_k_m": 0.62, "q4_k_s": 0.58}
-_SOURCE_FLOAT = {"F32": "f32", "F64": "f32", "F16": "f16", "BF16": "bf16"}
+_BYTES_PER_WEIGHT = {OutType.F32: 4, OutType.F16: 2, OutType.BF16: 2, OutType.Q8_0: 1.07, OutType.Q6_K: 0.83,
+                     OutType.Q5_K_M: 0.72, OutType.Q4_K_M: 0.62, OutType.Q4_K_S: 0.58}
+_SOURCE_FLOAT = {"F32": OutType.F32, "F64": OutType.F32, "F16": OutType.F16, "BF16": OutType.BF16}
 
 
 @dataclass(frozen=True)
 class PlannedTensor:
     entry: TensorEntry
     name: str  # GGUF name
-    qtype: str  # f32 / f16 / bf16
 
 
-def convert(src_dir: Path | str, out: Path | str | None = None, *, type: str = "q4_k_m", force: bool = False,
-            threads: int | None = None, name: str | None = None, register: bool = True) -> Path:
-    """Convert a Hugging Face checkpoint folder to a GGUF of the given type; return its path."""
-    if type not in TYPES:
-        raise ConversionError(f"unknown type {type!r}", "Choose one of: " + ", ".join(TYPES))
+@dataclass(frozen=True)
+class Converted:
+    path: Path
+    vocab: Vocab
+    source: str  # the checkpoint's _name_or_path, else its folder
+
+
+def _no_progress(_description: str, _total: float) -> AbstractContextManager[Advance]:
+    return nullcontext(lambda *_a, **_k: None)
+
+
+def convert(src_dir: Path | str, out: Path | str, *, type: OutType | str = OutType.Q4_K_M, force: bool = False,
+            threads: int | None = None, progress: Progress = _no_progress) -> Converted:
+    """Convert a Hugging Face checkpoint folder to a GGUF of the given type at `out`."""
+    try:
+        out_type = OutType(str(type).lower())
+    except ValueError:
+        raise ConversionError(f"unknown type {type!r}", "Choose one of: " + ", ".join(t.value for t in OutType)) from None
     ckpt = open_checkpoint(src_dir)
     converter = registry.lookup(ckpt.architecture)(ckpt.config)
     vocab = load_vocab(ckpt.folder, ckpt.config.get("vocab_size"))
     plan = plan_tensors(ckpt, converter)
-    model_name = name or f"{ckpt.folder.name.lower()}-{type}"
-    target = Path(out) if out else _store_path(model_name)
+    target = Path(out)
     if target.exists() and not force:
         raise OutputExistsError(f"{target} already exists")
     target.parent.mkdir(parents=True, exist_ok=True)
     n_weights = sum(p.entry.n_elements for p in plan)
-    float_type = type if type in FLOAT_TYPES else _intermediate_type(plan)
-    need = n_weights * (_BYTES_PER_WEIGHT[type] + (0 if type in FLOAT_TYPES else _BYTES_PER_WEIGHT[float_type]))
-    _check_disk(target.parent, need)
-    with _temp_beside(target) as tmp:
-        if type in FLOAT_TYPES:
-            write_gguf(ckpt, converter, vocab, plan, tmp, type)
+    float_type = out_type if out_type.is_float else _intermediate_type(plan)
+    need = n_weights * (_BYTES_PER_WEIGHT[out_type] + (0 if out_type.is_float else _BYTES_PER_WEIGHT[float_type]))
+    check_free_space(target.parent, need, f"the {out_type.value} GGUF")
+    with atomic_path(target) as tmp:
+        if out_type.is_float:
+            write_gguf(ckpt, converter, vocab, plan, tmp, out_type, progress)
         else:
-            with _temp_beside(target, f".{float_type}") as intermediate:
-                write_gguf(ckpt, converter, vocab, plan, intermediate, float_type)
-                with progress_bar(f"Quantizing to {type}", total=len(plan)) as advance:
-                    quantize_gguf(intermediate, tmp, type, threads=threads,
+            with scratch_path(target, f".{float_type.value}") as intermediate:
+                write_gguf(ckpt, converter, vocab, plan, intermediate, float_type, progress)
+                with progress(f"Quantizing to {out_type.value}", len(plan)) as advance:
+                    quantize_gguf(intermediate, tmp, out_type, threads=threads,
                                   on_progress=lambda i, total: advance(completed=i, total=total))
-        os.replace(tmp, target)
-    if register and not out:
-        _register(model_name, target, type, ckpt, vocab)
-    return target
+    return Converted(target, vocab, str(ckpt.config.get("_name_or_path") or ckpt.folder))
 
 
-def plan_tensors(ckpt: Checkpoint, converter) -> list[PlannedTensor]:
-    """Names, checked shapes and output types of every tensor, before any data is read."""
+def plan_tensors(ckpt: Checkpoint, converter: Converter) -> list[PlannedTensor]:
+    """Names and checked shapes of every tensor, and none missing, before any data is read."""
+    expected = converter.expected_tensors()
     plan = []
     for hf_name in sorted(ckpt.tensors, key=_natural_key):
         if converter.skip(hf_name):
             continue
         entry = ckpt.tensors[hf_name]
         name = converter.map_name(hf_name)
-        expected = converter.expected_shape(name)
-        if expected is not None and tuple(entry.shape) != tuple(expected):
-            raise ConversionError(f"tensor {hf_name} has shape {list(entry.shape)}, expected {list(expected)}",
+        shape = expected.get(name)
+        if shape is None:
+            raise ConversionError(f"unexpected tensor {hf_name!r} for {converter.arch_name}",
+                                  "The checkpoint does not match its config.json architecture.")
+        if tuple(entry.shape) != shape:
+            raise ConversionError(f"tensor {hf_name} has shape {list(entry.shape)}, expected {list(shape)}",
                                   "The weights do not match config.json; download the checkpoint again.")
-        plan.append(PlannedTensor(entry, name, ""))
-    if not plan:
-        raise ConversionError(f"no tensors found in {ckpt.folder}")
+        plan.append(PlannedTensor(entry, name))
+    missing = sorted(set(expected) - {p.name for p in plan}, key=_natural_key)
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise ConversionError(f"the checkpoint lacks {len(missing)} tensor(s) the model needs: "
+                              + ", ".join(missing[:3]) + more,
+                              "Download the whole checkpoint again; every shard is needed.")
     return plan
 
 
-def _natural_key(name: str) -> list:
+def _natural_key(name: str) -> list[int | str]:
     return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
 
 
-def _intermediate_type(plan: list[PlannedTensor]) -> str:
+def _intermediate_type(plan: list[PlannedTensor]) -> OutType:
     """Lossless float type for the file llama.cpp quantizes: the checkpoint's own precision."""
     kinds = {_SOURCE_FLOAT[p.entry.dtype] for p in plan if len(p.entry.shape) > 1}
-    return "f32" if len(kinds) != 1 else kinds.pop()
+    return OutType.F32 if len(kinds) != 1 else kinds.pop()
 
 
-def _tensor_type(name: str, shape: tuple[int, ...], file_type: str) -> str:
+def _tensor_type(name: str, shape: tuple[int, ...], file_type: OutType) -> OutType:
     # As llama.cpp's converter: 1-D tensors and norms stay F32.
-    return "f32" if len(shape) <= 1 or name.endswith("_norm.weight") else file_type
+    return OutType.F32 if len(shape) <= 1 or name.endswith("_norm.weight") else file_type
 
 
-def write_gguf(ckpt: Checkpoint, converter, vocab, plan: list[PlannedTensor], path: Path, file_type: str) -> None:
+def write_gguf(ckpt: Checkpoint, converter: Converter, vocab: Vocab, plan: list[PlannedTensor], path: Path,
+               file_type: OutType, progress: Progress = _no_progress) -> None:
     import gguf
     import numpy as np
 
-    qtypes = {"f32": gguf.GGMLQuantizationType.F32, "f16": gguf.GGMLQuantizationType.F16,
-              "bf16": gguf.GGMLQuantizationType.BF16}
+    qtypes = {OutType.F32: gguf.GGMLQuantizationType.F32, OutType.F16: gguf.GGMLQuantizationType.F16,
+              OutType.BF16: gguf.GGMLQuantizationType.BF16}
     writer = gguf.GGUFWriter(None, converter.arch_name)
     writer.add_type(gguf.GGUFType.MODEL)
     writer.add_name(ckpt.config.get("_name_or_path") or ckpt.folder.name)
     converter.set_params(writer)
-    writer.add_file_type(FLOAT_TYPES[file_type])
+    writer.add_file_type(file_type.ftype)
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     write_vocab(writer, vocab)
-    types = [_tensor_type(p.name, p.entry.shape, file_type) for p in plan]
-    item_size = {"f32": 4, "f16": 2, "bf16": 2}
+    types = [qtypes[_tensor_type(p.name, p.entry.shape, file_type)] for p in plan]
     for p, t in zip(plan, types):
-        writer.add_tensor_info(p.name, p.entry.shape, np.dtype(np.float32), p.entry.n_elements * item_size[t],
-                               raw_dtype=qtypes[t])
+        nbytes = p.entry.n_elements * (4 if t == gguf.GGMLQuantizationType.F32 else 2)
+        writer.add_tensor_info(p.name, p.entry.shape, np.dtype(np.float32), nbytes, raw_dtype=t)
     try:
         writer.write_header_to_file(path)
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
-        fout = writer.fout[0]
-        total = sum(p.entry.nbytes for p in plan)
-        with progress_bar(f"Converting to {file_type}", total=total) as advance:
-            for p, t in zip(plan, types):
-                writer.write_padding(fout, fout.tell())
-                written = 0
-                for block in p.entry.rows():
-                    data = gguf.quants.quantize(converter.transform(p.name, block), qtypes[t])
-                    data.tofile(fout)
-                    written += data.nbytes
-                    advance(block.size * (p.entry.nbytes // max(1, p.entry.n_elements)))
-                writer.write_padding(fout, written)
-        fout.flush()
-        os.fsync(fout.fileno())
+        _write_tensors(writer, converter, plan, types, file_type, progress)
     finally:
         writer.close()
 
 
-@contextmanager
-def _temp_beside(target: Path, tag: str = "") -> Iterator[Path]:
-    tmp = target.with_name(f".{target.name}{tag}.{os.getpid()}.tmp")
-    try:
-        yield tmp
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+def _write_tensors(writer: gguf.GGUFWriter, converter: Converter, plan: list[PlannedTensor],
+                   types: list[gguf.GGMLQuantizationType], file_type: OutType, progress: Progress) -> None:
+    import gguf
 
-
-def _check_disk(folder: Path, need: float) -> None:
-    free = shutil.disk_usage(folder).free
-    if free < need * 1.05:
-        raise DiskSpaceError(f"not enough disk space in {folder}: need about {need / 2**30:.1f} GiB, "
-                             f"{free / 2**30:.1f} GiB free")
-
-
-def _store_path(model_name: str) -> Path:
-    from cg import store
-
-    return store.models_dir() / f"{model_name}.gguf"
-
-
-def _register(model_name: str, path: Path, type: str, ckpt: Checkpoint, vocab) -> None:
-    from cg import store
-
-    ids = {k: v for k, v in vocab.special.items() if k in ("bos", "eos", "fim_pre", "fim_suf", "fim_mid", "fim_sep", "eot")}
-    store.register(store.ModelRecord(name=model_name, path=str(path), quant=type,
-                                     source=str(ckpt.config.get("_name_or_path") or ckpt.folder),
-                                     special_ids=ids))
+    fout = writer.fout[0]  # type: ignore[index]
+    total = sum(p.entry.nbytes for p in plan)
+    with progress(f"Converting to {file_type.value}", total) as advance:
+        for p, t in zip(plan, types):
+            writer.write_padding(fout, fout.tell())
+            written = 0
+            for block in p.entry.rows():
+                data = gguf.quants.quantize(converter.transform(p.name, block), t)
+                data.tofile(fout)
+                written += data.nbytes
+                advance(block.size * (p.entry.nbytes // max(1, p.entry.n_elements)))
+            writer.write_padding(fout, written)
+    fout.flush()

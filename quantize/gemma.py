@@ -1,151 +1,205 @@
-"""Gemma 1 (CodeGemma), Gemma 2 and Gemma 3 (text) conversion: hyper-parameters, tensor names
-and shapes, RMSNorm +1 (all three compute x * (1 + w); llama.cpp computes x * w)."""
+"""Gemma 1 (CodeGemma), Gemma 2 and Gemma 3 (text): hyper-parameters, tensor names and shapes,
+RMSNorm +1 (all three compute x * (1 + w); llama.cpp computes x * w).
+
+Each architecture's config.json is parsed once into a params dataclass with its defaults (as
+mlx-lm's ModelArgs); everything after that reads the dataclass, not the dict.
+"""
 
 from __future__ import annotations
 
-from cg.errors import ConversionError
+import dataclasses
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-from .registry import register
+from .base import Converter
+from .errors import ConversionError
+
+if TYPE_CHECKING:
+    import gguf
+    import numpy as np
+
+P = TypeVar("P", bound="GemmaParams")
 
 
-class Converter:
-    """Base: map HF tensor names with gguf's table, check shapes, no transforms."""
+@dataclass(frozen=True)
+class GemmaParams:
+    """Gemma 1 / CodeGemma. 7B: head_dim 256 is not hidden / heads (3072 / 16)."""
 
-    gguf_arch = ""  # gguf.MODEL_ARCH member name
-    arch_name = ""  # general.architecture
+    hidden: int
+    layers: int
+    ffn: int
+    vocab: int
+    heads: int
+    kv_heads: int = 0  # 0: as many as heads
+    head_dim: int = 0  # 0: hidden // heads
+    context: int = 8192
+    rms_eps: float = 1e-6
+    rope_theta: float = 10000.0
 
-    def __init__(self, config: dict):
-        self.config = config
+    # dataclass field -> config.json key
+    HF_KEYS: ClassVar[dict[str, str]] = {
+        "hidden": "hidden_size", "layers": "num_hidden_layers", "ffn": "intermediate_size",
+        "vocab": "vocab_size", "heads": "num_attention_heads", "kv_heads": "num_key_value_heads",
+        "head_dim": "head_dim", "context": "max_position_embeddings", "rms_eps": "rms_norm_eps",
+        "rope_theta": "rope_theta",
+    }
+
+    @classmethod
+    def from_config(cls: type[P], config: dict[str, Any]) -> P:
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            key = cls.HF_KEYS.get(f.name)
+            if key is not None and config.get(key) is not None:
+                values[f.name] = config[key]
+            elif f.default is dataclasses.MISSING:
+                raise ConversionError(f"config.json has no {key or f.name!r}",
+                                      "The checkpoint's config.json is incomplete; download it again.")
+        params = cls(**values)
+        return dataclasses.replace(params, kv_heads=params.kv_heads or params.heads,
+                                   head_dim=params.head_dim or params.hidden // params.heads)
+
+
+@dataclass(frozen=True)
+class Gemma2Params(GemmaParams):
+    attn_softcap: float = 50.0
+    final_softcap: float = 30.0
+    sliding_window: int = 4096
+
+    HF_KEYS: ClassVar[dict[str, str]] = {
+        **GemmaParams.HF_KEYS, "attn_softcap": "attn_logit_softcapping",
+        "final_softcap": "final_logit_softcapping", "sliding_window": "sliding_window",
+    }
+
+
+@dataclass(frozen=True)
+class Gemma3Params(GemmaParams):
+    """Gemma 3 configs leave several values out; these are its defaults."""
+
+    heads: int = 8
+    kv_heads: int = 4
+    head_dim: int = 256
+    context: int = 131072
+    rope_theta: float = 1_000_000.0
+    final_softcap: float | None = None
+    sliding_window: int | None = None
+    sliding_window_pattern: int | None = None
+    rope_scaling: str | None = None  # "linear" or None
+    rope_factor: float | None = None
+
+    HF_KEYS: ClassVar[dict[str, str]] = {
+        **GemmaParams.HF_KEYS, "final_softcap": "final_logit_softcapping", "sliding_window": "sliding_window",
+        "sliding_window_pattern": "sliding_window_pattern",
+    }
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Gemma3Params:
+        params = super().from_config(config)
+        # Newer configs nest RoPE per attention type; the global layers' values are the model's.
+        rope = config.get("rope_parameters") or {}
+        full = rope.get("full_attention", rope) if isinstance(rope, dict) else {}
+        theta = full.get("rope_theta", config.get("rope_theta", params.rope_theta))
+        scaling = full if full.get("rope_type") else (config.get("rope_scaling") or {})
+        kind = scaling.get("rope_type", scaling.get("type"))
+        linear = kind == "linear" and scaling.get("factor")
+        return dataclasses.replace(params, rope_theta=theta, rope_scaling="linear" if linear else None,
+                                   rope_factor=scaling["factor"] if linear else None)
+
+
+class GemmaConverter(Converter):
+    hf_architectures = ("GemmaForCausalLM",)
+    model_arch = "GEMMA"
+    params_class: ClassVar[type[GemmaParams]] = GemmaParams
+    # Per-block tensors, in llama.cpp's names, besides attention and FFN weights.
+    block_norms: ClassVar[tuple[str, ...]] = ("attn_norm", "ffn_norm")
+
+    def __init__(self, config: dict[str, Any]):
+        super().__init__(config)
+        self.params = self.params_class.from_config(config)
 
     @property
     def n_blocks(self) -> int:
-        return int(self.config["num_hidden_layers"])
-
-    def skip(self, hf_name: str) -> bool:
-        return hf_name.endswith(".rotary_emb.inv_freq")
-
-    def map_name(self, hf_name: str) -> str:
-        import gguf
-
-        table = gguf.get_tensor_name_map(getattr(gguf.MODEL_ARCH, self.gguf_arch), self.n_blocks)
-        name = table.get_name(hf_name, try_suffixes=(".weight", ".bias"))
-        if name is None:
-            raise ConversionError(f"unexpected tensor {hf_name!r} for {self.arch_name}",
-                                  "The checkpoint does not match its config.json architecture.")
-        return name
-
-    def expected_shape(self, gguf_name: str) -> tuple[int, ...] | None:
-        return None
-
-    def transform(self, gguf_name: str, block):
-        return block
-
-    def set_params(self, writer) -> None:
-        raise NotImplementedError
-
-
-@register("GemmaForCausalLM")
-class GemmaConverter(Converter):
-    gguf_arch = "GEMMA"
-    arch_name = "gemma"
+        return self.params.layers
 
     def skip(self, hf_name: str) -> bool:
         # lm_head is tied to the embeddings; llama.cpp reuses token_embd.
         return super().skip(hf_name) or hf_name == "lm_head.weight"
 
-    @property
-    def head_dim(self) -> int:
-        c = self.config
-        # 7B: head_dim 256 is not hidden / heads (3072 / 16).
-        return int(c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"])
-
-    def expected_shape(self, gguf_name: str) -> tuple[int, ...] | None:
-        c = self.config
-        hidden, ffn = c["hidden_size"], c["intermediate_size"]
-        q = c["num_attention_heads"] * self.head_dim
-        kv = c.get("num_key_value_heads", c["num_attention_heads"]) * self.head_dim
-        kind = gguf_name.split(".")[-2]
-        shapes = {
-            "token_embd": (c["vocab_size"], hidden), "output_norm": (hidden,), "attn_norm": (hidden,),
-            "ffn_norm": (hidden,), "attn_q": (q, hidden), "attn_k": (kv, hidden), "attn_v": (kv, hidden),
-            "attn_output": (hidden, q), "ffn_gate": (ffn, hidden), "ffn_up": (ffn, hidden),
-            "ffn_down": (hidden, ffn),
-            # Gemma 2 and 3: norms after attention and after the FFN; Gemma 3: q/k norms per head.
-            "post_attention_norm": (hidden,), "post_ffw_norm": (hidden,),
-            "attn_q_norm": (self.head_dim,), "attn_k_norm": (self.head_dim,),
+    def expected_tensors(self) -> dict[str, tuple[int, ...]]:
+        p = self.params
+        q, kv = p.heads * p.head_dim, p.kv_heads * p.head_dim
+        per_block = {
+            "attn_q": (q, p.hidden), "attn_k": (kv, p.hidden), "attn_v": (kv, p.hidden),
+            "attn_output": (p.hidden, q), "ffn_gate": (p.ffn, p.hidden), "ffn_up": (p.ffn, p.hidden),
+            "ffn_down": (p.hidden, p.ffn),
+            **{n: (p.head_dim,) if n in ("attn_q_norm", "attn_k_norm") else (p.hidden,) for n in self.block_norms},
         }
-        return shapes.get(kind)
+        out = {"token_embd.weight": (p.vocab, p.hidden), "output_norm.weight": (p.hidden,)}
+        for i in range(p.layers):
+            out.update({f"blk.{i}.{kind}.weight": shape for kind, shape in per_block.items()})
+        return out
 
-    def transform(self, gguf_name: str, block):
+    def transform(self, gguf_name: str, block: np.ndarray) -> np.ndarray:
         # HF Gemma's RMSNorm computes x * (1 + w); llama.cpp computes x * w.
         if gguf_name.endswith("norm.weight"):
             return block + 1
         return block
 
-    # Defaults where config.json leaves a value out (Gemma 3 configs omit several).
-    default_context, default_heads, default_kv_heads = 8192, None, None
-
-    def set_params(self, writer) -> None:
-        c = self.config
-        heads = c.get("num_attention_heads", self.default_heads)
-        writer.add_context_length(c.get("max_position_embeddings", self.default_context))
-        writer.add_embedding_length(c["hidden_size"])
-        writer.add_block_count(self.n_blocks)
-        writer.add_feed_forward_length(c["intermediate_size"])
-        writer.add_head_count(heads)
-        writer.add_head_count_kv(c.get("num_key_value_heads", self.default_kv_heads or heads))
-        writer.add_layer_norm_rms_eps(c.get("rms_norm_eps", 1e-6))
-        writer.add_key_length(self.head_dim)
-        writer.add_value_length(self.head_dim)
+    def set_params(self, writer: gguf.GGUFWriter) -> None:
+        p = self.params
+        writer.add_context_length(p.context)
+        writer.add_embedding_length(p.hidden)
+        writer.add_block_count(p.layers)
+        writer.add_feed_forward_length(p.ffn)
+        writer.add_head_count(p.heads)
+        writer.add_head_count_kv(p.kv_heads)
+        writer.add_layer_norm_rms_eps(p.rms_eps)
+        writer.add_key_length(p.head_dim)
+        writer.add_value_length(p.head_dim)
         self.set_rope(writer)
 
-    def set_rope(self, writer) -> None:
-        theta = self.config.get("rope_theta", 10000.0)
-        if theta != 10000.0:
-            writer.add_rope_freq_base(theta)
+    def set_rope(self, writer: gguf.GGUFWriter) -> None:
+        if self.params.rope_theta != GemmaParams.rope_theta:  # llama.cpp's default for gemma
+            writer.add_rope_freq_base(self.params.rope_theta)
 
 
-@register("Gemma2ForCausalLM")
 class Gemma2Converter(GemmaConverter):
-    gguf_arch = "GEMMA2"
-    arch_name = "gemma2"
+    hf_architectures = ("Gemma2ForCausalLM",)
+    model_arch = "GEMMA2"
+    params_class = Gemma2Params
+    block_norms = ("attn_norm", "post_attention_norm", "ffn_norm", "post_ffw_norm")
 
-    def set_params(self, writer) -> None:
+    def set_params(self, writer: gguf.GGUFWriter) -> None:
         super().set_params(writer)
-        c = self.config
-        writer.add_attn_logit_softcapping(c.get("attn_logit_softcapping") or 50.0)
-        writer.add_final_logit_softcapping(c.get("final_logit_softcapping") or 30.0)
-        writer.add_sliding_window(c.get("sliding_window", 4096))
+        p = self.params
+        assert isinstance(p, Gemma2Params)
+        writer.add_attn_logit_softcapping(p.attn_softcap)
+        writer.add_final_logit_softcapping(p.final_softcap)
+        writer.add_sliding_window(p.sliding_window)
 
 
-@register("Gemma3ForCausalLM")
 class Gemma3Converter(GemmaConverter):
     """Gemma 3 text models (270M, 1B; the text part of the larger ones has the same tensors)."""
 
-    gguf_arch = "GEMMA3"
-    arch_name = "gemma3"
-    default_context, default_heads, default_kv_heads = 131072, 8, 4
+    hf_architectures = ("Gemma3ForCausalLM",)
+    model_arch = "GEMMA3"
+    params_class = Gemma3Params
+    block_norms = ("attn_norm", "attn_q_norm", "attn_k_norm", "post_attention_norm", "ffn_norm", "post_ffw_norm")
 
-    @property
-    def head_dim(self) -> int:
-        return int(self.config.get("head_dim", 256))
-
-    def set_params(self, writer) -> None:
+    def set_params(self, writer: gguf.GGUFWriter) -> None:
         super().set_params(writer)
-        c = self.config
-        if c.get("final_logit_softcapping"):
-            writer.add_final_logit_softcapping(c["final_logit_softcapping"])
-        if c.get("sliding_window_pattern") != 1 and c.get("sliding_window"):
-            writer.add_sliding_window(c["sliding_window"])
+        p = self.params
+        assert isinstance(p, Gemma3Params)
+        if p.final_softcap:
+            writer.add_final_logit_softcapping(p.final_softcap)
+        if p.sliding_window_pattern != 1 and p.sliding_window:
+            writer.add_sliding_window(p.sliding_window)
 
-    def set_rope(self, writer) -> None:
-        c = self.config
-        rope = c.get("rope_parameters") or {}
-        full = rope.get("full_attention", rope) if isinstance(rope, dict) else {}
-        writer.add_rope_freq_base(full.get("rope_theta", c.get("rope_theta", 1_000_000.0)))
-        scaling = full if full.get("rope_type") else (c.get("rope_scaling") or {})
-        if scaling.get("rope_type", scaling.get("type")) == "linear" and scaling.get("factor"):
-            import gguf
+    def set_rope(self, writer: gguf.GGUFWriter) -> None:
+        import gguf
 
+        p = self.params
+        assert isinstance(p, Gemma3Params)
+        writer.add_rope_freq_base(p.rope_theta)
+        if p.rope_scaling == "linear" and p.rope_factor:
             writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
-            writer.add_rope_scaling_factor(scaling["factor"])
+            writer.add_rope_scaling_factor(p.rope_factor)

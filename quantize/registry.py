@@ -1,38 +1,28 @@
-"""Architecture name (config.json "architectures") -> converter class.
+"""Hugging Face architecture name (config.json "architectures") -> converter class.
 
-A base converter owns the pipeline; each architecture overrides its parameters, tensor-name
-mapping, expected shapes and tensor transforms (the shape of llama.cpp's ModelBase.register).
+Converter subclasses register themselves when defined (quantize/base.py); this module imports
+every architecture module once and looks names up.
 """
 
 from __future__ import annotations
 
-from cg.errors import ConversionError
+from .base import CONVERTERS, Converter
+from .errors import ConversionError
 
-_CONVERTERS: dict[str, type] = {}
 
-
-def register(*hf_architectures: str):
-    def wrap(cls):
-        for name in hf_architectures:
-            _CONVERTERS[name] = cls
-        return cls
-
-    return wrap
+def _load_all() -> None:
+    from . import gemma  # noqa: F401  (defining the classes registers them)
 
 
 def supported() -> list[str]:
     _load_all()
-    return sorted(_CONVERTERS)
+    return sorted(CONVERTERS)
 
 
-def lookup(architecture: str) -> type:
+def lookup(architecture: str) -> type[Converter]:
     _load_all()
     try:
-        return _CONVERTERS[architecture]
+        return CONVERTERS[architecture]
     except KeyError:
         raise ConversionError(f"unsupported architecture {architecture!r}",
-                              "cg converts: " + ", ".join(sorted(_CONVERTERS))) from None
-
-
-def _load_all() -> None:
-    from . import gemma  # noqa: F401  (registers itself)
+                              "cg converts: " + ", ".join(sorted(CONVERTERS))) from None

@@ -13,10 +13,10 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-CODEGEMMA_IDS = {
-    "<|fim_prefix|>": 67, "<|fim_middle|>": 68, "<|fim_suffix|>": 69, "<|file_separator|>": 70,
-    "<start_of_turn>": 106, "<end_of_turn>": 107,
-}
+from .tokens import SENTINELS, SPECIAL_TOKENS
+
+# The sentinels at CodeGemma's ids (<pad>/<eos>/<bos>/<unk> are SentencePiece's own, 0-3).
+CODEGEMMA_IDS = {t.text: t.codegemma_id for t in SENTINELS}
 _CORPUS = """\
 def add(a, b):
     return a + b
@@ -93,8 +93,7 @@ def train_tokenizer(folder: Path, vocab_size: int = 640) -> int:
 
 
 def _write_tokenizer_config(folder: Path) -> None:
-    added = {str(i): {"content": t, "special": i < 4} for t, i in
-             {"<pad>": 0, "<eos>": 1, "<bos>": 2, "<unk>": 3, **CODEGEMMA_IDS}.items()}
+    added = {str(t.codegemma_id): {"content": t.text, "special": not t.sentinel} for t in SPECIAL_TOKENS}
     config = {"add_bos_token": True, "add_eos_token": False, "bos_token": "<bos>", "eos_token": "<eos>",
               "unk_token": "<unk>", "pad_token": "<pad>", "added_tokens_decoder": added}
     (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")

@@ -13,39 +13,21 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from cg.errors import ConversionError
+import gguf
+from gguf import TokenType
 
-# GGUF token types (gguf.TokenType)
-NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
-
-FIM_TEXT = {
-    "fim_pre": "<|fim_prefix|>",
-    "fim_suf": "<|fim_suffix|>",
-    "fim_mid": "<|fim_middle|>",
-    "fim_sep": "<|file_separator|>",
-    "eot": "<end_of_turn>",
-}
-_ALSO_CONTROL = ("<start_of_turn>",)
-SPECIAL_KEYS = {
-    "bos": "tokenizer.ggml.bos_token_id",
-    "eos": "tokenizer.ggml.eos_token_id",
-    "unk": "tokenizer.ggml.unknown_token_id",
-    "pad": "tokenizer.ggml.padding_token_id",
-    "fim_pre": "tokenizer.ggml.fim_pre_token_id",
-    "fim_suf": "tokenizer.ggml.fim_suf_token_id",
-    "fim_mid": "tokenizer.ggml.fim_mid_token_id",
-    "fim_sep": "tokenizer.ggml.fim_sep_token_id",
-    "eot": "tokenizer.ggml.eot_token_id",
-}
+from .errors import ConversionError
+from .tokens import BY_NAME, KEYED, SENTINELS
 
 
 @dataclass
 class Vocab:
     tokens: list[bytes]
     scores: list[float]
-    types: list[int]
-    special: dict[str, int] = field(default_factory=dict)  # bos, eos, unk, pad, fim_*, eot
+    types: list[TokenType]
+    special: dict[str, int] = field(default_factory=dict)  # tokens.KEYED names -> ids
     add_bos: bool = True
     add_eos: bool = False
 
@@ -75,49 +57,54 @@ def load_vocab(folder: Path, vocab_size: int | None) -> Vocab:
     size = vocab_size or sp.vocab_size()
     tokens = [f"[PAD{i}]".encode() for i in range(size)]
     scores = [-10000.0] * size
-    types = [UNUSED] * size
+    types = [TokenType.UNUSED] * size
     for i in range(min(size, sp.vocab_size())):
         tokens[i] = sp.IdToPiece(i).encode("utf-8")
         scores[i] = sp.GetScore(i)
-        types[i] = (UNKNOWN if sp.IsUnknown(i) else CONTROL if sp.IsControl(i)
-                    else UNUSED if sp.IsUnused(i) else BYTE if sp.IsByte(i) else NORMAL)
+        types[i] = (TokenType.UNKNOWN if sp.IsUnknown(i) else TokenType.CONTROL if sp.IsControl(i)
+                    else TokenType.UNUSED if sp.IsUnused(i) else TokenType.BYTE if sp.IsByte(i) else TokenType.NORMAL)
     config = _read_json(folder / "tokenizer_config.json")
     _apply_added_tokens(folder, config, tokens, scores, types)
     vocab = Vocab(tokens, scores, types, add_bos=bool(config.get("add_bos_token", True)),
                   add_eos=bool(config.get("add_eos_token", False)))
     vocab.special = _special_ids(sp, vocab, config, _read_json(folder / "special_tokens_map.json"))
-    for name in FIM_TEXT:
-        if name in vocab.special:
-            vocab.types[vocab.special[name]] = CONTROL
-    for text in _ALSO_CONTROL:
-        token = vocab.id_of(text)
+    for sentinel in SENTINELS:
+        token = vocab.id_of(sentinel.text)
         if token is not None:
-            vocab.types[token] = CONTROL
+            vocab.types[token] = TokenType.CONTROL
     return vocab
 
 
-def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConversionError(f"{path.name} in {path.parent} is not valid JSON ({exc})",
+                              "Download the checkpoint's tokenizer files again.") from None
+    return data if isinstance(data, dict) else {}
 
 
-def _apply_added_tokens(folder: Path, config: dict, tokens, scores, types) -> None:
+def _apply_added_tokens(folder: Path, config: dict[str, Any], tokens: list[bytes], scores: list[float],
+                        types: list[TokenType]) -> None:
     size = len(tokens)
     for text, token in _read_json(folder / "added_tokens.json").items():
         if token < size:
-            tokens[token], scores[token], types[token] = text.encode("utf-8"), -1000.0, USER_DEFINED
+            tokens[token], scores[token], types[token] = text.encode("utf-8"), -1000.0, TokenType.USER_DEFINED
     for key, data in config.get("added_tokens_decoder", {}).items():
         token, text = int(key), data["content"]
         if token >= size:
             continue
         if data.get("special") or looks_special(text):
-            types[token] = CONTROL
+            types[token] = TokenType.CONTROL
         else:
             text = text.replace("\u2581", " ")  # llama.cpp pre-normalizes user-defined spaces
-            types[token] = USER_DEFINED
+            types[token] = TokenType.USER_DEFINED
         scores[token], tokens[token] = -1000.0, text.encode("utf-8")
 
 
-def _special_ids(sp, vocab: Vocab, config: dict, special_map: dict) -> dict[str, int]:
+def _special_ids(sp: Any, vocab: Vocab, config: dict[str, Any], special_map: dict[str, Any]) -> dict[str, int]:
     special = {}
     for name, sp_id in (("bos", sp.bos_id()), ("eos", sp.eos_id()), ("unk", sp.unk_id()), ("pad", sp.pad_id())):
         text = _token_content(config.get(f"{name}_token")) or _token_content(special_map.get(f"{name}_token"))
@@ -126,27 +113,29 @@ def _special_ids(sp, vocab: Vocab, config: dict, special_map: dict) -> dict[str,
             token = sp_id
         if token is not None:
             special[name] = token
-    for name, text in FIM_TEXT.items():
-        token = vocab.id_of(text)
+    for sentinel in KEYED:
+        token = vocab.id_of(sentinel.text) if sentinel.sentinel else None
         if token is not None:
-            special[name] = token
+            special[sentinel.name] = token
     return special
 
 
-def _token_content(value) -> str | None:
+def _token_content(value: Any) -> str | None:
     if isinstance(value, dict):
         return value.get("content")
     return value if isinstance(value, str) else None
 
 
-def write_vocab(writer, vocab: Vocab) -> None:
+def write_vocab(writer: gguf.GGUFWriter, vocab: Vocab) -> None:
     writer.add_tokenizer_model("llama")
     writer.add_tokenizer_pre("default")
     writer.add_token_list(vocab.tokens)
     writer.add_token_scores(vocab.scores)
     writer.add_token_types(vocab.types)
     for name, token in vocab.special.items():
-        writer.add_uint32(SPECIAL_KEYS[name], token)
+        key = BY_NAME[name].gguf_key
+        assert key is not None
+        writer.add_uint32(key, token)
     writer.add_add_bos_token(vocab.add_bos)
     writer.add_add_eos_token(vocab.add_eos)
     writer.add_add_space_prefix(False)

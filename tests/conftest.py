@@ -41,7 +41,7 @@ def tiny_ckpt(tmp_path_factory) -> Path:
 def tiny_gguf(tiny_ckpt, tmp_path_factory) -> Path:
     from quantize.convert import convert
 
-    return convert(tiny_ckpt, tmp_path_factory.mktemp("gguf") / "tiny-f32.gguf", type="f32")
+    return convert(tiny_ckpt, tmp_path_factory.mktemp("gguf") / "tiny-f32.gguf", type="f32").path
 
 
 @pytest.fixture(scope="session")
@@ -81,9 +81,12 @@ def forcing(ids: list[int]):
 def variant_gguf(ckpt: Path, path: Path, *, drop=(), user_defined=()) -> Path:
     """A checkpoint converted with some special ids left out or typed USER_DEFINED,
     as GGUFs from other converters are."""
+    from gguf import TokenType
+
     from quantize import vocab as vocab_mod
     from quantize.checkpoint import open_checkpoint
     from quantize.convert import plan_tensors, write_gguf
+    from quantize.llama_quant import OutType
     from quantize.registry import lookup
 
     ckpt = open_checkpoint(ckpt)
@@ -92,6 +95,6 @@ def variant_gguf(ckpt: Path, path: Path, *, drop=(), user_defined=()) -> Path:
     for name in drop:
         vocab.special.pop(name)
     for token in user_defined:
-        vocab.types[token] = vocab_mod.USER_DEFINED
-    write_gguf(ckpt, conv, vocab, plan_tensors(ckpt, conv), path, "f32")
+        vocab.types[token] = TokenType.USER_DEFINED
+    write_gguf(ckpt, conv, vocab, plan_tensors(ckpt, conv), path, OutType.F32)
     return path

@@ -23,7 +23,7 @@ CODE = (Path(__file__).parent.parent / "cg" / "complete.py").read_text(encoding=
 def roundtrip(bundled_gguf, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("gemma3")
     ckpt = export_checkpoint(bundled_gguf, tmp / "gemma-3-270m")
-    out = convert(ckpt, tmp / "gemma-3-270m-q8_0.gguf", type="q8_0")
+    out = convert(ckpt, tmp / "gemma-3-270m-q8_0.gguf", type="q8_0").path
     return ckpt, out
 
 
@@ -73,7 +73,7 @@ def test_tiny_gemma_2_and_3_match_the_numpy_reference(tiny_ckpt, tmp_path, arch)
     import sentencepiece as spm
 
     folder = later_gemma(tiny_ckpt, tmp_path / "ckpt", arch)
-    out = convert(folder, tmp_path / "out.gguf", type="f32")
+    out = convert(folder, tmp_path / "out.gguf", type="f32").path
     sp = spm.SentencePieceProcessor(model_file=str(folder / "tokenizer.model"))
     prompt = [2, *sp.encode(PROMPT_TEXT)]
     config, weights = ref.load_weights(folder)

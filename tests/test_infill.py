@@ -13,7 +13,7 @@ import pytest
 from cg import infill as infill_mod
 from cg.cli import main
 from cg.complete import RunOptions
-from cg.errors import InputError, StaleFileError
+from cg.errors import InputError, StaleFileError, WriteError
 
 
 def scripted(engine, text: str):
@@ -91,10 +91,11 @@ def test_check_exit_codes(tmp_path, capsys):
     marked.write_text("x = 1\n  # cg: fill\n")
     assert main(["infill", "--check", str(clean)]) == 0
     assert main(["infill", "--check", str(clean), str(marked)]) == 1
-    assert capsys.readouterr().err == f"{marked}:2\n"
+    assert capsys.readouterr() == (f"{marked}:2\n", "")
 
 
-def test_cli_stdout_diff_and_json(tmp_path, tiny_gguf, capsys):
+def test_cli_stdout_diff_and_json(tmp_path, tiny_gguf, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     f = tmp_path / "a.py"
     f.write_text("def f():\n    return 1\n")
     base = ["infill", "-m", str(tiny_gguf), "--ctx", "512", "-n", "4", *[a for t in (1, 67, 68, 69, 70, 107) for a in ("--logit-bias", f"{t}=-1000")]]
@@ -103,7 +104,7 @@ def test_cli_stdout_diff_and_json(tmp_path, tiny_gguf, capsys):
     assert err == "" and out and f.read_text() == "def f():\n    return 1\n"
     assert main([*base, "--diff", f"{f}:1"]) == 0
     diff = capsys.readouterr().out
-    assert diff.startswith(f"--- {f}\n+++ {f}\n") and "-def f():\n+def f():" + out in diff
+    assert diff.startswith("--- a/a.py\n+++ b/a.py\n") and "-def f():\n+def f():" + out in diff
     assert main([*base, "--json", f"{f}:1", f"{f}:2"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 2 and '"line": 1' in lines[0] and '"line": 2' in lines[1]
@@ -118,7 +119,7 @@ def test_failure_during_write_leaves_file_untouched(tmp_path, run, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "replace", broken_replace)
-    with pytest.raises(OSError):
+    with pytest.raises(WriteError, match="could not replace"):
         run([f"{f}:1"], write=True)
     assert f.read_bytes() == original
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.py"]
@@ -153,7 +154,7 @@ def test_file_changed_on_disk_is_refused(tmp_path, run, tiny_engine, tiny_opts):
                                   logits_processor=scripted(tiny_engine, "1"))
     f.write_text("a = 'edited meanwhile'\n")
     with pytest.raises(StaleFileError):
-        infill_mod.write_source(result.source, result.new_text)
+        infill_mod.write_sources([(result.source, result.edits)])
     assert f.read_text() == "a = 'edited meanwhile'\n"
 
 

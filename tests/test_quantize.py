@@ -66,7 +66,7 @@ def test_f32_gguf_matches_numpy_reference(tiny_gguf, prompt, reference_logits):
 @pytest.fixture(scope="module")
 def quantized(tiny_ckpt, tmp_path_factory):
     out = tmp_path_factory.mktemp("quant")
-    return {t: convert(tiny_ckpt, out / f"tiny-{t}.gguf", type=t) for t in ("q8_0", "q4_k_m")}
+    return {t: convert(tiny_ckpt, out / f"tiny-{t}.gguf", type=t).path for t in ("q8_0", "q4_k_m")}
 
 
 @pytest.mark.parametrize("qtype,max_err", [("q8_0", 0.06), ("q4_k_m", 0.25)])
@@ -148,7 +148,7 @@ def test_gguf_tokenizer_matches_sentencepiece(tiny_gguf, tiny_ckpt):
 
 def test_bf16_sharded_checkpoint(tmp_path, prompt):
     src = write_checkpoint(tmp_path / "bf16", Shape(hidden=256, layers=2), dtype="BF16", shards=3, seed=0)
-    out = convert(src, tmp_path / "bf16.gguf", type="f32")
+    out = convert(src, tmp_path / "bf16.gguf", type="f32").path
     import gguf
 
     r = gguf.GGUFReader(out)
@@ -162,7 +162,7 @@ def test_f16_and_bf16_outputs_load(tiny_ckpt, tmp_path, prompt):
     import gguf
 
     for t, name in (("f16", "F16"), ("bf16", "BF16")):
-        out = convert(tiny_ckpt, tmp_path / f"m-{t}.gguf", type=t)
+        out = convert(tiny_ckpt, tmp_path / f"m-{t}.gguf", type=t).path
         types = {x.name: x.tensor_type.name for x in gguf.GGUFReader(out).tensors}
         assert types["blk.0.ffn_up.weight"] == name and types["output_norm.weight"] == "F32"
         assert len(greedy(out, prompt, 2)) == 2

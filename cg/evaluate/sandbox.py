@@ -4,12 +4,15 @@ Limits: wall-clock timeout (the whole process group is killed), CPU seconds, add
 file size, no core files; `python -I` (no user site, no PYTHON* variables), a bare environment,
 stdin closed, output captured and bounded. This contains accidents (loops, memory blow-ups,
 stray files, fork bombs' children); it is not a security boundary against hostile code.
+
+The resource limits are set by the child itself (a few lines run before the program), not by a
+`preexec_fn`: Python documents preexec_fn as unsafe in a process with threads, and scoring runs
+in a thread pool while llama.cpp runs in the main thread.
 """
 
 from __future__ import annotations
 
 import os
-import resource
 import signal
 import subprocess
 import sys
@@ -41,9 +44,9 @@ def run_program(source: str, limits: Limits = Limits()) -> Outcome:
         env = {"PATH": "/usr/bin:/bin", "HOME": work, "TMPDIR": work, "PYTHONHASHSEED": "0", "LANG": "C.UTF-8"}
         # stderr goes to a file: bounded by the file-size limit, unlike a pipe read into memory.
         with open(os.path.join(work, "stderr.txt"), "w+b") as errfile:
-            proc = subprocess.Popen([sys.executable, "-I", "-B", path], cwd=work, env=env,
-                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errfile,
-                                    start_new_session=True, preexec_fn=_limit(limits))
+            proc = subprocess.Popen([sys.executable, "-I", "-B", "-c", _LAUNCHER, *_limit_args(limits), path],
+                                    cwd=work, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=errfile, start_new_session=True)
             try:
                 proc.wait(timeout=limits.timeout)
             except subprocess.TimeoutExpired:
@@ -63,18 +66,21 @@ def run_program(source: str, limits: Limits = Limits()) -> Outcome:
     return Outcome(False, "failed: " + tail[0][:300], seconds)
 
 
-def _limit(limits: Limits):
-    cpu = int(limits.timeout) + 1
-    memory = limits.memory_mb * 2**20
-    size = limits.file_mb * 2**20
+# Runs in the child: limits first, then the program as __main__.
+_LAUNCHER = """\
+import resource, runpy, sys
+cpu, memory, size = (int(a) for a in sys.argv[1:4])
+resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
+resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+sys.argv = sys.argv[4:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
 
-    def apply() -> None:
-        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
-        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
-        resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
-    return apply
+def _limit_args(limits: Limits) -> list[str]:
+    return [str(int(limits.timeout) + 1), str(limits.memory_mb * 2**20), str(limits.file_mb * 2**20)]
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

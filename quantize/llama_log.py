@@ -8,14 +8,14 @@ from __future__ import annotations
 import ctypes
 import sys
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 _ERROR_LEVEL = 3
 _CONT_LEVEL = 5
 
 
 class LogBuffer:
-    def __init__(self, echo: bool, on_text=None):
+    def __init__(self, echo: bool, on_text: Callable[[str], None] | None = None):
         self.echo = echo
         self.on_text = on_text
         self.lines: list[tuple[int, str]] = []
@@ -35,12 +35,9 @@ class LogBuffer:
         errors = [t.strip() for lvl, t in self.lines if lvl == _ERROR_LEVEL and t.strip()]
         return errors[-1] if errors else ""
 
-    def text(self) -> str:
-        return "".join(t for _, t in self.lines)
-
 
 _active: list[LogBuffer] = []
-_callback = None  # kept alive: llama.cpp holds a raw pointer to it
+_callback: Any = None  # kept alive: llama.cpp holds a raw pointer to it
 
 
 def _install() -> None:
@@ -63,7 +60,7 @@ def _install() -> None:
 
 
 @contextmanager
-def capture(echo: bool = False, on_text=None) -> Iterator[LogBuffer]:
+def capture(echo: bool = False, on_text: Callable[[str], None] | None = None) -> Iterator[LogBuffer]:
     _install()
     buf = LogBuffer(echo, on_text)
     _active.append(buf)
