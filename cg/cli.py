@@ -253,6 +253,8 @@ def infill(
     write: Annotated[bool, typer.Option("--write", "-w", help="Insert the completions into the files.")] = False,
     diff: Annotated[bool, typer.Option("--diff", help="Print a unified diff (for git apply / patch -p1).")] = False,
     check: Annotated[bool, typer.Option("--check", help="Exit 1 if any marker remains (lists them); writes nothing.")] = False,
+    null: Annotated[bool, typer.Option("--null", "-z", help="With --check: list each marked FILE once, "
+                                                            "NUL-terminated (for xargs -0, mapfile -d '').")] = False,
     force: Annotated[bool, typer.Option("--force", help="With --write: replace read-only files too.")] = False,
     marker: Annotated[str, typer.Option("--marker", help="Marker comment text.")] = "cg: fill",
     encoding: Annotated[str, typer.Option("--encoding", help="Source file encoding.")] = "utf-8",
@@ -279,7 +281,10 @@ def infill(
 
     if check:
         left = infill_mod.check(targets, marker, encoding)
-        _out("".join(f"{item}\n" for item in left))
+        if null:
+            _out("".join(f"{path}\0" for path in dict.fromkeys(str(p) for p, _ in left)))
+        else:
+            _out("".join(f"{path}:{line}\n" for path, line in left))
         if left:
             raise typer.Exit(1)
         return

@@ -108,9 +108,12 @@ def get_engine(opts: RunOptions) -> Engine:
     from . import prompt_cache
 
     if opts.prompt_cache and prompt_cache.enabled():
+        limit = prompt_cache.limit_bytes()  # read each time: a bad value is an error, whatever ran before
         if engine.prompt_cache is None:
-            engine.prompt_cache = prompt_cache.PromptCache.for_model(engine.path, engine.state_version,
-                                                                     lambda message: warn(opts, message))
+            engine.prompt_cache = prompt_cache.PromptCache.for_model(engine.path, engine.state_version, limit,
+                                                                     lambda message: None)
+        engine.prompt_cache.limit = limit
+        engine.prompt_cache.on_warning = lambda message: warn(opts, message)
     else:
         engine.prompt_cache = None
     return engine

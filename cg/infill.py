@@ -203,10 +203,10 @@ def _marker_lines_in(path: Path, marker: str, encoding: str) -> list[int]:
     return [] if text is None else marker_lines(text, marker)
 
 
-def check(specs: Sequence[str], marker: str = DEFAULT_MARKER, encoding: str = "utf-8") -> list[str]:
-    """FILE:LINE of every marker left; reads files only (any encoding, binary skipped), loads no model."""
+def check(specs: Sequence[str], marker: str = DEFAULT_MARKER, encoding: str = "utf-8") -> list[tuple[Path, int]]:
+    """(FILE, LINE) of every marker left; reads files only (any encoding, binary skipped), loads no model."""
     left = []
     for spec in specs:
         path, _, _ = parse_target(spec)
-        left += [f"{path}:{n}" for n in _marker_lines_in(path, marker, encoding)]
+        left += [(path, n) for n in _marker_lines_in(path, marker, encoding)]
     return left

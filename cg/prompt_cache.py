@@ -67,22 +67,22 @@ class PromptCache:
     def __init__(self, folder: Path, limit: int, warn: Callable[[str], None] = lambda _m: None):
         self.folder = folder
         self.limit = limit
-        self._warn = warn
+        self.on_warning = warn
         self._warned = False
 
     @classmethod
-    def for_model(cls, model_path: Path, state_version: str, warn: Callable[[str], None]) -> PromptCache:
+    def for_model(cls, model_path: Path, state_version: str, limit: int, warn: Callable[[str], None]) -> PromptCache:
         from . import store
 
         st = model_path.stat()
         key = hashlib.sha1(f"{model_path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{state_version}"
                            .encode()).hexdigest()[:16]
-        return cls(store.home() / "prompt-cache" / key, limit_bytes(), warn)
+        return cls(store.home() / "prompt-cache" / key, limit, warn)
 
     def warn_once(self, what: str, exc: BaseException) -> None:
         if not self._warned:
             self._warned = True
-            self._warn(f"prompt cache: {what} ({exc}); continuing without it")
+            self.on_warning(f"prompt cache: {what} ({exc}); continuing without it")
 
     def best(self, prompt: Sequence[int]) -> tuple[Path, int] | None:
         """The entry (its .kv file) sharing the longest token prefix with prompt, and that length."""
@@ -132,7 +132,10 @@ class PromptCache:
             self.warn_once(f"cannot save to {self.folder}", exc)
         finally:
             for p in (tmp_kv, tmp_index):
-                p.unlink(missing_ok=True)
+                try:
+                    p.unlink(missing_ok=True)
+                except OSError:
+                    pass  # the folder is not usable: nothing was written there
 
     @contextmanager
     def _lock(self) -> Iterator[None]:

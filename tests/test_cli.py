@@ -13,9 +13,7 @@ import pytest
 from cg.cli import main
 from cg.complete import RunOptions, complete, generate
 
-
-# Keeps the random tiny model from stopping at once, so the tests see text.
-NO_STOPS = [a for t in (1, 67, 68, 69, 70, 107) for a in ("--logit-bias", f"{t}=-1000")]
+from .helpers import NO_STOPS, NO_STOPS_BIAS, run_cg
 
 
 def cg(capsys, monkeypatch, *args, stdin: str | None = None):
@@ -26,9 +24,6 @@ def cg(capsys, monkeypatch, *args, stdin: str | None = None):
     return code, out, err
 
 
-def run_cg(*args, stdin: str = "", env: dict | None = None):
-    return subprocess.run([sys.executable, "-m", "cg", *args], input=stdin, capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=300)
 
 
 @pytest.mark.parametrize("args", [["--help"], ["complete", "--help"]])
@@ -40,9 +35,8 @@ def test_help_loads_no_heavy_module(args):
 
 
 def test_complete_from_stdin_prints_exactly_the_completion(capsys, monkeypatch, tiny_gguf):
-    bias = {t: -1000.0 for t in (1, 67, 68, 69, 70, 107)}
     expected = complete("def add(a, b):\n", "\nprint(add(1, 2))\n",
-                        opts=RunOptions(model=str(tiny_gguf), n_ctx=512, max_tokens=12, logit_bias=bias)).text
+                        opts=RunOptions(model=str(tiny_gguf), n_ctx=512, max_tokens=12, logit_bias=NO_STOPS_BIAS)).text
     assert expected
     code, out, err = cg(capsys, monkeypatch, "complete", "-m", str(tiny_gguf), "--ctx", "512", "-n", "12", *NO_STOPS,
                         stdin="def add(a, b):\n<CURSOR>\nprint(add(1, 2))\n")

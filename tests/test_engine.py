@@ -9,9 +9,7 @@ import pytest
 from cg import engine as engine_mod
 from cg.complete import RunOptions, complete, generate
 
-from .conftest import forcing, variant_gguf
-
-STOP_IDS = {"eos": 1, "fim_pre": 67, "fim_mid": 68, "fim_suf": 69, "fim_sep": 70, "eot": 107}
+from .helpers import ID, STOP_IDS, forcing, variant_gguf
 
 
 def text_ids(engine, text):

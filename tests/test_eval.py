@@ -14,7 +14,7 @@ from cg.evaluate.humaneval import EvalOptions, evaluate
 from cg.evaluate.sandbox import Limits, run_program
 from cg.evaluate.tasks import build, load_problems, spread
 
-from .conftest import forcing
+from .helpers import ID, forcing
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +71,7 @@ def test_the_program_cannot_touch_the_callers_folder(tmp_path, monkeypatch, sing
 
 def canonical_forcer(engine):
     """Through real decoding: llama.cpp's sampler is pushed to each task's canonical text, then the end."""
-    return lambda task: forcing([*engine.tokenize_text(task.canonical), 70])
+    return lambda task: forcing([*engine.tokenize_text(task.canonical), ID["fim_sep"]])
 
 
 def test_end_to_end_through_real_decoding_and_resume(tiny_engine, tiny_opts, single, tmp_path):

@@ -14,7 +14,7 @@ from quantize.registry import supported
 
 from . import gemma_reference as ref
 from .gguf_export import export_checkpoint, perplexity
-from .test_quantize import PROMPT_TEXT, llama_logits
+from .helpers import PROMPT_TEXT, llama_logits
 
 CODE = (Path(__file__).parent.parent / "cg" / "complete.py").read_text(encoding="utf-8")
 

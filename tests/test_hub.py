@@ -18,9 +18,8 @@ from cg.cli import main
 from quantize.llama_quant import quantize_gguf
 from quantize.synthetic import Shape, write_checkpoint
 
-from .conftest import variant_gguf
 from .fakehub import FakeHub, Repo, folder_files
-from .test_cli import NO_STOPS
+from .helpers import NO_STOPS, variant_gguf
 
 TOKEN = "hf_accepted"
 BIG = Shape(hidden=512, ffn=1536)  # one 22 MB safetensors file: bigger than huggingface_hub's 10 MB read chunk

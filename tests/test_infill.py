@@ -15,21 +15,9 @@ from cg.cli import main
 from cg.complete import RunOptions
 from cg.errors import InputError, StaleFileError, WriteError
 
+from .helpers import ID, NO_STOPS, scripted
 
-def scripted(engine, text: str):
-    """Forces `text` then <|file_separator|> in every generation (restarts after each prompt)."""
-    ids = [*engine.tokenize_text(text), 70]
-    state = {"n": 0}
 
-    def process(input_ids, logits):
-        if input_ids[len(input_ids) - 1] == 68:
-            state["n"] = 0  # a new FIM prompt just ended with <|fim_middle|> (never forced)
-        if state["n"] < len(ids):
-            logits[ids[state["n"]]] += 1e4
-        state["n"] += 1
-        return logits
-
-    return process
 
 
 @pytest.fixture()
@@ -98,7 +86,7 @@ def test_cli_stdout_diff_and_json(tmp_path, tiny_gguf, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     f = tmp_path / "a.py"
     f.write_text("def f():\n    return 1\n")
-    base = ["infill", "-m", str(tiny_gguf), "--ctx", "512", "-n", "4", *[a for t in (1, 67, 68, 69, 70, 107) for a in ("--logit-bias", f"{t}=-1000")]]
+    base = ["infill", "-m", str(tiny_gguf), "--ctx", "512", "-n", "4", *NO_STOPS]
     assert main([*base, f"{f}:1"]) == 0
     out, err = capsys.readouterr()
     assert err == "" and out and f.read_text() == "def f():\n    return 1\n"
@@ -201,7 +189,7 @@ def test_context_auto_picks_local_imports_in_order(tmp_path, tiny_opts, tiny_eng
                             logits_processor=scripted(tiny_engine, "1"))
     prompt = res[0].filled[0].completion.prompt_ids
     t = tiny_engine.tokenize_text
-    chunk = {rel: [*t(f"{rel}\n{(tmp_path / rel).read_text()}"), 70] for rel in found}
+    chunk = {rel: [*t(f"{rel}\n{(tmp_path / rel).read_text()}"), ID["fim_sep"]] for rel in found}
     # Nearest (first imported) file sits next to the current file, the farthest right after BOS.
     expected = [2, *chunk["pkg/util.py"], *chunk["pkg/__init__.py"], *chunk["models.py"], *t("main.py\n"), 67]
     assert prompt[:prompt.index(67) + 1] == expected
@@ -209,7 +197,7 @@ def test_context_auto_picks_local_imports_in_order(tmp_path, tiny_opts, tiny_eng
     small = RunOptions(**{**tiny_opts.__dict__, "n_ctx": 256, "max_tokens": 200})
     res = infill_mod.infill([f"{main_py}:5"], opts=small, context="auto", logits_processor=scripted(tiny_engine, "1"))
     assert len(res[0].filled[0].completion.prompt_ids) + 200 <= 256
-    assert res[0].filled[0].completion.prompt_ids.count(70) < 3
+    assert res[0].filled[0].completion.prompt_ids.count(ID["fim_sep"]) < 3
 
 
 def test_context_auto_for_js_ts_c_and_rust(tmp_path):
@@ -232,28 +220,3 @@ def test_context_auto_for_js_ts_c_and_rust(tmp_path):
     lib = tmp_path / "crate" / "src" / "lib.rs"
     lib.write_text("pub mod parser;\nmod lexer;\nmod tests {\n}\n")
     assert rel(local_imports(lib)) == ["crate/src/parser.rs", "crate/src/lexer/mod.rs"]
-
-
-def test_precommit_blocks_commit_with_marker(tmp_path):
-    if shutil.which("git") is None:
-        pytest.skip("git is not installed")
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    env = {**os.environ, "PRE_COMMIT_HOME": str(tmp_path / "pc-home"), "GIT_AUTHOR_NAME": "t",
-           "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
-
-    def sh(*args, check=True):
-        return subprocess.run(args, cwd=repo, env=env, capture_output=True, text=True, check=check, timeout=300)
-
-    sh("git", "init", "-q")
-    (repo / ".pre-commit-config.yaml").write_text(
-        "repos:\n- repo: local\n  hooks:\n  - id: cg-check\n    name: cg markers left\n"
-        f"    entry: {sys.executable} -m cg infill --check\n    language: system\n    types: [python]\n")
-    (repo / "app.py").write_text("def f():\n    # cg: fill\n")
-    sh(sys.executable, "-m", "pre_commit", "install")
-    sh("git", "add", "-A")
-    blocked = sh("git", "commit", "-m", "with marker", check=False)
-    assert blocked.returncode != 0 and "app.py:2" in blocked.stdout + blocked.stderr
-    (repo / "app.py").write_text("def f():\n    return 1\n")
-    sh("git", "add", "-A")
-    assert sh("git", "commit", "-m", "clean", check=False).returncode == 0

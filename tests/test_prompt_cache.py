@@ -11,7 +11,7 @@ import pytest
 
 from cg.prompt_cache import common_prefix
 
-from .test_cli import NO_STOPS
+from .helpers import NO_STOPS
 
 
 def _file(body_lines: int, cursor_line: str) -> str:

@@ -13,19 +13,7 @@ from quantize.convert import convert
 from quantize.synthetic import Shape, write_checkpoint
 
 from . import gemma_reference as ref
-
-PROMPT_TEXT = "def fibonacci(n):\n    return n"
-
-
-def llama_logits(path, tokens):
-    """Logits of llama.cpp for every position (one eval per prefix keeps logits_all off)."""
-    import llama_cpp
-
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=256, logits_all=True, verbose=False, n_threads=2)
-    llm.eval(tokens)
-    out = np.array(llm.scores[: len(tokens)], dtype=np.float64)
-    llm.close()
-    return out
+from .helpers import PROMPT_TEXT, llama_logits
 
 
 def greedy(path, tokens, n=8):
