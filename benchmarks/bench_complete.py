@@ -18,7 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
-PREFIX = "import os\nimport sys\n\n\ndef list_python_files(folder):\n    \"\"\"Return the .py files under folder.\"\"\"\n"
+PREFIX = ("import os\nimport sys\n\n\ndef list_python_files(folder):\n"
+          "    \"\"\"Return the .py files under folder.\"\"\"\n")
 DIRECT = r'''
 import sys, llama_cpp
 path, n, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import WORKDIR, child, fim_input  # noqa: E402
+from common import WORKDIR, child, fim_input
 
 DIRECT_ONE_SHOT = r'''
 import json, sys, llama_cpp
@@ -106,7 +106,8 @@ def worker_inproc(spec_file: Path, tokens: int, repeats: int) -> None:
 
             r = generate(spec["prefix"], raw=True, opts=opts, engine=eng)
         assert r.prompt_tokens == len(spec["ids"]), (r.prompt_tokens, len(spec["ids"]))
-        return {"ttft": r.timings.prompt_ms / 1000, "decode": (r.completion_tokens - 1) / (r.timings.generation_ms / 1000),
+        return {"ttft": r.timings.prompt_ms / 1000,
+                "decode": (r.completion_tokens - 1) / (r.timings.generation_ms / 1000),
                 "n": r.completion_tokens}
 
     rows = {"direct": [], "cg": []}
@@ -223,7 +224,7 @@ def main() -> None:
             print(f"{'dtype':<8}{'ttft s':>9}{'decode tok/s':>14}{'peak RSS MiB':>14}"
                   f"{'cg decode x':>13}{'cg ttft x':>11}  target decode >= 5x")
             for dtype in ("bfloat16", "float32"):
-                sec, rss, out = child([*me, "--tokens", "16", "--worker", "transformers", str(checkpoint),
+                _sec, rss, out = child([*me, "--tokens", "16", "--worker", "transformers", str(checkpoint),
                                        str(spec_file), dtype])
                 r = json.loads(out)
                 print(f"{dtype:<8}{r['ttft']:>9.1f}{r['decode']:>14.2f}{rss:>14.0f}"

@@ -21,9 +21,10 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import child  # noqa: E402
+from common import child
 
-CG_CHILD = "import sys; from quantize.convert import convert; convert(sys.argv[1], sys.argv[2], type=sys.argv[3], force=True)"
+CG_CHILD = ("import sys; from quantize.convert import convert; "
+            "convert(sys.argv[1], sys.argv[2], type=sys.argv[3], force=True)")
 
 
 def compare_tensors(a: Path, b: Path) -> tuple[int, int, list[str]]:

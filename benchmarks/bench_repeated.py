@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import WORKDIR, child, source_text  # noqa: E402
+from common import WORKDIR, child, source_text
 
 PREPARE = r'''
 import json, sys
@@ -97,7 +97,7 @@ def main() -> None:
         pc, pu = cached["timings"]["prompt_ms"] / 1000, uncached["timings"]["prompt_ms"] / 1000
         print(f"{f'line {line + 2}/{n_lines} ({where:.0%})':<26}{cached['prompt_tokens']:>8}"
               f"{cached['timings']['cached_tokens']:>8}{pu:>12.2f}{pc:>10.2f}{pu / pc:>6.1f}x"
-              f"{str(cached['text'] == uncached['text']):>11}", flush=True)
+              f"{cached['text'] == uncached['text']!s:>11}", flush=True)
     print("target: cut >= 3x")
 
 

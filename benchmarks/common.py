@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 WORKDIR = Path("/tmp/cg-bench")
-STOP_TEXTS = ("<eos>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|file_separator|>", "<end_of_turn>")
 
 
 def source_text() -> str:

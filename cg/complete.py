@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from quantize.tokens import SENTINELS
 
@@ -141,13 +142,14 @@ def build_fim_prompt(engine: Engine, prefix: str, suffix: str, opts: RunOptions,
     chunks = []
     if context and sp.fim_sep is None:
         warn(opts, "the model has no <|file_separator|> token: --context files are ignored")
-    elif context:
+    elif context and sp.fim_sep is not None:
         chunks = [fim.context_chunk(engine.tokenize_text(f"{p}\n{c}"), sp.fim_sep) for p, c in context]
     room = budget - len(trimmed.prefix) - len(trimmed.suffix)
     kept, dropped = fim.pack_context(chunks, room)
     if dropped:
         warn(opts, f"{dropped} context file(s) did not fit in the context and were left out")
-    ids = fim.FimIds(_bos(engine), sp.fim_pre, sp.fim_suf, sp.fim_mid, sp.fim_sep)
+    pre, suf, mid = sp.fim_triple()
+    ids = fim.FimIds(_bos(engine), pre, suf, mid, sp.fim_sep)
     return fim.layout(ids, trimmed.prefix, trimmed.suffix, header=header, context=kept, spm=spm)
 
 
@@ -163,10 +165,9 @@ def build_prefix_prompt(engine: Engine, prefix: str, opts: RunOptions) -> list[i
     return [_bos(engine), *ids]
 
 
-def build_chat_prompt(engine: Engine, message: str, opts: RunOptions) -> list[int]:
-    sp = engine.special
+def build_chat_prompt(engine: Engine, message: str, opts: RunOptions, start_turn: int, end_turn: int) -> list[int]:
     tok = engine.tokenize_text
-    prompt = fim.chat_turns(_bos(engine), sp.start_turn, sp.eot, tok("user\n" + message), tok("\n"), tok("model\n"))
+    prompt = fim.chat_turns(_bos(engine), start_turn, end_turn, tok("user\n" + message), tok("\n"), tok("model\n"))
     if len(prompt) + opts.max_tokens > engine.n_ctx:
         raise PromptTooLongError(f"the prompt ({len(prompt)} tokens) and --max-tokens {opts.max_tokens} "
                                  f"do not fit in a {engine.n_ctx}-token context")
@@ -278,8 +279,9 @@ def stream_generate(prompt: str, *, opts: RunOptions = RunOptions(), chat: bool 
         raise InputError("empty prompt", "Pass a prompt as an argument or on standard input.")
     engine = engine or get_engine(opts)
     use_chat = engine.is_chat if chat is None else chat
-    if use_chat and None not in (engine.special.start_turn, engine.special.eot):
-        ids = build_chat_prompt(engine, prompt, opts)
+    start_turn, end_turn = engine.special.start_turn, engine.special.eot
+    if use_chat and start_turn is not None and end_turn is not None:
+        ids = build_chat_prompt(engine, prompt, opts, start_turn, end_turn)
     else:
         ids = build_prefix_prompt(engine, prompt, opts)
     rules = CutRules(stop_texts=_stop_texts(stop))

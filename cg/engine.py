@@ -11,9 +11,10 @@ import ctypes
 import os
 import re
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 from quantize import llama_log
 from quantize.tokens import BY_NAME, SENTINELS, metadata_keys
@@ -55,6 +56,12 @@ class SpecialIds:
     @property
     def has_fim(self) -> bool:
         return None not in (self.fim_pre, self.fim_suf, self.fim_mid)
+
+    def fim_triple(self) -> tuple[int, int, int]:
+        """(prefix, suffix, middle) sentinel ids; only for a model that has them."""
+        if self.fim_pre is None or self.fim_suf is None or self.fim_mid is None:
+            raise ValueError("the model has no FIM tokens")
+        return self.fim_pre, self.fim_suf, self.fim_mid
 
     @property
     def stop_ids(self) -> frozenset[int]:
@@ -171,6 +178,9 @@ class Engine:
         start = time.perf_counter()
         timings.cached_tokens = self._reuse(prompt, timings)
         first = None
+        import llama_cpp
+
+        processors = llama_cpp.LogitsProcessorList([logits_processor]) if logits_processor else None
         gen = self.llm.generate(
             list(prompt),
             temp=sampling.temperature,
@@ -178,7 +188,7 @@ class Engine:
             top_p=sampling.top_p,
             min_p=sampling.min_p,
             repeat_penalty=sampling.repeat_penalty,
-            logits_processor=[logits_processor] if logits_processor else None,
+            logits_processor=processors,
         )
         try:
             for n, token in enumerate(gen, start=1):
@@ -289,7 +299,8 @@ def check_gguf_file(path: Path) -> None:
     except OSError as exc:
         raise ModelFileError(f"cannot read {path}: {exc.strerror or exc}", "Check the file's permissions.") from None
     if magic != _GGUF_MAGIC:
-        raise ModelFileError(f"{path} is not a GGUF file", "cg runs .gguf models; convert a checkpoint with `cg quantize`.")
+        raise ModelFileError(f"{path} is not a GGUF file",
+                             "cg runs .gguf models; convert a checkpoint with `cg quantize`.")
 
 
 def load(

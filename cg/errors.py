@@ -15,7 +15,12 @@ from __future__ import annotations
 
 from quantize.errors import ConversionError, DiskSpaceError, OutputExistsError, QuantizeError, QuantizerFailed
 
-__all__ = ["AuthError", "CgError", "ConversionError", "DiskSpaceError", "HomeError", "HubNotFoundError", "InputError", "ModelFileError", "ModelNotFoundError", "NetworkError", "NoFimError", "OutputExistsError", "PromptTooLongError", "QuantizeError", "QuantizerFailed", "ReadOnlyFileError", "StaleFileError", "UsageError", "WriteError", "exit_code"]
+__all__ = [
+    "AuthError", "CgError", "ConversionError", "DiskSpaceError", "HomeError", "HubNotFoundError", "InputError",
+    "ModelFileError", "ModelNotFoundError", "NetworkError", "NoFimError", "OutputExistsError", "PromptTooLongError",
+    "QuantizeError", "QuantizerFailed", "ReadOnlyFileError", "StaleFileError", "UsageError", "WriteError",
+    "exit_code",
+]
 # quantize's errors -> exit codes: bad input 2, the rest 1.
 _QUANTIZE_EXIT = {ConversionError: 2, OutputExistsError: 2, DiskSpaceError: 1, QuantizerFailed: 1}
 

@@ -9,6 +9,7 @@ Exactly one BOS, at the very start; sentinels go in as ids, never as text.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 
@@ -34,8 +35,8 @@ def layout(
     prefix: list[int],
     suffix: list[int],
     *,
-    header: list[int] = (),
-    context: list[list[int]] = (),
+    header: Sequence[int] = (),
+    context: Sequence[list[int]] = (),
     spm: bool = False,
 ) -> list[int]:
     out = [ids.bos]
@@ -60,8 +61,7 @@ def trim_to_budget(prefix: list[int], suffix: list[int], budget: int) -> Trimmed
     When both must shrink the prefix keeps three quarters of the budget, since the code before
     the cursor says more about the middle than the code after it.
     """
-    if budget < 0:
-        budget = 0
+    budget = max(budget, 0)
     if len(prefix) + len(suffix) <= budget:
         return Trimmed(list(prefix), list(suffix))
     keep_suffix = min(len(suffix), max(budget // 4, budget - len(prefix)))

@@ -17,10 +17,10 @@ import os
 import re
 import shutil
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from quantize.atomic import atomic_path, check_free_space
 from quantize.llama_quant import TYPE_NAMES, OutType
@@ -178,13 +178,15 @@ class _Hub:
         try:
             info = HfApi(endpoint=self.endpoint, token=self.token).model_info(
                 repo_id, revision=revision, files_metadata=True)
-        except Exception as exc:  # noqa: BLE001 - mapped or re-raised below
+        except Exception as exc:
             if _is_network_error(exc):
                 snap = self._cached(repo_id, revision, None)
                 print(f"Note: the hub is unreachable ({self.endpoint}); using the cached {repo_id}@"
                       f"{snap.commit[:10]}", file=sys.stderr)
                 return snap
             raise self._mapped(exc, repo_id, revision) from exc
+        if not info.sha:
+            raise CgError(f"the hub gave no commit for {repo_id}", "Try again later.")
         files = {s.rfilename: (s.size if s.size is not None else -1) for s in info.siblings or []}
         return Snapshot(repo_id, info.sha, files, revision)
 
@@ -194,7 +196,7 @@ class _Hub:
         try:
             folder = Path(snapshot_download(repo_id, revision=revision, cache_dir=self.cache_dir,
                                             local_files_only=True))
-        except Exception as exc:  # noqa: BLE001 - nothing cached for this repo/revision
+        except Exception as exc:
             if why:
                 raise NetworkError(f"{repo_id} is not in the hub cache and {why}",
                                    "Unset HF_HUB_OFFLINE and run the download once online.") from exc
@@ -225,7 +227,7 @@ class _Hub:
             # against the commit listed.
             path = Path(hf_hub_download(snap.repo_id, filename, revision=snap.revision or "main",
                                         cache_dir=self.cache_dir, endpoint=self.endpoint, token=self.token))
-        except Exception as exc:  # noqa: BLE001 - mapped to cg's errors, or re-raised as is
+        except Exception as exc:
             if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
                 raise DiskSpaceError(f"the disk filled up while downloading {filename}",
                                      "Free some space and run the command again; finished files are kept.") from exc
@@ -236,8 +238,13 @@ class _Hub:
         return path
 
     def _mapped(self, exc: Exception, repo_id: str, revision: str | None) -> Exception:
-        from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, HfHubHTTPError,
-                                            RepositoryNotFoundError, RevisionNotFoundError)
+        from huggingface_hub.errors import (
+            EntryNotFoundError,
+            GatedRepoError,
+            HfHubHTTPError,
+            RepositoryNotFoundError,
+            RevisionNotFoundError,
+        )
 
         page = f"{self.endpoint}/{repo_id}"
         status = getattr(getattr(exc, "response", None), "status_code", None)
@@ -270,7 +277,7 @@ class _Hub:
     @contextmanager
     def progress(self) -> Iterator[None]:
         """huggingface_hub's own bars on stderr when it is a terminal; silent otherwise."""
-        from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+        from huggingface_hub.utils.tqdm import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 
         was_disabled = are_progress_bars_disabled()
         if not sys.stderr.isatty():
@@ -282,13 +289,14 @@ class _Hub:
                 enable_progress_bars()
 
 
-def _is_network_error(exc: BaseException) -> bool:
+def _is_network_error(error: BaseException) -> bool:
     """A connection that failed or dropped (checked along the cause chain, whatever the HTTP library)."""
     from huggingface_hub.errors import OfflineModeIsEnabled
 
     names = {"ConnectError", "ConnectTimeout", "TimeoutException", "ReadTimeout", "ReadError", "WriteError",
              "RemoteProtocolError", "NetworkError", "ConnectionError", "ProtocolError"}
     seen = set()
+    exc: BaseException | None = error
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         if isinstance(exc, (OfflineModeIsEnabled, ConnectionError, TimeoutError)):

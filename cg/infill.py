@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from . import repo_context
 from .complete import Completion, RunOptions, complete
 from .errors import InputError, ReadOnlyFileError
 from .textfile import Edit, SourceFile, read_source, scan_text, write_sources
 
-__all__ = ["infill", "check", "fill_file", "read_source", "write_sources", "Target", "FileResult"]
+__all__ = ["FileResult", "Target", "check", "fill_file", "infill", "read_source", "write_sources"]
 
 DEFAULT_MARKER = "cg: fill"
 _TARGET = re.compile(r"^(?P<file>.+?):(?P<line>[^:]*)(?::(?P<col>[^:]*))?$")

@@ -90,7 +90,7 @@ class TextCutter:
             return ""
         self.text += piece
         self._apply(*self._scan())
-        if self.done:
+        if self.reason is not None:  # a rule ended the text just now
             return ""
         safe = max(self._safe_length(), self.emitted)
         out, self.emitted = self.text[self.emitted:safe], safe

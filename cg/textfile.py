@@ -15,9 +15,9 @@ import codecs
 import hashlib
 import re
 import stat
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from quantize.atomic import Staged, real_target, remove_stale_temps, stage
 
@@ -109,7 +109,8 @@ def _codec(data: bytes, encoding: str) -> tuple[str, bytes]:
     try:
         name = codecs.lookup(encoding).name
     except LookupError:
-        raise InputError(f"unknown encoding {encoding!r}", "Use a Python codec name, e.g. --encoding latin-1.") from None
+        raise InputError(f"unknown encoding {encoding!r}",
+                         "Use a Python codec name, e.g. --encoding latin-1.") from None
     if name in ("utf-8", "utf-8-sig"):
         return "utf-8", codecs.BOM_UTF8 if data.startswith(codecs.BOM_UTF8) else b""
     if name in _ORDERED:
@@ -171,7 +172,7 @@ def write_sources(changes: Sequence[tuple[SourceFile, Sequence[Edit]]], *, force
             remove_stale_temps(real_target(src.path).parent)
             staged.append(stage(src.path, src.render(edits), mode=src.mode))
         done: list[Path] = []
-        for (src, _), item in zip(changes, staged):
+        for (src, _), item in zip(changes, staged, strict=True):
             try:
                 item.commit()
             except OSError as exc:

@@ -15,10 +15,10 @@ import os
 import re
 import secrets
 import shutil
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from .errors import DiskSpaceError
 
@@ -126,7 +126,7 @@ def scratch_path(target: Path | str, tag: str) -> Iterator[Path]:
 
 def remove_stale_temps(folder: Path | str) -> list[Path]:
     """Remove cg temp files in folder whose writing process no longer runs; return them."""
-    removed = []
+    removed: list[Path] = []
     try:
         names = os.listdir(folder)
     except OSError:

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConversionError
 
@@ -79,7 +80,7 @@ class Checkpoint:
     @property
     def architecture(self) -> str:
         archs = self.config.get("architectures") or []
-        return archs[0] if archs else self.config.get("model_type", "unknown")
+        return str(archs[0] if archs else self.config.get("model_type", "unknown"))
 
 
 def open_checkpoint(folder: Path | str) -> Checkpoint:
@@ -120,7 +121,8 @@ def read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConversionError(f"{path} is not valid JSON ({exc})", "Download the checkpoint's JSON files again.") from None
+        raise ConversionError(f"{path} is not valid JSON ({exc})",
+                              "Download the checkpoint's JSON files again.") from None
     if not isinstance(data, dict):
         raise ConversionError(f"{path} is not a JSON object", "Download the checkpoint's JSON files again.")
     return data

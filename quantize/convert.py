@@ -9,10 +9,11 @@ nothing partial remains.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from . import registry
 from .atomic import atomic_path, check_free_space, scratch_path
@@ -58,7 +59,8 @@ def convert(src_dir: Path | str, out: Path | str, *, type: OutType | str = OutTy
     try:
         out_type = OutType(str(type).lower())
     except ValueError:
-        raise ConversionError(f"unknown type {type!r}", "Choose one of: " + ", ".join(t.value for t in OutType)) from None
+        raise ConversionError(f"unknown type {type!r}",
+                              "Choose one of: " + ", ".join(t.value for t in OutType)) from None
     ckpt = open_checkpoint(src_dir)
     converter = registry.lookup(ckpt.architecture)(ckpt.config)
     vocab = load_vocab(ckpt.folder, ckpt.config.get("vocab_size"))
@@ -139,7 +141,7 @@ def write_gguf(ckpt: Checkpoint, converter: Converter, vocab: Vocab, plan: list[
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     write_vocab(writer, vocab)
     types = [qtypes[_tensor_type(p.name, p.entry.shape, file_type)] for p in plan]
-    for p, t in zip(plan, types):
+    for p, t in zip(plan, types, strict=True):
         nbytes = p.entry.n_elements * (4 if t == gguf.GGMLQuantizationType.F32 else 2)
         writer.add_tensor_info(p.name, p.entry.shape, np.dtype(np.float32), nbytes, raw_dtype=t)
     try:
@@ -158,7 +160,7 @@ def _write_tensors(writer: gguf.GGUFWriter, converter: Converter, plan: list[Pla
     fout = writer.fout[0]  # type: ignore[index]
     total = sum(p.entry.nbytes for p in plan)
     with progress(f"Converting to {file_type.value}", total) as advance:
-        for p, t in zip(plan, types):
+        for p, t in zip(plan, types, strict=True):
             writer.write_padding(fout, fout.tell())
             written = 0
             for block in p.entry.rows():

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import ctypes
 import sys
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any
 
 _ERROR_LEVEL = 3
 _CONT_LEVEL = 5
@@ -41,13 +42,13 @@ _callback: Any = None  # kept alive: llama.cpp holds a raw pointer to it
 
 
 def _install() -> None:
-    global _callback
+    global _callback  # noqa: PLW0603 - one callback per process, installed once
     if _callback is not None:
         return
     import llama_cpp
-    import llama_cpp._logger  # noqa: F401  (sets its own callback on import; ours replaces it)
+    import llama_cpp._logger
 
-    @llama_cpp.llama_log_callback
+    @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]  # a ctypes CFUNCTYPE
     def callback(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
         message = text.decode("utf-8", errors="replace")
         if _active:

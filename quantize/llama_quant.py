@@ -5,9 +5,9 @@ from __future__ import annotations
 import ctypes
 import os
 import re
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import Callable
 
 from . import llama_log
 from .errors import QuantizerFailed

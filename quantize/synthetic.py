@@ -12,6 +12,7 @@ import json
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .tokens import SENTINELS, SPECIAL_TOKENS
 
@@ -132,7 +133,8 @@ def write_checkpoint(folder: Path, shape: Shape = Shape(), *, dtype: str = "F32"
         "num_hidden_layers": shape.layers, "num_attention_heads": shape.heads,
         "num_key_value_heads": shape.kv_heads, "head_dim": shape.head_dim, "intermediate_size": shape.ffn,
         "vocab_size": vocab, "max_position_embeddings": shape.context, "rms_norm_eps": 1e-6,
-        "rope_theta": 10000.0, "hidden_act": "gelu_pytorch_tanh", "torch_dtype": "float32" if dtype == "F32" else "bfloat16",
+        "rope_theta": 10000.0, "hidden_act": "gelu_pytorch_tanh",
+        "torch_dtype": "float32" if dtype == "F32" else "bfloat16",
         "bos_token_id": 2, "eos_token_id": 1, "pad_token_id": 0,
     }
     (folder / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
@@ -156,7 +158,7 @@ def write_checkpoint(folder: Path, shape: Shape = Shape(), *, dtype: str = "F32"
     return folder
 
 
-def save_safetensors(path: Path, tensors: dict, dtype: str = "F32") -> None:
+def save_safetensors(path: Path, tensors: dict[str, Any], dtype: str = "F32") -> None:
     """Minimal safetensors writer (F32, or BF16 by rounding to nearest even), tensor by tensor."""
     import numpy as np
 

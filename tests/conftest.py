@@ -59,3 +59,15 @@ def tiny_opts(tiny_gguf) -> RunOptions:
 @pytest.fixture()
 def tiny_engine(tiny_opts):
     return complete_mod.get_engine(tiny_opts)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def close_models_at_exit():
+    """Free llama.cpp models before the interpreter shuts down (llama-cpp-python's __del__ then fails noisily)."""
+    yield
+    import gc
+
+    for engine in complete_mod._engines.values():
+        engine.llm.close()
+    complete_mod._engines.clear()
+    gc.collect()

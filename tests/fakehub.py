@@ -60,7 +60,7 @@ class FakeHub:
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
-    def __enter__(self) -> "FakeHub":
+    def __enter__(self) -> FakeHub:
         self._thread.start()
         return self
 
@@ -74,7 +74,7 @@ class FakeHub:
         return [rng for method, path, rng in self.requests if method == "GET" and path.endswith("/" + filename)
                 and "/resolve/" in path]
 
-    def _handler(hub):  # noqa: N805 - the handler closes over the hub
+    def _handler(hub):
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 

@@ -58,11 +58,11 @@ def export_checkpoint(gguf_path: Path, folder: Path) -> Path:
 
     converter = lookup(hf_arch)(config)
     to_hf = {}
-    for hf in ["model.embed_tokens", "model.norm"] + [f"model.layers.{i}.{p}" for i in range(config["num_hidden_layers"])
-                                                      for p in _HF_BLOCK]:
+    block = [f"model.layers.{i}.{p}" for i in range(config["num_hidden_layers"]) for p in _HF_BLOCK]
+    for hf in ["model.embed_tokens", "model.norm", *block]:
         try:
             to_hf[converter.map_name(hf + ".weight")] = hf + ".weight"
-        except Exception:  # noqa: BLE001 - a tensor this architecture does not have
+        except Exception:
             pass
     tensors = {}
     for t in reader.tensors:
@@ -91,7 +91,8 @@ def _write_tokenizer(reader, folder: Path) -> None:
     unk = _value(reader, "tokenizer.ggml.unknown_token_id")
     pieces = bytearray()
     added = {}
-    for i, (text, score, kind) in enumerate(zip(tokens, scores, types)):
+    for i, (token_text, score, kind) in enumerate(zip(tokens, scores, types, strict=True)):
+        text = token_text
         if kind == 4:  # user-defined: llama.cpp wrote spaces where SentencePiece has U+2581
             text = text.replace(" ", "\u2581")
             added[str(i)] = {"content": text, "special": False}

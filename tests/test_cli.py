@@ -28,8 +28,8 @@ def cg(capsys, monkeypatch, *args, stdin: str | None = None):
 
 @pytest.mark.parametrize("args", [["--help"], ["complete", "--help"]])
 def test_help_loads_no_heavy_module(args):
-    code = ("import sys; from cg.cli import main; rc = main(%r); "
-            "print(rc, [m for m in ('llama_cpp', 'numpy', 'huggingface_hub') if m in sys.modules])" % args)
+    code = (f"import sys; from cg.cli import main; rc = main({args!r}); "
+            "print(rc, [m for m in ('llama_cpp', 'numpy', 'huggingface_hub') if m in sys.modules])")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.stdout.strip().splitlines()[-1] == "0 []"
 
@@ -53,7 +53,8 @@ def test_complete_prefix_suffix_options_and_marker(capsys, monkeypatch, tiny_ggu
 
 
 def test_json_output_fields(capsys, monkeypatch, tiny_gguf):
-    code, out, err = cg(capsys, monkeypatch, "complete", "-m", str(tiny_gguf), "--ctx", "512", "-n", "5", "--json", *NO_STOPS,
+    code, out, err = cg(capsys, monkeypatch, "complete", "-m", str(tiny_gguf), "--ctx", "512", "-n", "5", "--json",
+                        *NO_STOPS,
                         stdin="def f():\n<CURSOR>\n")
     data = json.loads(out)
     assert code == 0 and err == ""

@@ -9,7 +9,7 @@ import pytest
 from cg import engine as engine_mod
 from cg.complete import RunOptions, complete, generate
 
-from .helpers import ID, STOP_IDS, forcing, variant_gguf
+from .helpers import STOP_IDS, forcing, variant_gguf
 
 
 def text_ids(engine, text):

@@ -38,7 +38,7 @@ def test_each_task_puts_the_canonical_solution_back_together(problems, single):
     for task in single[::37] + build("multi-line", problems)[::211]:
         p = by_id[task.problem_id]
         assert task.prefix + task.canonical + task.suffix == p["prompt"] + p["canonical_solution"]
-        assert task.canonical.strip() and task.canonical.endswith("\n") or not task.suffix
+        assert (task.canonical.strip() and task.canonical.endswith("\n")) or not task.suffix
 
 
 def test_self_check_on_a_sample_scores_100_percent(capsys):
@@ -82,7 +82,7 @@ def test_end_to_end_through_real_decoding_and_resume(tiny_engine, tiny_opts, sin
     assert (summary.tasks, summary.passed, summary.resumed) == (3, 3, 0)
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["task_id"] for r in records] == [t.task_id for t in tasks]
-    assert all(r["completion"].rstrip("\n") == t.canonical.rstrip("\n") for r, t in zip(records, tasks))
+    assert all(r["completion"].rstrip("\n") == t.canonical.rstrip("\n") for r, t in zip(records, tasks, strict=True))
     assert all(r["stop_reason"] == "stop_token" and r["completion_tokens"] > 0 for r in records)
     # Interrupted in the middle of writing line 2: --resume keeps line 1 and redoes the rest.
     out.write_text(out.read_text().splitlines(keepends=True)[0] + '{"task_id": "Single')

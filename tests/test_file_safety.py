@@ -7,6 +7,7 @@ write) with a fixed completion in place of the model: they check file handling, 
 
 from __future__ import annotations
 
+import itertools
 import os
 import tempfile
 from pathlib import Path
@@ -52,7 +53,7 @@ def source_files(draw):
     n = draw(st.integers(1, 6))
     lines = [[draw(line_text(latin1)), draw(st.sampled_from(ENDINGS))] for _ in range(n)]
     lines[-1][1] = draw(st.sampled_from(["", *ENDINGS]))  # with or without a final line break
-    for a, b in zip(lines, lines[1:]):
+    for a, b in itertools.pairwise(lines):
         if a[1] == "\r" and not b[0] and b[1].startswith("\n"):
             b[0] = "x"  # "\r" + "\n" would be one CRLF break, not two lines
     k = draw(st.integers(1, n))
@@ -192,7 +193,7 @@ def test_a_file_changed_meanwhile_stops_every_write(tmp_path):
         files[2].write_bytes(b"x = 'edited'\n")  # the user saves f2 while cg works
         return fixed("1")(prefix, suffix)
 
-    with pytest.raises(StaleFileError, match="f2.py changed on disk"):
+    with pytest.raises(StaleFileError, match=r"f2\.py changed on disk"):
         infill_mod.infill([f"{f}:1" for f in files], opts=RunOptions(), write=True, complete_fn=complete_and_edit)
     assert [f.read_bytes() for f in files] == [b"x = \n", b"x = \n", b"x = 'edited'\n"]
 

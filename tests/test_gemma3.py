@@ -98,7 +98,7 @@ def test_round_trip_keeps_metadata_and_vocabulary(bundled_gguf, roundtrip):
         assert a.fields[key].contents() == b.fields[key].contents(), key
     # Token types equal except the turn tokens, which cg types CONTROL on purpose (already so here).
     ta, tb = a.fields["tokenizer.ggml.token_type"].contents(), b.fields["tokenizer.ggml.token_type"].contents()
-    assert [i for i, (x, y) in enumerate(zip(ta, tb)) if x != y] == []
+    assert [i for i, (x, y) in enumerate(zip(ta, tb, strict=True)) if x != y] == []
     assert {t.name for t in a.tensors} == {t.name for t in b.tensors}
     shapes = {t.name: list(t.shape) for t in b.tensors}
     assert all(list(t.shape) == shapes[t.name] for t in a.tensors)

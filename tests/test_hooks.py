@@ -76,7 +76,8 @@ def precommit_repo(tmp_path: Path, env: dict[str, str], clone: tuple[Path, str],
 
 
 def test_the_manifest_is_valid_for_pre_commit(env):
-    proc = subprocess.run([sys.executable, "-m", "pre_commit", "validate-manifest", str(ROOT / ".pre-commit-hooks.yaml")],
+    manifest = str(ROOT / ".pre-commit-hooks.yaml")
+    proc = subprocess.run([sys.executable, "-m", "pre_commit", "validate-manifest", manifest],
                           env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 

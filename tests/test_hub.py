@@ -83,7 +83,8 @@ def test_safetensors_repo_becomes_the_model_cg_complete_uses(env, fakehub, capsy
     code, out, err = cg(capsys, "complete", "--json", "-n", "4", *NO_STOPS, "--prefix", "def f():\n", "--suffix", "")
     assert code == 0, err
     result = json.loads(out)
-    assert result["model"] == store.get("codegemma-2b-q4_k_m").path and result["fim"] and result["completion_tokens"] == 4
+    assert result["model"] == store.get("codegemma-2b-q4_k_m").path
+    assert result["fim"] and result["completion_tokens"] == 4
     code, out, _ = cg(capsys, "models", "--json")
     [row] = json.loads(out)
     assert row["default"] and row["source"] == "google/codegemma-2b" and row["size"] > 0
@@ -100,7 +101,8 @@ def test_token_from_environment_and_keep_source(env, fakehub, capsys, monkeypatc
     assert (code, out) == (0, "codegemma-2b-q8_0\n"), err
     rec = store.get("codegemma-2b-q8_0")
     source = Path(rec.source_dir)
-    assert (source / "model.safetensors").stat().st_size == len(fakehub.repos["google/codegemma-2b"].files["model.safetensors"])
+    shipped = fakehub.repos["google/codegemma-2b"].files["model.safetensors"]
+    assert (source / "model.safetensors").stat().st_size == len(shipped)
     assert cg(capsys, "models", "rm", "codegemma-2b-q8_0")[0] == 0
     assert not source.exists() and not Path(rec.path).exists()
 
@@ -118,7 +120,7 @@ def test_gated_repo_without_access(env, fakehub, capsys, token, needle):
                                           (["codegemma-1.1-2b", "--revision", "v9"], "revision 'v9' not found"),
                                           (["not a repo"], "unknown model")])
 def test_missing_repo_or_revision(env, capsys, args, needle):
-    code, out, err = cg(capsys, "download", *args)
+    code, _out, err = cg(capsys, "download", *args)
     assert code in (2, 4) and needle in err.splitlines()[0] and store.list_models() == []
     assert code == (2 if args == ["not a repo"] else 4)
 
@@ -140,7 +142,7 @@ def test_gguf_repo_fetches_only_the_matching_quant_and_records_stop_ids(env, fak
 
 
 def test_gguf_repo_without_the_quant_lists_what_it_has(env, fakehub, capsys):
-    code, out, err = cg(capsys, "download", "someone/codegemma-2b-GGUF", "--quant", "q5_k_m")
+    code, _out, err = cg(capsys, "download", "someone/codegemma-2b-GGUF", "--quant", "q5_k_m")
     assert code == 4 and err.splitlines()[0] == "Error: no q5_k_m GGUF in this repository; it has: f32, q8_0"
     assert fetched(fakehub) == set()
 
@@ -203,7 +205,7 @@ def test_offline_mode_and_unreachable_hub_use_the_cache(env, fakehub, capsys, mo
 def test_not_enough_disk_space_stops_before_downloading(env, fakehub, capsys, monkeypatch):
     # The one stand-in here: the free space the OS reports.
     monkeypatch.setattr(hub_mod.shutil, "disk_usage", lambda _path: SimpleNamespace(total=10**9, used=0, free=1000))
-    code, out, err = cg(capsys, "download", "codegemma-1.1-2b")
+    code, _out, err = cg(capsys, "download", "codegemma-1.1-2b")
     assert code == 1 and err.startswith("Error: not enough disk space") and fetched(fakehub) == set()
 
 

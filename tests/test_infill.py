@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -16,8 +12,6 @@ from cg.complete import RunOptions
 from cg.errors import InputError, StaleFileError, WriteError
 
 from .helpers import ID, NO_STOPS, scripted
-
-
 
 
 @pytest.fixture()

@@ -10,7 +10,8 @@ from cg import fim
 from cg.postprocess import CutRules, FenceStream, TextCutter, drop_trailing_blank_lines, strip_fence
 
 
-def run(pieces, rules=CutRules()):
+def run(pieces, rules=None):
+    rules = rules or CutRules()
     cutter = TextCutter(rules)
     out = "".join(cutter.feed(p) for p in pieces)
     if not cutter.done:
@@ -47,7 +48,7 @@ def test_streamed_text_equals_final_text_for_any_split():
     rng = random.Random(0)
     for _ in range(200):
         cuts = sorted(rng.sample(range(1, len(text)), 8))
-        pieces = [text[i:j] for i, j in zip([0, *cuts], [*cuts, len(text)])]
+        pieces = [text[i:j] for i, j in zip([0, *cuts], [*cuts, len(text)], strict=True)]
         cutter = TextCutter(rules)
         streamed = [cutter.feed(p) for p in pieces]
         total = "".join(streamed) + cutter.finish()

@@ -204,7 +204,7 @@ def test_cli_quantize_registers_in_store(tiny_ckpt, capsys):
     from cg.cli import main
 
     assert main(["quantize", str(tiny_ckpt), "--type", "q8_0", "--name", "codegemma-tiny-q8_0"]) == 0
-    out, err = capsys.readouterr()
+    out, _err = capsys.readouterr()
     record = store.get("codegemma-tiny-q8_0")
     assert out.strip() == record.path and record.quant == "q8_0" and record.special_ids["fim_sep"] == 70
     assert main(["quantize", str(tiny_ckpt), "--type", "q8_0", "--name", "codegemma-tiny-q8_0"]) == 2

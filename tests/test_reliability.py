@@ -63,7 +63,8 @@ def test_an_unusable_home_still_runs_a_model_file(tmp_path, tiny_gguf):
     assert ok.stderr.count("Warning: prompt cache") == 1
     needs_home = run_cg("complete", "-n", "3", stdin="x = <CURSOR>\n", env=env)
     assert needs_home.returncode == 2
-    assert needs_home.stderr.startswith(f"Error: cg cannot use {blocker / 'cg' / 'models'}") and "Hint: Set CG_HOME" in needs_home.stderr
+    assert needs_home.stderr.startswith(f"Error: cg cannot use {blocker / 'cg' / 'models'}")
+    assert "Hint: Set CG_HOME" in needs_home.stderr
 
 
 def _register(name: str, folder: Path, quant: str) -> None:
@@ -118,7 +119,8 @@ def test_a_cache_folder_that_cannot_be_written_is_a_warning(tmp_path, tiny_gguf)
     env = {"CG_HOME": str(home)}
     text = long_prompt("h")
     warm = run_cg("complete", "-m", str(tiny_gguf), "-n", "4", *NO_STOPS, stdin=text, env=env)
-    cold = run_cg("complete", "-m", str(tiny_gguf), "-n", "4", *NO_STOPS, stdin=text, env={**env, "CG_PROMPT_CACHE": "0"})
+    cold = run_cg("complete", "-m", str(tiny_gguf), "-n", "4", *NO_STOPS, stdin=text,
+                  env={**env, "CG_PROMPT_CACHE": "0"})
     assert warm.returncode == 0 and warm.stdout == cold.stdout and warm.stdout
     assert warm.stderr.count("\n") == 1 and warm.stderr.startswith("Warning: prompt cache: cannot save")
     quiet = run_cg("complete", "-q", "-m", str(tiny_gguf), "-n", "4", *NO_STOPS, stdin=text, env=env)
@@ -178,7 +180,8 @@ def ckpt_copy(tiny_ckpt, tmp_path) -> Path:
 @pytest.mark.parametrize("break_it, message", [
     (lambda d: (d / "config.json").write_text("{not json"), "config.json is not valid JSON"),
     (lambda d: (d / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{garbage, not json}"
-                                                     + b"\0" * 64), "model.safetensors is truncated or not a safetensors"),
+                                                     + b"\0" * 64),
+     "model.safetensors is truncated or not a safetensors"),
 ])
 def test_malformed_checkpoint_files(ckpt_copy, tmp_path, capsys, break_it, message):
     break_it(ckpt_copy)

@@ -73,7 +73,7 @@ def test_eight_processes_share_a_small_prompt_cache(tmp_path, tiny_gguf):
     for _round in range(2):  # the second round restores while others save and evict
         procs = [subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                   text=True) for _ in prompts]
-        results = [p.communicate(prompt, timeout=180) for p, prompt in zip(procs, prompts)]
+        results = [p.communicate(prompt, timeout=180) for p, prompt in zip(procs, prompts, strict=True)]
         assert [p.returncode for p in procs] == [0] * len(procs), [err for _, err in results]
         assert [err for _, err in results] == [""] * len(procs)
         assert [json.loads(out)["text"] for out, _ in results] == serial * 2

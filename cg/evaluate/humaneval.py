@@ -12,12 +12,14 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, TextIO
+from typing import Any, TextIO
 
 from ..complete import RunOptions, complete, get_engine
+from ..engine import Engine, LogitsProcessor
 from ..errors import InputError, OutputExistsError
 from ..progress import progress_bar
 from .sandbox import Limits, run_program
@@ -53,7 +55,7 @@ class Summary:
     score_seconds: float  # mean per task
     wall_seconds: float
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {k: round(v, 4) if isinstance(v, float) else v for k, v in asdict(self).items()}
 
     def table(self) -> str:
@@ -66,7 +68,8 @@ class Summary:
         return "\n".join(f"{k:<10} {v}" for k, v in rows) + "\n"
 
 
-def evaluate(eo: EvalOptions, *, engine=None, processor_for: Callable[[Task], Callable] | None = None,
+def evaluate(eo: EvalOptions, *, engine: Engine | None = None,
+             processor_for: Callable[[Task], LogitsProcessor] | None = None,
              tasks: list[Task] | None = None) -> Summary:
     """Run the benchmark; `processor_for(task)` may add a logits processor per task (tests, sampling hooks)."""
     if eo.benchmark not in BENCHMARKS:
@@ -83,7 +86,7 @@ def evaluate(eo: EvalOptions, *, engine=None, processor_for: Callable[[Task], Ca
     stops = STOP_WORDS if eo.stop_words else ()
     with _results_writer(eo) as write, ThreadPoolExecutor(max(1, eo.jobs)) as pool, \
             progress_bar(f"HumanEval {eo.benchmark}", total=len(pending)) as advance:
-        running: set[Future] = set()
+        running: set[Future[dict[str, Any]]] = set()
 
         def collect(block: bool) -> None:
             finished, _ = wait(running, return_when=FIRST_COMPLETED, timeout=None if block else 0)
@@ -115,17 +118,18 @@ def evaluate(eo: EvalOptions, *, engine=None, processor_for: Callable[[Task], Ca
     return Summary(
         benchmark=eo.benchmark, model=model, tasks=len(scored), passed=passed,
         resumed=len(done), pass_at_1=passed / n,
-        gen_seconds=sum(r["gen_seconds"] for r in scored) / n, score_seconds=sum(r["score_seconds"] for r in scored) / n,
+        gen_seconds=sum(r["gen_seconds"] for r in scored) / n,
+        score_seconds=sum(r["score_seconds"] for r in scored) / n,
         wall_seconds=time.perf_counter() - start)
 
 
-def _score(task: Task, text: str, info: dict, gen_s: float, limits: Limits) -> dict:
+def _score(task: Task, text: str, info: dict[str, Any], gen_s: float, limits: Limits) -> dict[str, Any]:
     outcome = run_program(task.program(text), limits)
     return {"task_id": task.task_id, "completion": text, "passed": outcome.passed, "result": outcome.result,
             **info, "gen_seconds": round(gen_s, 4), "score_seconds": round(outcome.seconds, 4)}
 
 
-def _previous(eo: EvalOptions, wanted: set[str]) -> dict[str, dict]:
+def _previous(eo: EvalOptions, wanted: set[str]) -> dict[str, dict[str, Any]]:
     """Results already in --out (with --resume); refuses to overwrite one without --resume/--force."""
     if eo.out is None or str(eo.out) == "-" or not eo.out.exists():
         return {}
@@ -157,7 +161,7 @@ class _results_writer:
         self.eo = eo
         self.file: TextIO | None = None
 
-    def __enter__(self) -> Callable[[dict], None]:
+    def __enter__(self) -> Callable[[dict[str, Any]], None]:
         if self.eo.out is not None:
             if str(self.eo.out) == "-":
                 self.file = sys.stdout
@@ -166,12 +170,12 @@ class _results_writer:
                 self.file = open(self.eo.out, "a" if self.eo.resume else "w", encoding="utf-8")
         return self.write
 
-    def write(self, record: dict) -> None:
+    def write(self, record: dict[str, Any]) -> None:
         if self.file is not None:
             self.file.write(json.dumps(record, ensure_ascii=False) + "\n")
             self.file.flush()
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self.file is not None and self.file is not sys.stdout:
             self.file.close()
 

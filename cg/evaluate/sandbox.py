@@ -83,7 +83,7 @@ def _limit_args(limits: Limits) -> list[str]:
     return [str(int(limits.timeout) + 1), str(limits.memory_mb * 2**20), str(limits.file_mb * 2**20)]
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):

