@@ -116,10 +116,12 @@ def download(model: str | None = None, *, quant: str = "q4_k_m", token: str | No
     name = name or f"{base}-{quant}"
     existing = store.get(name)
     if existing and Path(existing.path).exists() and not force:
-        if existing.revision == snap.commit:
+        if existing.revision == snap.commit and existing.source == repo_id:
             print(f"{name} is already installed ({repo_id}@{snap.commit[:10]})", file=sys.stderr)
             return existing
-        raise OutputExistsError(f"{name} is installed from another revision ({existing.revision[:10]})",
+        origin = (f"another revision of {repo_id} ({existing.revision[:10]})" if existing.source == repo_id
+                  else f"{existing.source or 'a local file'}")
+        raise OutputExistsError(f"{name} is already installed from {origin}",
                                 "Pass --force to replace it, or --name to install this one beside it.")
     hub.check_space(snap, plan)
     with hub.progress():

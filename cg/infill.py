@@ -58,8 +58,10 @@ class FileResult:
         src = self.source
         bom = src.bom.decode(src.codec) if src.bom and src.codec == "utf-8" else ""
         old, new = _git_lines(bom + src.raw), _git_lines(bom + src.render_raw(self.edits))
+        # A tab ends a file name that holds spaces (GNU patch reads up to it; git apply too).
+        end = "\t" if any(c.isspace() for c in name) else ""
         out = bytearray()
-        for i, line in enumerate(difflib.unified_diff(old, new, f"a/{name}", f"b/{name}")):
+        for i, line in enumerate(difflib.unified_diff(old, new, f"a/{name}{end}", f"b/{name}{end}")):
             header = i < 2 or line.startswith("@@")  # content lines start with " ", "-" or "+"
             out += line.encode("utf-8" if header else src.codec)
             if not line.endswith("\n"):

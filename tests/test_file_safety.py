@@ -237,3 +237,62 @@ def test_marker_mode_passes_files_without_markers_unread(tmp_path):
     latin.write_bytes(b"caf\xe9 = 1\n")
     assert infill_mod.infill([str(binary), str(latin)], opts=RunOptions(), write=True, complete_fn=fixed("1")) == []
     assert binary.read_bytes() == b"\x00\x01\x02" and latin.read_bytes() == b"caf\xe9 = 1\n"
+
+
+DIFF_FILES = {
+    "src/app.py": b"def f():\n    y = \n    return y\n",
+    "src/crlf.py": b"a = 1\r\nb = \r\nc = 3\r\n",
+    "src/no newline.py": b"x = 1\ny = ",
+    "bom.py": b"\xef\xbb\xbfz = \n",
+    "latin.py": "caf\xe9 = \n".encode("latin-1"),
+}
+
+
+def _diff_repo(tmp_path):
+    import subprocess
+
+    repo = tmp_path / "repo"
+    for rel, data in DIFF_FILES.items():
+        (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+        (repo / rel).write_bytes(data)
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    return repo
+
+
+def _diff_of(repo, rel, text, encoding="utf-8"):
+    [result] = infill_mod.infill([f"{repo / rel}:2" if rel != "bom.py" and rel != "latin.py" else f"{repo / rel}:1"],
+                                 opts=RunOptions(), encoding=encoding, complete_fn=fixed(text))
+    return result.diff(), result.source.render(result.edits)
+
+
+@pytest.mark.parametrize("tool", [["git", "apply"], ["patch", "-p1", "--quiet"]])
+def test_diffs_apply_with_git_and_patch(tmp_path, tool):
+    import shutil
+    import subprocess
+
+    if shutil.which(tool[0]) is None:
+        pytest.skip(f"{tool[0]} is not installed")
+    repo = _diff_repo(tmp_path)
+    expected = {}
+    diffs = b""
+    for rel in DIFF_FILES:
+        diff, after = _diff_of(repo, rel, "2", encoding="latin-1" if rel == "latin.py" else "utf-8")
+        end = "\t" if " " in rel else ""
+        assert diff.startswith(f"--- a/{rel}{end}\n+++ b/{rel}{end}\n".encode())
+        diffs += diff
+        expected[rel] = after
+    proc = subprocess.run(tool, cwd=repo, input=diffs, capture_output=True)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert {rel: (repo / rel).read_bytes() for rel in DIFF_FILES} == expected
+    assert expected["src/crlf.py"] == b"a = 1\r\nb = 2\r\nc = 3\r\n" and expected["src/no newline.py"] == b"x = 1\ny = 2"
+
+
+def test_diff_paths_outside_a_repository(tmp_path, monkeypatch):
+    f = tmp_path / "sub" / "a.py"
+    f.parent.mkdir()
+    f.write_bytes(b"x = \n")
+    monkeypatch.chdir(tmp_path)
+    [result] = infill_mod.infill(["sub/a.py:1"], opts=RunOptions(), complete_fn=fixed("1"))
+    assert result.diff().startswith(b"--- a/sub/a.py\n+++ b/sub/a.py\n")
+    [result] = infill_mod.infill([f"{f}:1"], opts=RunOptions(), complete_fn=fixed("1"))
+    assert result.diff().startswith(b"--- a/sub/a.py\n")  # absolute, below the current folder
