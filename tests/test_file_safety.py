@@ -260,8 +260,9 @@ def _diff_repo(tmp_path):
 
 
 def _diff_of(repo, rel, text, encoding="utf-8"):
-    [result] = infill_mod.infill([f"{repo / rel}:2" if rel != "bom.py" and rel != "latin.py" else f"{repo / rel}:1"],
-                                 opts=RunOptions(), encoding=encoding, complete_fn=fixed(text))
+    line = 1 if rel in {"bom.py", "latin.py"} else 2
+    [result] = infill_mod.infill([f"{repo / rel}:{line}"], opts=RunOptions(), encoding=encoding,
+                                 complete_fn=fixed(text))
     return result.diff(), result.source.render(result.edits)
 
 
@@ -284,7 +285,8 @@ def test_diffs_apply_with_git_and_patch(tmp_path, tool):
     proc = subprocess.run(tool, cwd=repo, input=diffs, capture_output=True)
     assert proc.returncode == 0, proc.stderr.decode()
     assert {rel: (repo / rel).read_bytes() for rel in DIFF_FILES} == expected
-    assert expected["src/crlf.py"] == b"a = 1\r\nb = 2\r\nc = 3\r\n" and expected["src/no newline.py"] == b"x = 1\ny = 2"
+    assert expected["src/crlf.py"] == b"a = 1\r\nb = 2\r\nc = 3\r\n"
+    assert expected["src/no newline.py"] == b"x = 1\ny = 2"
 
 
 def test_diff_paths_outside_a_repository(tmp_path, monkeypatch):
