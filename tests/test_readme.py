@@ -29,7 +29,8 @@ README = ROOT / "README.md"
 
 SKIP = {
     "python3 -m venv .venv && . .venv/bin/activate && pip install -e '.[test]' "
-    "&& printf 'def add(a, b):\\n<CURSOR>\\n' | cg complete": "installs cg from nothing: that is .ci/run; its last part runs below as its own example",
+    "&& printf 'def add(a, b):\\n<CURSOR>\\n' | cg complete":
+        "installs cg from nothing: that is .ci/run; its last part runs below as its own example",
     ". .venv/bin/activate && python -m pytest": "the test suite itself",
     "cg eval humaneval-infill --benchmark single-line --model codegemma-2b-q4_k_m --out q4.jsonl":
         "1033 tasks: minutes on the tiny model; test_eval runs the same path on a sample",
