@@ -73,6 +73,11 @@ class TextCutter:
         self.emitted = 0
         self.reason: str | None = None
         self._time_mark: int | None = None
+        self._ended_line = False  # the text kept by a cut ended its last line
+        # The cursor sits at a line start and the suffix starts a line of its own: a completion of
+        # whole lines must keep its last line break, or prefix + completion + suffix glues two lines.
+        self._keep_break = (not rules.line_prefix and bool(rules.suffix)
+                            and not rules.suffix.startswith(("\n", "\r")))
 
     @property
     def done(self) -> bool:
@@ -106,14 +111,19 @@ class TextCutter:
             elif self.rest and repeats_rest_of_line(self.rules.line_prefix + self.text[:start], last, self.rest):
                 # The last line is the one the rest of the cursor's line follows.
                 self._apply(start + len(last.rstrip()) - len(self.rest), "suffix_overlap")
+        ended_line = self._ended_line if self.done else _TRAILING_BLANK.search(self.text) is not None
         final = drop_trailing_blank_lines(self.text)
+        if self._keep_break and ended_line and final:
+            final += "\n"
         out = final[self.emitted:]
         self.emitted = len(final)
         return out
 
     def _apply(self, cut: int | None, reason: str | None) -> None:
         if cut is not None:
-            self.text = self.text[:cut]
+            kept = self.text[:cut]
+            self._ended_line = _TRAILING_BLANK.search(kept) is not None or self.text[cut:cut + 1] == "\n"
+            self.text = kept
             self.reason = reason
 
     def _scan(self) -> tuple[int | None, str | None]:

@@ -133,7 +133,8 @@ def test_context_files_that_do_not_fit_are_left_out(tiny_engine, capsys):
 def test_suffix_overlap_cut_by_real_decoding(tiny_engine, tiny_opts):
     ids = text_ids(tiny_engine, "    x = 1\n    return x\n")
     result = complete("def f():\n", "    return x\n", opts=tiny_opts, engine=tiny_engine, logits_processor=forcing(ids))
-    assert (result.text, result.stop_reason) == ("    x = 1", "suffix_overlap")
+    assert (result.text, result.stop_reason) == ("    x = 1\n", "suffix_overlap")
+    assert "def f():\n" + result.text + "    return x\n" == "def f():\n    x = 1\n    return x\n"
 
 
 def test_rest_of_line_repeat_cut_by_real_decoding(tiny_engine, tiny_opts):

@@ -1,61 +1,110 @@
-"""`cg eval humaneval-infill`: task builder, sandboxed scorer, resume, and a run through real decoding."""
+"""`cg eval humaneval-infill`: the published task files byte for byte, official scoring, pass@k,
+the sandbox, resume, and a run through real decoding."""
 
 from __future__ import annotations
 
 import dataclasses
+import gzip
+import hashlib
 import json
+import math
 import time
+from importlib import resources
 
 import pytest
 
 from cg.cli import main
 from cg.evaluate import humaneval
-from cg.evaluate.humaneval import EvalOptions, evaluate
+from cg.evaluate.humaneval import EvalOptions, evaluate, pass_at_k
 from cg.evaluate.sandbox import Limits, run_program
-from cg.evaluate.tasks import build, load_problems, spread
+from cg.evaluate.tasks import BENCHMARKS, Task, load, raw_lines, spread
 
 from .helpers import ID, forcing
 
+# The published files (openai/human-eval-infilling @ 88062ff): sha256 and task count.
+PUBLISHED = {
+    "single-line": ("1277073e7ddce163", 1033),
+    "multi-line": ("2f341612eee1d35d", 5815),
+    "random-span": ("b4f330d8a8ff97bf", 1640),
+    "random-span-light": ("1432250ecac0cb56", 164),
+}
+
 
 @pytest.fixture(scope="module")
-def problems():
-    return load_problems()
+def single() -> list[Task]:
+    return load("single-line")
 
 
-@pytest.fixture(scope="module")
-def single(problems):
-    return build("single-line", problems)
+@pytest.mark.parametrize("benchmark", list(PUBLISHED))
+def test_tasks_are_the_published_lines(benchmark):
+    packaged = resources.files("cg.evaluate").joinpath("data", BENCHMARKS[benchmark]).read_bytes()
+    digest, count = PUBLISHED[benchmark]
+    assert hashlib.sha256(packaged).hexdigest().startswith(digest)
+    lines = gzip.decompress(packaged).decode("utf-8").splitlines()
+    tasks = load(benchmark)
+    assert len(tasks) == len(lines) == count
+    fields = ["task_id", "entry_point", "prompt", "suffix", "canonical_solution", "test"]
+    for task, line in zip(tasks, lines, strict=True):
+        published = json.loads(line)
+        assert list(published) == fields and task.to_json() == published
 
 
-def test_task_counts_match_the_published_benchmark(problems, single):
-    multi = build("multi-line", problems)
-    assert (len(problems), len(single), len(multi)) == (164, 1033, 5815)
-    assert len({t.task_id for t in single}) == 1033 and len({t.task_id for t in multi}) == 5815
+def test_the_license_ships_with_the_data():
+    text = resources.files("cg.evaluate").joinpath("data", "LICENSE").read_text()
+    assert text.startswith("The MIT License") and "OpenAI" in text
 
 
-def test_each_task_puts_the_canonical_solution_back_together(problems, single):
-    by_id = {p["task_id"]: p for p in problems}
-    for task in single[::37] + build("multi-line", problems)[::211]:
-        p = by_id[task.problem_id]
-        assert task.prefix + task.canonical + task.suffix == p["prompt"] + p["canonical_solution"]
-        assert (task.canonical.strip() and task.canonical.endswith("\n")) or not task.suffix
+@pytest.mark.parametrize("benchmark", list(PUBLISHED))
+def test_export_round_trips_byte_for_byte(benchmark, tmp_path):
+    out = tmp_path / "tasks.jsonl"
+    assert main(["eval", "humaneval-infill", "-b", benchmark, "--export", str(out)]) == 0
+    assert out.read_bytes() == raw_lines(benchmark)
 
 
-def test_self_check_on_a_sample_scores_100_percent(capsys):
-    code = main(["eval", "humaneval-infill", "--self-check", "-b", "multi-line", "--limit", "12", "--json"])
+@pytest.mark.parametrize("benchmark", list(PUBLISHED))
+def test_self_check_scores_every_task_under_the_official_construction(benchmark, capsys):
+    code = main(["eval", "humaneval-infill", "--self-check", "-b", benchmark, "--json", "--jobs", "2"])
     summary = json.loads(capsys.readouterr().out)
-    assert code == 0 and (summary["tasks"], summary["passed"], summary["pass_at_1"]) == (12, 12, 1.0)
+    assert code == 0 and summary["tasks"] == summary["passed"] == PUBLISHED[benchmark][1]
+    assert summary["pass_at_1"] == 1.0 and summary["scoring"].startswith("official")
+
+
+def test_the_program_is_the_official_one(single):
+    task = single[0]
+    program = task.program("X")
+    assert program == task.prompt + "X" + task.suffix + "\n" + task.test + "\n" + f"check({task.entry_point})"
+
+
+def test_a_missing_final_newline_fails_as_officially_and_passes_with_the_repair(single):
+    task = next(t for t in single if t.canonical_solution.endswith("\n") and t.suffix.strip())
+    answer = task.canonical_solution.rstrip("\n")
+    assert not run_program(task.program(answer)).passed  # the line runs into the suffix's first line
+    assert run_program(task.program(answer, repair_newline=True)).passed
+    # cg's repair only ends lines: a random span that stops mid-line is left alone.
+    span = next(t for t in load("random-span-light") if not t.prompt.endswith("\n"))
+    assert span.program("x", repair_newline=True) == span.program("x")
+
+
+def test_repair_is_named_in_the_summary(capsys):
+    args = ["eval", "humaneval-infill", "--self-check", "-b", "random-span-light", "--limit", "3", "--json"]
+    assert main([*args, "--repair-newline"]) == 0
+    assert json.loads(capsys.readouterr().out)["scoring"] == "official + cg's newline repair (--repair-newline)"
+
+
+def test_pass_at_k_is_the_unbiased_estimator():
+    for n, c, k in [(10, 3, 1), (10, 3, 5), (20, 0, 10), (5, 5, 2), (100, 37, 10)]:
+        assert pass_at_k(n, c, k) == pytest.approx(1 - math.comb(n - c, k) / math.comb(n, k))
 
 
 def test_a_wrong_completion_fails(single):
-    task = next(t for t in single if t.canonical.startswith("    return ") and not t.suffix.strip())
+    task = next(t for t in single if t.canonical_solution.startswith("    return ") and not t.suffix.strip())
     outcome = run_program(task.program("    return None\n"))
     assert not outcome.passed and outcome.result.startswith("failed: AssertionError")
-    assert run_program(task.program(task.canonical)).passed
+    assert run_program(task.program(task.canonical_solution)).passed
 
 
 def test_a_looping_completion_times_out_and_a_greedy_one_hits_the_memory_limit(single):
-    task = next(t for t in single if t.canonical.startswith("    return ") and not t.suffix.strip())
+    task = next(t for t in single if t.canonical_solution.startswith("    return ") and not t.suffix.strip())
     start = time.perf_counter()
     outcome = run_program(task.program("    while True: pass\n"), Limits(timeout=1.0))
     assert outcome.result == "timed out" and time.perf_counter() - start < 5
@@ -63,7 +112,7 @@ def test_a_looping_completion_times_out_and_a_greedy_one_hits_the_memory_limit(s
     assert outcome.result == "failed: MemoryError"
 
 
-def test_the_program_cannot_touch_the_callers_folder(tmp_path, monkeypatch, single):
+def test_the_program_cannot_touch_the_callers_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     run_program("open('left-behind.txt', 'w').write('x')\n")
     assert list(tmp_path.iterdir()) == []
@@ -71,7 +120,7 @@ def test_the_program_cannot_touch_the_callers_folder(tmp_path, monkeypatch, sing
 
 def canonical_forcer(engine):
     """Through real decoding: llama.cpp's sampler is pushed to each task's canonical text, then the end."""
-    return lambda task: forcing([*engine.tokenize_text(task.canonical), ID["fim_sep"]])
+    return lambda task: forcing([*engine.tokenize_text(task.canonical_solution), ID["fim_sep"]])
 
 
 def test_end_to_end_through_real_decoding_and_resume(tiny_engine, tiny_opts, single, tmp_path):
@@ -82,7 +131,8 @@ def test_end_to_end_through_real_decoding_and_resume(tiny_engine, tiny_opts, sin
     assert (summary.tasks, summary.passed, summary.resumed) == (3, 3, 0)
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["task_id"] for r in records] == [t.task_id for t in tasks]
-    assert all(r["completion"].rstrip("\n") == t.canonical.rstrip("\n") for r, t in zip(records, tasks, strict=True))
+    # Each line is also an official sample: task_id and completion, as the harness reads them.
+    assert all(r["completion"] == t.canonical_solution for r, t in zip(records, tasks, strict=True))
     assert all(r["stop_reason"] == "stop_token" and r["completion_tokens"] > 0 for r in records)
     # Interrupted in the middle of writing line 2: --resume keeps line 1 and redoes the rest.
     out.write_text(out.read_text().splitlines(keepends=True)[0] + '{"task_id": "Single')
@@ -92,6 +142,19 @@ def test_end_to_end_through_real_decoding_and_resume(tiny_engine, tiny_opts, sin
     summary = evaluate(eo, engine=tiny_engine, processor_for=canonical_forcer(tiny_engine), tasks=tasks)
     assert (summary.tasks, summary.passed, summary.resumed) == (3, 3, 1)
     assert [json.loads(line)["task_id"] for line in out.read_text().splitlines()] == [t.task_id for t in tasks]
+
+
+def test_several_samples_give_pass_at_k(tiny_engine, tiny_opts, single, tmp_path):
+    out = tmp_path / "samples.jsonl"
+    run = dataclasses.replace(tiny_opts, max_tokens=24, temperature=0.8)
+    eo = EvalOptions(jobs=2, out=out, n_samples=3, run=run)
+    tasks = spread(single, 2)
+    summary = evaluate(eo, engine=tiny_engine, tasks=tasks)
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["task_id"], r["sample"]) for r in records] == [(t.task_id, s) for t in tasks for s in range(3)]
+    assert summary.samples == 3 and set(summary.pass_at_k) == {"pass@1"} and summary.passed == 0
+    with pytest.raises(Exception, match="needs --temperature above 0"):
+        evaluate(dataclasses.replace(eo, run=tiny_opts, out=None), engine=tiny_engine, tasks=tasks)
 
 
 def test_unforced_tiny_model_is_scored_not_crashed(tiny_engine, tiny_opts, single):
@@ -105,8 +168,8 @@ def test_cli_errors(capsys, tmp_path):
     assert main(["eval", "humaneval-infill", "--self-check", "-o", str(out)]) == 2
     assert capsys.readouterr().err.startswith(f"Error: {out} already exists")
     assert main(["eval", "humaneval-infill", "--resume"]) == 2
-    assert main(["eval", "humaneval-infill", "--self-check", "-b", "random-span"]) == 2
-    assert capsys.readouterr().err.splitlines()[-2].startswith("Error: unknown benchmark 'random-span'")
+    assert main(["eval", "humaneval-infill", "--self-check", "-b", "random-spans"]) == 2
+    assert "Invalid value for '--benchmark'" in capsys.readouterr().err
 
 
 def test_a_model_without_fim_is_refused(capsys, bundled_gguf):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cg import fim
 from cg.postprocess import CutRules, FenceStream, TextCutter, drop_trailing_blank_lines, strip_fence
@@ -31,7 +33,24 @@ def test_suffix_overlap_cut_at_first_nonblank_suffix_line():
 
 
 def test_overlap_on_last_partial_line_at_finish():
-    assert run(["x = 1\n", "return x"], CutRules(suffix="return x")) == ("x = 1", "suffix_overlap")
+    # The suffix starts a line: the completion keeps the break that ends its own last line.
+    assert run(["x = 1\n", "return x"], CutRules(suffix="return x")) == ("x = 1\n", "suffix_overlap")
+    assert run(["x = 1\n", "return x"], CutRules(suffix="\nreturn x")) == ("x = 1", "suffix_overlap")
+
+
+@settings(max_examples=300, deadline=None)
+@given(lines=st.lists(st.text(st.sampled_from("ab (): "), min_size=1, max_size=6).filter(str.strip),
+                      min_size=1, max_size=4),
+       blank=st.sampled_from(["", "\n", "\n    \n"]), splits=st.lists(st.integers(1, 40), max_size=6))
+def test_whole_line_completions_join_the_suffix_as_lines(lines, blank, splits):
+    """Cursor at a line start, suffix starting a line: prefix + completion + suffix keeps every
+    generated line whole, however the text arrives in pieces."""
+    generated = "".join(line + "\n" for line in lines) + blank
+    suffix = "tail()\n"
+    cuts = sorted({min(s, len(generated)) for s in splits} - {0, len(generated)})
+    pieces = [generated[i:j] for i, j in zip([0, *cuts], [*cuts, len(generated)], strict=True)]
+    text, _ = run(pieces, CutRules(suffix=suffix))
+    assert (text + suffix).splitlines() == [line.rstrip() if not line.strip() else line for line in lines] + ["tail()"]
 
 
 def test_sentinel_text_cut_even_split_across_pieces():
@@ -68,8 +87,9 @@ def test_streamed_text_equals_final_text_for_any_split():
     ("    ", ["x = foo()"], "foo()\n", ("x = foo()", None)),               # line start: the rule is off
     ("x = foo(", ["\n    a,\n    b)"], ")\n", ("\n    a,\n    b", "suffix_overlap")),
     ("x = foo(", ["\n    bar(a),\n    baz(b)"], ")\n", ("\n    bar(a),\n    baz(b)", None)),
-    # Cursor at a line start, whole lines filled: the next line's ")" is not on this line.
-    ("", ["    foo(a)\n"], "    )\n", ("    foo(a)", None)),
+    # Cursor at a line start, whole lines filled: the next line's ")" is not on this line, and the
+    # completion keeps the line break that separates them.
+    ("", ["    foo(a)\n"], "    )\n", ("    foo(a)\n", None)),
 ])
 def test_rest_of_line_repeat(line_prefix, pieces, suffix, expected):
     rules = CutRules(suffix=suffix, line_prefix=line_prefix)

@@ -12,8 +12,24 @@ import typer
 from quantize.llama_quant import OutType
 
 from ..complete import DEFAULT_CTX, EVAL_MAX_TOKENS, RunOptions
+from ..engine import Sampling
 from ..errors import UsageError
-from .app import CtxOpt, JsonOpt, MaxTokensOpt, ModelOpt, ThreadsOpt, app, eval_app, models_app, write_result
+from ..evaluate.tasks import Benchmark
+from .app import (
+    CtxOpt,
+    JsonOpt,
+    MaxTokensOpt,
+    ModelOpt,
+    SeedOpt,
+    TempOpt,
+    ThreadsOpt,
+    TopKOpt,
+    TopPOpt,
+    app,
+    eval_app,
+    models_app,
+    write_result,
+)
 
 
 def default_model_name(src_dir: Path, out_type: OutType) -> str:
@@ -74,8 +90,9 @@ def download(
 
 @eval_app.command("humaneval-infill")
 def eval_humaneval_infill(
-    benchmark: Annotated[str, typer.Option(
-        "--benchmark", "-b", help="single-line (1033 tasks) or multi-line (5815).")] = "single-line",
+    benchmark: Annotated[Benchmark, typer.Option(
+        "--benchmark", "-b", help="single-line 1033 tasks, multi-line 5815, random-span 1640, random-span-light 164."
+    )] = Benchmark.SINGLE_LINE,
     model: ModelOpt = None,
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="Run N tasks spread evenly over the set.")] = None,
     jobs: Annotated[int | None, typer.Option(
@@ -88,6 +105,16 @@ def eval_humaneval_infill(
         "--self-check", help="Fill each task with its canonical text (must score 100%).")] = False,
     stop_words: Annotated[bool, typer.Option(
         "--stop-words", help="Also stop at HumanEval's usual words (\\nclass, \\ndef, \\n#, \\nif).")] = False,
+    repair_newline: Annotated[bool, typer.Option(
+        "--repair-newline", help="Not the official scoring: add the line break a whole-line answer lacks.")] = False,
+    n_samples: Annotated[int, typer.Option(
+        "--n-samples", min=1, help="Samples per task (with --temperature > 0): reports pass@k too.")] = 1,
+    export: Annotated[Path | None, typer.Option(
+        "--export", help="Write the benchmark's tasks in the published schema to FILE and stop.")] = None,
+    temperature: TempOpt = Sampling.temperature,
+    top_p: TopPOpt = Sampling.top_p,
+    top_k: TopKOpt = Sampling.top_k,
+    seed: SeedOpt = 0,
     timeout: Annotated[float, typer.Option("--timeout", min=0.1, help="Seconds each test program may run.")] = 10.0,
     memory: Annotated[int, typer.Option("--memory-mb", min=64, help="Memory limit of each test program.")] = 1024,
     max_tokens: MaxTokensOpt = EVAL_MAX_TOKENS,
@@ -95,18 +122,26 @@ def eval_humaneval_infill(
     threads: ThreadsOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
-    """HumanEval infilling pass@1 through the same path as `cg complete` (tests run sandboxed)."""
+    """HumanEval infilling pass@1 (pass@k) through the same path as `cg complete`, scored as the
+    official harness scores it (tests run sandboxed)."""
     from ..evaluate.humaneval import EvalOptions, default_jobs, evaluate
     from ..evaluate.sandbox import Limits
+    from ..evaluate.tasks import export_lines, load, spread
 
+    if export is not None:
+        from quantize.atomic import write_atomic
+
+        write_atomic(export, export_lines(spread(load(benchmark), limit)))
+        return
     if resume and force:
         raise UsageError("--resume and --force contradict each other", "Pass one of them.")
     if (resume or force) and out is None:
         raise UsageError("--resume and --force need --out FILE")
     eo = EvalOptions(benchmark=benchmark, limit=limit, jobs=jobs or default_jobs(), out=out, resume=resume,
-                     force=force, self_check=self_check, stop_words=stop_words,
-                     limits=Limits(timeout=timeout, memory_mb=memory),
-                     run=RunOptions(model=model, n_ctx=ctx, threads=threads, max_tokens=max_tokens, quiet=True))
+                     force=force, self_check=self_check, stop_words=stop_words, repair_newline=repair_newline,
+                     n_samples=n_samples, limits=Limits(timeout=timeout, memory_mb=memory),
+                     run=RunOptions(model=model, n_ctx=ctx, threads=threads, max_tokens=max_tokens, quiet=True,
+                                    temperature=temperature, top_p=top_p, top_k=top_k, seed=seed))
     summary = evaluate(eo)
     text = json.dumps(summary.to_json()) + "\n" if as_json else summary.table()
     if out is not None and str(out) == "-":

@@ -1,9 +1,11 @@
 """`cg eval humaneval-infill`: fill every task through `complete()` (the `cg complete` path),
-score it in the sandbox, stream per-task results to JSON lines, report pass@1.
+score it in the sandbox as the official harness builds the program, stream results to JSON lines,
+report pass@1 (and pass@k with several samples).
 
-Generation runs in this process, one task at a time (one model); scoring runs in up to
-`jobs` sandboxed subprocesses alongside it. Every result line is flushed as it is scored, so an
-interrupted run continues with --resume.
+Generation runs `gen_jobs` tasks at a time (1 for the local engine: one llama.cpp context; more
+against a server, which batches them); scoring runs in up to `jobs` sandboxed subprocesses
+alongside. Result lines are written in task order whatever finishes first, flushed one by one, so
+a parallel run writes the same file as a serial one and an interrupted run continues with --resume.
 """
 
 from __future__ import annotations
@@ -12,35 +14,44 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass, field
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
-from ..complete import RunOptions, complete, get_engine
+import numpy as np
+
+from ..complete import EVAL_MAX_TOKENS, RunOptions, complete, get_engine
 from ..engine import Engine, LogitsProcessor
-from ..errors import InputError, OutputExistsError
+from ..errors import InputError, OutputExistsError, UsageError
 from ..progress import progress_bar
 from .sandbox import Limits, run_program
-from .tasks import BENCHMARKS, Task, build, spread
+from .tasks import BENCHMARKS, Task, load, spread
 
 # The usual HumanEval stop words (left-to-right generation); optional for infilling.
 STOP_WORDS = ("\nclass", "\ndef", "\n#", "\nif")
+PASS_AT = (1, 10, 100)
+
+Record = dict[str, Any]
 
 
 @dataclass
 class EvalOptions:
     benchmark: str = "single-line"
     limit: int | None = None
-    jobs: int = 2
+    jobs: int = 2  # programs scored at once
+    gen_jobs: int = 1  # completions in flight (a server can take several)
     out: Path | None = None  # None: not saved; Path("-"): JSON lines on stdout
     resume: bool = False
     force: bool = False
     self_check: bool = False
     stop_words: bool = False
+    repair_newline: bool = False
+    n_samples: int = 1
     limits: Limits = field(default_factory=Limits)
-    run: RunOptions = field(default_factory=lambda: RunOptions(max_tokens=256, quiet=True))
+    run: RunOptions = field(default_factory=lambda: RunOptions(max_tokens=EVAL_MAX_TOKENS, quiet=True))
 
 
 @dataclass
@@ -48,11 +59,14 @@ class Summary:
     benchmark: str
     model: str
     tasks: int
-    passed: int
-    resumed: int
+    samples: int  # per task
+    passed: int  # samples that passed, over all tasks
+    resumed: int  # samples taken from the results file
     pass_at_1: float
-    gen_seconds: float  # mean per task
-    score_seconds: float  # mean per task
+    pass_at_k: dict[str, float]
+    scoring: str
+    gen_seconds: float  # mean per sample
+    score_seconds: float  # mean per sample
     wall_seconds: float
 
     def to_json(self) -> dict[str, Any]:
@@ -60,76 +74,137 @@ class Summary:
 
     def table(self) -> str:
         rows = [("benchmark", f"HumanEval infilling, {self.benchmark}"), ("model", self.model),
-                ("tasks", f"{self.tasks}" + (f" ({self.resumed} from the results file)" if self.resumed else "")),
+                ("tasks", f"{self.tasks}" + (f" x {self.samples} samples" if self.samples > 1 else "")
+                 + (f" ({self.resumed} from the results file)" if self.resumed else "")),
                 ("passed", str(self.passed)), ("pass@1", f"{100 * self.pass_at_1:.2f}%"),
+                *((name, f"{100 * value:.2f}%") for name, value in self.pass_at_k.items() if name != "pass@1"),
+                ("scoring", self.scoring),
                 ("time/task", f"{self.gen_seconds + self.score_seconds:.2f} s (generation {self.gen_seconds:.2f} s, "
                               f"scoring {self.score_seconds:.2f} s)"),
                 ("wall", f"{self.wall_seconds:.1f} s")]
         return "\n".join(f"{k:<10} {v}" for k, v in rows) + "\n"
 
 
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """The unbiased estimator of Chen et al. 2021: 1 - C(n - c, k) / C(n, k)."""
+    if n - c < k:
+        return 1.0
+    return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
+
+
+def tasks_for(benchmark: str) -> list[Task]:
+    if benchmark not in BENCHMARKS:
+        raise InputError(f"unknown benchmark {benchmark!r}", "Use --benchmark " + ", ".join(BENCHMARKS) + ".")
+    return load(benchmark)
+
+
 def evaluate(eo: EvalOptions, *, engine: Engine | None = None,
              processor_for: Callable[[Task], LogitsProcessor] | None = None,
              tasks: list[Task] | None = None) -> Summary:
     """Run the benchmark; `processor_for(task)` may add a logits processor per task (tests, sampling hooks)."""
-    if eo.benchmark not in BENCHMARKS:
-        raise InputError(f"unknown benchmark {eo.benchmark!r}", "Use --benchmark single-line or multi-line.")
+    if eo.n_samples > 1 and eo.run.temperature == 0 and not eo.self_check:
+        raise UsageError("--n-samples above 1 needs --temperature above 0 (greedy samples are all alike)",
+                         "Add e.g. --temperature 0.8, or drop --n-samples.")
     start = time.perf_counter()
-    tasks = spread(tasks if tasks is not None else build(eo.benchmark), eo.limit)
-    done = _previous(eo, {t.task_id for t in tasks})
-    pending = [t for t in tasks if t.task_id not in done]
+    chosen = spread(tasks if tasks is not None else tasks_for(eo.benchmark), eo.limit)
+    wanted = [(t, s) for t in chosen for s in range(eo.n_samples)]
+    done = _previous(eo, {(t.task_id, s) for t, s in wanted})
+    pending = [(t, s) for t, s in wanted if (t.task_id, s) not in done]
     model = "canonical solutions (--self-check)"
     if not eo.self_check:
         engine = engine or get_engine(eo.run)
         model = engine.path.name
-    results = dict(done)
-    stops = STOP_WORDS if eo.stop_words else ()
-    with _results_writer(eo) as write, ThreadPoolExecutor(max(1, eo.jobs)) as pool, \
+
+    def generate(task: Task, sample: int) -> tuple[str, Record, float]:
+        if eo.self_check:
+            return task.canonical_solution, {"completion_tokens": 0, "stop_reason": "canonical"}, 0.0
+        t0 = time.perf_counter()
+        opts = replace(eo.run, seed=eo.run.seed + sample) if sample else eo.run
+        result = complete(task.prompt, task.suffix, opts=opts, engine=engine, require_fim=True,
+                          stop=STOP_WORDS if eo.stop_words else (),
+                          logits_processor=processor_for(task) if processor_for else None)
+        return result.text, {"completion_tokens": result.completion_tokens, "stop_reason": result.stop_reason}, \
+            time.perf_counter() - t0
+
+    results: dict[tuple[str, int], Record] = dict(done)
+    with _results_writer(eo, [(t.task_id, s) for t, s in pending]) as write, \
             progress_bar(f"HumanEval {eo.benchmark}", total=len(pending)) as advance:
-        running: set[Future[dict[str, Any]]] = set()
+        for record in _run(pending, generate, eo):
+            results[(record["task_id"], record["sample"])] = record
+            write(record)
+            advance(1)
+    return _summary(eo, chosen, results, model, len(done), time.perf_counter() - start)
 
-        def collect(block: bool) -> None:
-            finished, _ = wait(running, return_when=FIRST_COMPLETED, timeout=None if block else 0)
+
+Generated = tuple[str, Record, float]  # text, info, seconds
+
+
+def _run(pending: list[tuple[Task, int]], generate: Callable[[Task, int], Generated],
+         eo: EvalOptions) -> Iterator[Record]:
+    """Generate (gen_jobs at a time) and score (jobs at a time); yield records as they finish."""
+    gen_width, score_width = max(1, eo.gen_jobs), max(1, eo.jobs)
+    with ThreadPoolExecutor(score_width) as scorers, ThreadPoolExecutor(gen_width) as generators:
+        generating: dict[Future[Generated], tuple[Task, int]] = {}
+        scoring: set[Future[Record]] = set()
+        queue = iter(pending)
+        while True:
+            # Keep gen_width completions in flight, and generation at most one round ahead of scoring.
+            while len(generating) < gen_width and len(scoring) < 2 * score_width:
+                item = next(queue, None)
+                if item is None:
+                    break
+                generating[_start(generators, generate, item, inline=gen_width == 1)] = item
+            if not generating and not scoring:
+                return
+            in_flight: list[Future[Any]] = [*generating, *scoring]
+            finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
             for fut in finished:
-                running.discard(fut)
-                record = fut.result()
-                results[record["task_id"]] = record
-                write(record)
-                advance(1)
+                if fut in generating:
+                    task, sample = generating.pop(fut)
+                    text, info, seconds = fut.result()
+                    scoring.add(scorers.submit(_score, task, sample, text, info, seconds, eo))
+                else:
+                    scoring.discard(fut)
+                    yield fut.result()
 
-        for task in pending:
-            if eo.self_check:
-                text, info, gen_s = task.canonical, {"completion_tokens": 0, "stop_reason": "canonical"}, 0.0
-            else:
-                t0 = time.perf_counter()
-                result = complete(task.prefix, task.suffix, opts=eo.run, engine=engine, require_fim=True, stop=stops,
-                                  logits_processor=processor_for(task) if processor_for else None)
-                text, gen_s = result.text, time.perf_counter() - t0
-                info = {"completion_tokens": result.completion_tokens, "stop_reason": result.stop_reason}
-            running.add(pool.submit(_score, task, text, info, gen_s, eo.limits))
-            while len(running) >= max(1, eo.jobs):
-                collect(block=True)
-            collect(block=False)
-        while running:
-            collect(block=True)
-    scored = [results[t.task_id] for t in tasks]
-    n = len(scored) or 1
-    passed = sum(r["passed"] for r in scored)
+
+def _start(pool: ThreadPoolExecutor, generate: Callable[[Task, int], Generated], item: tuple[Task, int], *,
+           inline: bool) -> Future[Generated]:
+    """Inline for the local engine: it generates in this (the main) thread, where Ctrl-C lands."""
+    if not inline:
+        return pool.submit(generate, *item)
+    done: Future[Generated] = Future()
+    done.set_result(generate(*item))
+    return done
+
+
+def _score(task: Task, sample: int, text: str, info: Record, gen_s: float, eo: EvalOptions) -> Record:
+    outcome = run_program(task.program(text, repair_newline=eo.repair_newline), eo.limits)
+    return {"task_id": task.task_id, "completion": text, "sample": sample, "passed": outcome.passed,
+            "result": outcome.result, **info, "gen_seconds": round(gen_s, 4),
+            "score_seconds": round(outcome.seconds, 4)}
+
+
+def _summary(eo: EvalOptions, tasks: list[Task], results: dict[tuple[str, int], Record], model: str, resumed: int,
+             wall: float) -> Summary:
+    records = [results[(t.task_id, s)] for t in tasks for s in range(eo.n_samples)]
+    correct = [sum(results[(t.task_id, s)]["passed"] for s in range(eo.n_samples)) for t in tasks]
+    n = eo.n_samples
+    per_k = {f"pass@{k}": sum(pass_at_k(n, c, k) for c in correct) / max(1, len(tasks)) for k in PASS_AT if k <= n}
+    count = max(1, len(records))
+    scoring = "official (prompt + completion + suffix, as is)"
+    if eo.repair_newline:
+        scoring = "official + cg's newline repair (--repair-newline)"
+    if eo.stop_words:
+        scoring += "; stop words " + " ".join(repr(w) for w in STOP_WORDS)
     return Summary(
-        benchmark=eo.benchmark, model=model, tasks=len(scored), passed=passed,
-        resumed=len(done), pass_at_1=passed / n,
-        gen_seconds=sum(r["gen_seconds"] for r in scored) / n,
-        score_seconds=sum(r["score_seconds"] for r in scored) / n,
-        wall_seconds=time.perf_counter() - start)
+        benchmark=eo.benchmark, model=model, tasks=len(tasks), samples=n, passed=sum(r["passed"] for r in records),
+        resumed=resumed, pass_at_1=per_k["pass@1"], pass_at_k=per_k, scoring=scoring,
+        gen_seconds=sum(r["gen_seconds"] for r in records) / count,
+        score_seconds=sum(r["score_seconds"] for r in records) / count, wall_seconds=wall)
 
 
-def _score(task: Task, text: str, info: dict[str, Any], gen_s: float, limits: Limits) -> dict[str, Any]:
-    outcome = run_program(task.program(text), limits)
-    return {"task_id": task.task_id, "completion": text, "passed": outcome.passed, "result": outcome.result,
-            **info, "gen_seconds": round(gen_s, 4), "score_seconds": round(outcome.seconds, 4)}
-
-
-def _previous(eo: EvalOptions, wanted: set[str]) -> dict[str, dict[str, Any]]:
+def _previous(eo: EvalOptions, wanted: set[tuple[str, int]]) -> dict[tuple[str, int], Record]:
     """Results already in --out (with --resume); refuses to overwrite one without --resume/--force."""
     if eo.out is None or str(eo.out) == "-" or not eo.out.exists():
         return {}
@@ -149,35 +224,40 @@ def _previous(eo: EvalOptions, wanted: set[str]) -> dict[str, dict[str, Any]]:
             record = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if record.get("task_id") in wanted:
-            done[record["task_id"]] = record
+        key = (record.get("task_id"), record.get("sample", 0))
+        if key in wanted:
+            done[key] = record
     return done
 
 
-class _results_writer:
-    """Appends one JSON line per result, flushed at once (so --resume loses nothing)."""
+@contextmanager
+def _results_writer(eo: EvalOptions, order: list[tuple[str, int]]) -> Iterator[Callable[[Record], None]]:
+    """Appends one JSON line per result in `order`, each flushed as soon as all before it are
+    written (so --resume loses nothing and a parallel run writes a serial run's file)."""
+    if eo.out is None:
+        yield lambda _record: None
+        return
+    if str(eo.out) == "-":
+        file = sys.stdout
+    else:
+        eo.out.parent.mkdir(parents=True, exist_ok=True)
+        file = open(eo.out, "a" if eo.resume else "w", encoding="utf-8")  # noqa: SIM115 - closed below
+    waiting: dict[tuple[str, int], Record] = {}
+    position = 0
 
-    def __init__(self, eo: EvalOptions):
-        self.eo = eo
-        self.file: TextIO | None = None
+    def write(record: Record) -> None:
+        nonlocal position
+        waiting[(record["task_id"], record["sample"])] = record
+        while position < len(order) and order[position] in waiting:
+            file.write(json.dumps(waiting.pop(order[position]), ensure_ascii=False) + "\n")
+            file.flush()
+            position += 1
 
-    def __enter__(self) -> Callable[[dict[str, Any]], None]:
-        if self.eo.out is not None:
-            if str(self.eo.out) == "-":
-                self.file = sys.stdout
-            else:
-                self.eo.out.parent.mkdir(parents=True, exist_ok=True)
-                self.file = open(self.eo.out, "a" if self.eo.resume else "w", encoding="utf-8")
-        return self.write
-
-    def write(self, record: dict[str, Any]) -> None:
-        if self.file is not None:
-            self.file.write(json.dumps(record, ensure_ascii=False) + "\n")
-            self.file.flush()
-
-    def __exit__(self, *exc: object) -> None:
-        if self.file is not None and self.file is not sys.stdout:
-            self.file.close()
+    try:
+        yield write
+    finally:
+        if file is not sys.stdout:
+            file.close()
 
 
 def default_jobs() -> int:

