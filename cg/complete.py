@@ -7,6 +7,7 @@ cli, infill, eval and examples all call these. Flow:
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -15,7 +16,7 @@ from typing import Any
 
 from quantize.tokens import SENTINELS
 
-from . import fim, store
+from . import blocks, fim, store
 from .engine import Engine, LogitsProcessor, Sampling, Timings, load, logit_bias_processor
 from .errors import InputError, NoFimError, PromptTooLongError
 from .postprocess import CutRules, TextCutter, strip_fence
@@ -79,6 +80,9 @@ class RunOptions:
     quiet: bool = False
     # Share evaluated prompts across processes (cg/prompt_cache.py); the CLI turns it on.
     prompt_cache: bool = False
+    gpu_layers: int | None = None  # None: every layer when llama.cpp has a GPU backend, else none
+    max_prompt_tokens: int | None = None  # None: engine.default_window (2048 on CPU, else the context)
+    progress: bool = False  # show prompt evaluation on stderr (the CLI, on a terminal)
 
     def sampling(self) -> Sampling:
         return Sampling(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
@@ -95,15 +99,15 @@ _engines: dict[tuple[Any, ...], Engine] = {}
 def get_engine(opts: RunOptions) -> Engine:
     """Load once per process: repeated calls reuse the model and its KV cache."""
     resolved = store.resolve(opts.model)
-    key = (str(resolved.path.resolve()), opts.n_ctx, opts.threads, opts.verbose)
+    key = (str(resolved.path.resolve()), opts.n_ctx, opts.threads, opts.verbose, opts.gpu_layers)
     if key not in _engines:
         if resolved.bundled and not opts.quiet:
             store.notice_once("bundled", "Note: using the bundled Gemma 3 270M (a general model without FIM). "
                               "For real code completion run: cg download codegemma-2b")
         recorded = resolved.record.special_ids if resolved.record else None
         _engines.clear()  # one model at a time: models are large
-        _engines[key] = load(resolved.path, n_ctx=opts.n_ctx, n_threads=opts.threads,
-                             seed=opts.seed, verbose=opts.verbose, recorded_ids=recorded)
+        _engines[key] = load(resolved.path, n_ctx=opts.n_ctx, n_threads=opts.threads, seed=opts.seed,
+                             verbose=opts.verbose, recorded_ids=recorded, gpu_layers=opts.gpu_layers)
     engine = _engines[key]
     engine.llm.set_seed(opts.seed)
     from . import prompt_cache
@@ -130,15 +134,8 @@ def build_fim_prompt(engine: Engine, prefix: str, suffix: str, opts: RunOptions,
                      spm: bool = False) -> list[int]:
     sp = engine.special
     header = engine.tokenize_text(path + "\n") if path else []
-    overhead = 4 + len(header)  # BOS and three sentinels
-    budget = engine.n_ctx - opts.max_tokens - overhead
-    if budget <= 0:
-        raise PromptTooLongError(
-            f"--max-tokens {opts.max_tokens} leaves no room for the prompt in a {engine.n_ctx}-token context")
+    budget, limit = prompt_budget(engine, opts, 4 + len(header))  # BOS and three sentinels
     trimmed = fim.trim_to_budget(engine.tokenize_text(prefix), engine.tokenize_text(suffix), budget)
-    if trimmed.dropped_prefix or trimmed.dropped_suffix:
-        warn(opts, f"input exceeds the context: dropped {trimmed.dropped_prefix} prefix tokens from the top "
-                   f"and {trimmed.dropped_suffix} suffix tokens from the bottom")
     chunks = []
     if context and sp.fim_sep is None:
         warn(opts, "the model has no <|file_separator|> token: --context files are ignored")
@@ -146,23 +143,47 @@ def build_fim_prompt(engine: Engine, prefix: str, suffix: str, opts: RunOptions,
         chunks = [fim.context_chunk(engine.tokenize_text(f"{p}\n{c}"), sp.fim_sep) for p, c in context]
     room = budget - len(trimmed.prefix) - len(trimmed.suffix)
     kept, dropped = fim.pack_context(chunks, room)
-    if dropped:
-        warn(opts, f"{dropped} context file(s) did not fit in the context and were left out")
+    _left_out(opts, limit, trimmed.dropped_prefix, trimmed.dropped_suffix, dropped)
     pre, suf, mid = sp.fim_triple()
     ids = fim.FimIds(_bos(engine), pre, suf, mid, sp.fim_sep)
     return fim.layout(ids, trimmed.prefix, trimmed.suffix, header=header, context=kept, spm=spm)
 
 
 def build_prefix_prompt(engine: Engine, prefix: str, opts: RunOptions) -> list[int]:
-    budget = engine.n_ctx - opts.max_tokens - 1
-    if budget <= 0:
-        raise PromptTooLongError(
-            f"--max-tokens {opts.max_tokens} leaves no room for the prompt in a {engine.n_ctx}-token context")
+    budget, limit = prompt_budget(engine, opts, 1)
     ids = engine.tokenize_text(prefix)
     if len(ids) > budget:
-        warn(opts, f"input exceeds the context: dropped {len(ids) - budget} prefix tokens from the top")
+        _left_out(opts, limit, len(ids) - budget, 0, 0)
         ids = ids[len(ids) - budget:]
     return [_bos(engine), *ids]
+
+
+def prompt_budget(engine: Engine, opts: RunOptions, overhead: int) -> tuple[int, str]:
+    """Tokens the prompt's text may take, and what limits them: "the prompt window" (--max-prompt-tokens,
+    2048 on the CPU) or "the context" (--ctx less --max-tokens)."""
+    room = engine.n_ctx - opts.max_tokens
+    if room - overhead <= 0:
+        raise PromptTooLongError(
+            f"--max-tokens {opts.max_tokens} leaves no room for the prompt in a {engine.n_ctx}-token context")
+    window = opts.max_prompt_tokens or engine.default_window
+    if window < room:
+        return max(0, window - overhead), f"the {window}-token prompt window"
+    return room - overhead, f"the {engine.n_ctx}-token context"
+
+
+_noted: set[str] = set()
+
+
+def _left_out(opts: RunOptions, limit: str, before: int, after: int, files: int) -> None:
+    """Say once per process (not with -q) what did not fit, and how to make room."""
+    if not (before or after or files) or opts.quiet or "left_out" in _noted:
+        return
+    _noted.add("left_out")
+    parts = [f"{before} tokens before the cursor" if before else "", f"{after} after it" if after else "",
+             f"{files} context file(s)" if files else ""]
+    widen = ("widen it with --max-prompt-tokens N (or CG_MAX_PROMPT_TOKENS)" if "window" in limit
+             else "raise --ctx or lower --max-tokens")
+    print(f"Note: {limit} left out " + ", ".join(p for p in parts if p) + f"; {widen}.", file=sys.stderr)
 
 
 def build_chat_prompt(engine: Engine, message: str, opts: RunOptions, start_turn: int, end_turn: int) -> list[int]:
@@ -182,25 +203,34 @@ def run_stream(engine: Engine, prompt: list[int], rules: CutRules, opts: RunOpti
                *, fim_used: bool = True,
                logits_processor: LogitsProcessor | None = None) -> Iterator[Event]:
     """Decode, cut and yield final text; the last event carries the Completion."""
+    from .progress import PromptIndicator
+
     timings = Timings(load_ms=engine.load_ms)
     cutter = TextCutter(rules)
     if opts.logit_bias:
         engine.check_token_ids(list(opts.logit_bias), "--logit-bias")
     processor = logits_processor or (logit_bias_processor(opts.logit_bias) if opts.logit_bias else None)
     reason, count, start = "max_tokens", 0, time.perf_counter()
-    for step in engine.stream(prompt, max_tokens=opts.max_tokens, sampling=opts.sampling(),
-                              logits_processor=processor, timings=timings):
-        if step.stop:
-            reason = "stop_token"
-            break
-        count += 1
-        if opts.max_time is not None and time.perf_counter() - start > opts.max_time:
-            cutter.mark_time_limit()
-        text = cutter.feed(step.text)
-        if text:
-            yield Event(text, step.token)
-        if cutter.done:
-            break
+    indicator = PromptIndicator(opts.progress)
+    steps = engine.stream(prompt, max_tokens=opts.max_tokens, sampling=opts.sampling(),
+                          logits_processor=processor, timings=timings, on_prompt=indicator.update)
+    try:
+        for step in steps:
+            indicator.close()  # the prompt is read: the indicator is gone before any text prints
+            if step.stop:
+                reason = "stop_token"
+                break
+            count += 1
+            if opts.max_time is not None and time.perf_counter() - start > opts.max_time:
+                cutter.mark_time_limit()
+            text = cutter.feed(step.text)
+            if text:
+                yield Event(text, step.token)
+            if cutter.done:
+                break
+    finally:
+        indicator.close()
+        steps.close()  # now, not at garbage collection: it trims the KV cache to the prompt
     tail = cutter.finish()
     result = Completion("", cutter.reason or reason, len(prompt), count, timings,
                         str(engine.path), fim_used, list(prompt))
@@ -220,7 +250,7 @@ def _join(events: Iterator[Event]) -> Completion:
 def stream_complete(prefix: str, suffix: str = "", *, opts: RunOptions = RunOptions(),
                     path: str | None = None, context: Sequence[tuple[str, str]] = (),
                     spm: bool = False, max_lines: int | None = None, single_line: bool = False,
-                    require_fim: bool = False, stop: Sequence[str] = (),
+                    require_fim: bool = False, stop: Sequence[str] = (), block_stop: bool = True,
                     engine: Engine | None = None, logits_processor: LogitsProcessor | None = None) -> Iterator[Event]:
     """Fill in the middle between prefix and suffix, streaming final text as it is known.
 
@@ -233,6 +263,8 @@ def stream_complete(prefix: str, suffix: str = "", *, opts: RunOptions = RunOpti
         max_lines, single_line: cut the completion after N lines / its first line.
         require_fim: fail on a model without FIM tokens instead of continuing the prefix.
         stop: extra texts that end the completion.
+        block_stop: end where the code block the cursor is in ends (indentation, brackets; the
+            language from path's extension).
         engine: a loaded engine (default: the one opts names, loaded once per process).
         logits_processor: called on every step's logits (tests, constrained decoding).
     """
@@ -248,31 +280,42 @@ def stream_complete(prefix: str, suffix: str = "", *, opts: RunOptions = RunOpti
     else:
         warn(opts, f"{engine.path.name} has no FIM tokens: continuing the prefix only")
         prompt = build_prefix_prompt(engine, prefix, opts)
+    line_prefix = prefix.rsplit("\n", 1)[-1]
+    block = None
+    if block_stop:
+        language = blocks.language_of(path)
+        block = blocks.BlockRules(language, blocks.state_at_cursor(prefix, language), line_prefix, suffix,
+                                  indentation=True)
     rules = CutRules(suffix=suffix, max_lines=max_lines, single_line=single_line, stop_texts=_stop_texts(stop),
-                     line_prefix=prefix.rsplit("\n", 1)[-1])
+                     line_prefix=line_prefix, block=block)
     yield from run_stream(engine, prompt, rules, opts, fim_used=use_fim, logits_processor=logits_processor)
 
 
 def complete(prefix: str, suffix: str = "", *, opts: RunOptions = RunOptions(),
              path: str | None = None, context: Sequence[tuple[str, str]] = (),
              spm: bool = False, max_lines: int | None = None, single_line: bool = False,
-             require_fim: bool = False, stop: Sequence[str] = (),
+             require_fim: bool = False, stop: Sequence[str] = (), block_stop: bool = True,
              engine: Engine | None = None, logits_processor: LogitsProcessor | None = None) -> Completion:
     """Fill in the middle and return the whole Completion (Args: see stream_complete)."""
     return _join(stream_complete(prefix, suffix, opts=opts, path=path, context=context, spm=spm,
                                  max_lines=max_lines, single_line=single_line, require_fim=require_fim, stop=stop,
-                                 engine=engine, logits_processor=logits_processor))
+                                 block_stop=block_stop, engine=engine, logits_processor=logits_processor))
 
 
 def stream_generate(prompt: str, *, opts: RunOptions = RunOptions(), chat: bool | None = None,
-                    stop: Sequence[str] = (), engine: Engine | None = None,
+                    stop: Sequence[str] = (), one_definition: bool | None = None, engine: Engine | None = None,
                     logits_processor: LogitsProcessor | None = None) -> Iterator[Event]:
     """Continue text (base models) or answer it (instruction models), streaming raw text.
+
+    A base model's continuation ends where it starts to repeat an earlier block of two or more
+    lines; and, when the prompt asks for one thing ("Write a function that ..."), after the first
+    complete top-level definition.
 
     Args:
         prompt: the text to continue or the instruction to answer.
         opts: model, context, sampling and limits (RunOptions).
         chat: force the instruction turn format on or off (default: from the model).
+        one_definition: end after the first top-level definition (None: when the prompt asks for one thing).
         stop, engine, logits_processor: as for stream_complete.
     """
     if not prompt.strip():
@@ -284,17 +327,29 @@ def stream_generate(prompt: str, *, opts: RunOptions = RunOptions(), chat: bool 
         ids = build_chat_prompt(engine, prompt, opts, start_turn, end_turn)
     else:
         ids = build_prefix_prompt(engine, prompt, opts)
-    rules = CutRules(stop_texts=_stop_texts(stop))
+    one = asks_for_one_thing(prompt) if one_definition is None else one_definition
+    block = None if use_chat else blocks.BlockRules(repetition=True, one_definition=one)
+    rules = CutRules(stop_texts=_stop_texts(stop), block=block, strip_leading=one and not use_chat)
     yield from run_stream(engine, ids, rules, opts, fim_used=False, logits_processor=logits_processor)
 
 
+_ONE_THING = re.compile(r"\b(?:a|an|one)\s+(?:[\w+#-]+\s+){0,4}?(?:function|class|method|program|script|snippet|"
+                        r"macro|query|component|struct|procedure|routine|regex|lambda)\b", re.IGNORECASE)
+_MANY = re.compile(r"\b(?:functions|classes|methods|programs|scripts|snippets|several|two|three)\b", re.IGNORECASE)
+
+
+def asks_for_one_thing(prompt: str) -> bool:
+    """"Write a Python function that reverses a string": one definition is the whole answer."""
+    return bool(_ONE_THING.search(prompt)) and not _MANY.search(prompt)
+
+
 def generate(prompt: str, *, raw: bool = False, opts: RunOptions = RunOptions(), chat: bool | None = None,
-             stop: Sequence[str] = (), engine: Engine | None = None,
+             stop: Sequence[str] = (), one_definition: bool | None = None, engine: Engine | None = None,
              logits_processor: LogitsProcessor | None = None) -> Completion:
     """Generate (Args: see stream_generate); unless raw, an answer that is one fenced code block
     becomes its body."""
-    result = _join(stream_generate(prompt, opts=opts, chat=chat, stop=stop, engine=engine,
-                                   logits_processor=logits_processor))
+    result = _join(stream_generate(prompt, opts=opts, chat=chat, stop=stop, one_definition=one_definition,
+                                   engine=engine, logits_processor=logits_processor))
     if not raw:
         result.text = strip_fence(result.text)
     return result

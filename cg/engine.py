@@ -11,7 +11,7 @@ import ctypes
 import os
 import re
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -34,9 +34,14 @@ _GGUF_MAGIC = b"GGUF"
 # gemma-2-9b-it.Q4.gguf), not inside another one (model-iter, item).
 _INSTRUCT_NAME = re.compile(r"(?:^|[-_.])it(?:$|[-_.])", re.IGNORECASE)
 # llama.cpp's physical batch. Prompt reuse resumes only at its multiples (see Engine._aligned);
-# 128 evaluates prompts as fast as the default 512 on CPU (measured on 2B and 270M models) and
-# loses at most 127 tokens of a reusable prefix instead of 511.
+# on the CPU 128 evaluates prompts as fast as the default 512 (measured on 2B and 270M models) and
+# loses at most 127 tokens of a reusable prefix instead of 511. A GPU wants bigger batches.
 UBATCH = 128
+GPU_UBATCH = 512
+# Prompt tokens evaluated by default: on the CPU the prompt is the whole cost (about 28 tokens/s at
+# codegemma-2b's size on 2 cores), and the code nearest the cursor says the most.
+CPU_WINDOW = 2048
+PromptProgress = Callable[[int, int], None]  # (tokens evaluated, prompt tokens)
 
 
 @dataclass(frozen=True)
@@ -110,6 +115,16 @@ class Engine:
     chat_template: str | None = None
     _protected: dict[int, str] = field(default_factory=dict)
     prompt_cache: PromptCache | None = None  # shared across processes, or None
+    gpu_layers: int = 0  # layers running on a GPU (-1: all); 0 on a CPU build, whatever was asked
+
+    @property
+    def offloaded(self) -> bool:
+        return self.gpu_layers != 0
+
+    @property
+    def default_window(self) -> int:
+        """Prompt tokens evaluated when the caller does not say: see CPU_WINDOW."""
+        return self.n_ctx if self.offloaded else min(CPU_WINDOW, self.n_ctx)
 
     @property
     def n_ctx(self) -> int:
@@ -166,7 +181,8 @@ class Engine:
         stop_ids: frozenset[int] | None = None,
         logits_processor: LogitsProcessor | None = None,
         timings: Timings | None = None,
-    ) -> Iterator[TokenEvent]:
+        on_prompt: PromptProgress | None = None,
+    ) -> Generator[TokenEvent, None, None]:
         """Decode up to max_tokens after prompt; the last event is a stop token or the limit.
 
         llama-cpp-python's generate() keeps the KV cache of the previous call and only evaluates
@@ -177,6 +193,7 @@ class Engine:
         timings = timings if timings is not None else Timings()
         start = time.perf_counter()
         timings.cached_tokens = self._reuse(prompt, timings)
+        self._prefill(prompt, timings.cached_tokens, on_prompt)
         first = None
         import llama_cpp
 
@@ -241,13 +258,28 @@ class Engine:
         self.llm.n_tokens = min(self.llm.n_tokens, reused)
         return reused
 
+    def _prefill(self, prompt: Sequence[int], start: int, on_prompt: PromptProgress | None) -> None:
+        """Evaluate the prompt up to its last physical batch, one batch per call, reporting
+        progress. The batches are the ones one call would make (they start at `start`, a
+        multiple of n_ubatch), so the logits are the same bit for bit; generate() then sees
+        this part in the KV cache and evaluates the last batch itself."""
+        step = self._ubatch()
+        end = self._aligned(len(prompt), len(prompt))
+        for at in range(start, end, step):
+            self.llm.eval(list(prompt[at:at + step]))
+            if on_prompt is not None:
+                on_prompt(at + step, len(prompt))
+
+    def _ubatch(self) -> int:
+        return max(1, int(self.llm.context_params.n_ubatch))  # n_ubatch, or n_batch when smaller
+
     def _aligned(self, common: int, prompt_len: int) -> int:
         """Reuse whole batches only. llama.cpp evaluates a prompt in chunks of UBATCH tokens from
         position 0; resuming at a chunk boundary makes the rest evaluate in exactly the chunks a
         fresh run uses, so the logits, and the greedy output, are bit-for-bit those of a run without reuse
         (a split elsewhere changes float rounding enough to flip a close choice). The last prompt
         token is always evaluated, as it is the one whose logits are sampled."""
-        step = max(1, int(self.llm.context_params.n_ubatch))  # UBATCH, or n_batch when smaller
+        step = self._ubatch()
         return (min(common, prompt_len - 1) // step) * step
 
     def _remember(self, prompt_len: int, reused: int) -> None:
@@ -311,7 +343,10 @@ def load(
     seed: int = 0,
     verbose: bool = False,
     recorded_ids: dict[str, int] | None = None,
+    gpu_layers: int | None = None,
 ) -> Engine:
+    """Load a GGUF. gpu_layers: layers to offload (-1 all); None: all where llama.cpp was built
+    with a GPU backend (Metal, CUDA, Vulkan...), else none (llama-cpp-python's own default is 0)."""
     path = Path(path)
     check_gguf_file(path)
     threads = n_threads or os.cpu_count() or 1
@@ -319,13 +354,17 @@ def load(
     with llama_log.capture(verbose) as log:
         import llama_cpp
 
+        layers = gpu_layers if gpu_layers is not None else default_gpu_layers()
+        # A CPU build takes the number and runs every layer on the CPU all the same.
+        offloaded = bool(layers) and bool(llama_cpp.llama_supports_gpu_offload())
         try:
             llm = llama_cpp.Llama(
                 model_path=str(path),
                 n_ctx=n_ctx,
                 n_threads=threads,
                 n_threads_batch=threads,
-                n_ubatch=UBATCH,
+                n_ubatch=GPU_UBATCH if offloaded else UBATCH,
+                n_gpu_layers=layers,
                 seed=seed,
                 verbose=verbose,
             )
@@ -335,8 +374,16 @@ def load(
                                  "The file may be truncated or corrupt; download or convert it again.") from None
     load_ms = (time.perf_counter() - start) * 1000
     special = _special_ids(llm, recorded_ids or {})
-    protected = {i: t for i, t in _sentinel_texts(llm, special).items()}
-    return Engine(llm, path, special, load_ms, llm.metadata.get("tokenizer.chat_template"), protected)
+    protected = dict(_sentinel_texts(llm, special))
+    return Engine(llm, path, special, load_ms, llm.metadata.get("tokenizer.chat_template"), protected,
+                  gpu_layers=layers if offloaded else 0)
+
+
+def default_gpu_layers() -> int:
+    """-1 (every layer) when llama.cpp was built with a GPU backend, else 0."""
+    import llama_cpp
+
+    return -1 if llama_cpp.llama_supports_gpu_offload() else 0
 
 
 def _special_ids(llm: Llama, recorded: dict[str, int]) -> SpecialIds:

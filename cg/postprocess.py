@@ -9,8 +9,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from .blocks import BlockRules, BlockWatcher
+
 _TRAILING_BLANK = re.compile(r"(?:\r?\n[ \t\r]*)+\Z")
-_FENCE = re.compile(r"\A```[\w.+#-]*[ \t]*\r?\n(.*?)\r?\n?```[ \t]*\Z", re.DOTALL)
+_LEADING_BLANK = re.compile(r"(?:[ \t\r]*\n)+")
+# One fenced block; its closing fence may be missing (a stop rule ended the answer before it).
+_FENCE = re.compile(r"\A```[\w.+#-]*[ \t]*\r?\n(.*?)(?:\r?\n?```[ \t]*)?\Z", re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -20,6 +24,8 @@ class CutRules:
     single_line: bool = False
     stop_texts: tuple[str, ...] = ()  # sentinel text arriving as plain text, user stop words
     line_prefix: str = ""  # the cursor's line up to the cursor (for the rest-of-line rule)
+    block: BlockRules | None = None  # where the code block ends (blocks.py)
+    strip_leading: bool = False  # drop blank lines before the first line with text
 
 
 _OPEN, _CLOSE = "([{", ")]}"
@@ -78,6 +84,8 @@ class TextCutter:
         # whole lines must keep its last line break, or prefix + completion + suffix glues two lines.
         self._keep_break = (not rules.line_prefix and bool(rules.suffix)
                             and not rules.suffix.startswith(("\n", "\r")))
+        self.blocks = BlockWatcher(rules.block) if rules.block else None
+        self._block_hold: int | None = None
 
     @property
     def done(self) -> bool:
@@ -94,6 +102,10 @@ class TextCutter:
         if self.done:
             return ""
         self.text += piece
+        if self.rules.strip_leading and self.emitted == 0:
+            blank = _LEADING_BLANK.match(self.text)
+            if blank and self.text[blank.end():].strip():
+                self.emitted = blank.end()  # never shown: counted as passed over
         self._apply(*self._scan())
         if self.reason is not None:  # a rule ended the text just now
             return ""
@@ -111,6 +123,11 @@ class TextCutter:
             elif self.rest and repeats_rest_of_line(self.rules.line_prefix + self.text[:start], last, self.rest):
                 # The last line is the one the rest of the cursor's line follows.
                 self._apply(start + len(last.rstrip()) - len(self.rest), "suffix_overlap")
+        if not self.done and self.blocks is not None:
+            # No more text: the last line is complete, so one the watcher held is decided now.
+            verdict = self.blocks.check(self.text + "\n")
+            if verdict.cut is not None and verdict.cut <= len(self.text):
+                self._apply(verdict.cut, verdict.reason)
         ended_line = self._ended_line if self.done else _TRAILING_BLANK.search(self.text) is not None
         final = drop_trailing_blank_lines(self.text)
         if self._keep_break and ended_line and final:
@@ -156,6 +173,11 @@ class TextCutter:
             if self._time_mark is not None and end >= self._time_mark:
                 consider(end, "time_limit")
             start = end + 1
+        if self.blocks is not None:
+            verdict = self.blocks.check(self.text)
+            self._block_hold = verdict.hold
+            if verdict.cut is not None:
+                consider(verdict.cut, verdict.reason)
         return best
 
     def _safe_length(self) -> int:
@@ -167,10 +189,13 @@ class TextCutter:
         if blank:
             hold = blank.start()
         line_start = text.rfind("\n") + 1
+        held_lines = [self._block_hold] if self._block_hold is not None else []
         if self.overlap and self.overlap.startswith(text[line_start:].lstrip()):
+            held_lines.append(line_start)
+        for start in held_lines:
             # Hold the line and the line break(s) before it: a cut there drops them too.
-            before = _TRAILING_BLANK.search(text[:line_start])
-            hold = min(hold, before.start() if before else line_start)
+            before = _TRAILING_BLANK.search(text[:start])
+            hold = min(hold, before.start() if before else start)
         for stop in self.rules.stop_texts:
             for k in range(len(stop) - 1, 0, -1):
                 if text.endswith(stop[:k]):

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 
 @contextmanager
@@ -27,3 +29,40 @@ def progress_bar(description: str, total: float) -> Iterator[Callable[..., None]
                 bar.advance(task, amount)
 
         yield advance
+
+
+class PromptIndicator:
+    """One line on stderr while the prompt is evaluated: tokens done of total, and the rate.
+
+    Shown from the second batch on (a prompt of one batch is quick), on a terminal only; closed,
+    and the line erased, before the completion's first text prints. Decoding never runs with it.
+    """
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled and sys.stderr.isatty()
+        self._bar: Any = None
+        self._task: Any = None
+        self._start = time.perf_counter()
+        self._first_done = 0
+
+    def update(self, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        if self._bar is None:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+            self._start, self._first_done = time.perf_counter(), done
+            self._bar = Progress(TextColumn("Reading the prompt"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("tokens {task.fields[rate]}"), console=Console(stderr=True),
+                                 transient=True)
+            self._bar.start()
+            self._task = self._bar.add_task("prompt", total=total, rate="")
+        elapsed = time.perf_counter() - self._start
+        rate = f"({(done - self._first_done) / elapsed:.0f}/s)" if elapsed > 0 and done > self._first_done else ""
+        self._bar.update(self._task, completed=done, total=total, rate=rate)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None

@@ -32,6 +32,12 @@ def cg_home(tmp_path_factory) -> Path:
             os.environ[k] = v
 
 
+@pytest.fixture(autouse=True)
+def notes_once_per_test():
+    """cg says some notes once per process; each test is its own run."""
+    complete_mod._noted.clear()
+
+
 @pytest.fixture(scope="session")
 def tiny_ckpt(tmp_path_factory) -> Path:
     return write_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny-codegemma")

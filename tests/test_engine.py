@@ -118,7 +118,8 @@ def test_context_trimming_keeps_text_nearest_the_cursor(tiny_engine, capsys):
     assert pre == t(prefix)[-len(pre):]  # top of the prefix dropped
     assert suf == t(suffix)[:len(suf)]  # bottom of the suffix dropped
     assert len(pre) > len(suf) > 0
-    assert "dropped" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("Note: the 512-token context left out ") and "tokens before the cursor" in err
 
 
 def test_context_files_that_do_not_fit_are_left_out(tiny_engine, capsys):
@@ -127,7 +128,7 @@ def test_context_files_that_do_not_fit_are_left_out(tiny_engine, capsys):
     result = complete("P", "S", opts=opts, engine=tiny_engine, context=[("big.py", big), ("small.py", "y = 2\n")],
                       logits_processor=forcing([1]))
     assert result.prompt_ids.count(70) == 1  # only small.py
-    assert "1 context file(s) did not fit" in capsys.readouterr().err
+    assert "left out 1 context file(s); raise --ctx" in capsys.readouterr().err
 
 
 def test_suffix_overlap_cut_by_real_decoding(tiny_engine, tiny_opts):

@@ -26,6 +26,25 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from ..doctor import version_line
+
+        write_result(version_line() + "\n")
+        raise typer.Exit()
+
+
+VersionOpt = Annotated[bool, typer.Option("--version", is_eager=True, callback=_version,
+                                          help="Print cg's, llama-cpp-python's and llama.cpp's versions.")]
+
+
+@app.callback()
+def _root(version: VersionOpt = False) -> None:
+    """CodeGemma in the terminal: fill-in-the-middle completion, generation and GGUF conversion."""
+
+
 models_app = typer.Typer(help="List, remove and choose installed models.", invoke_without_command=True,
                          add_completion=False, rich_markup_mode=None)
 app.add_typer(models_app, name="models")
@@ -54,6 +73,14 @@ BiasOpt = Annotated[list[str] | None, typer.Option("--logit-bias",
                                                       help="TOKEN_ID=BIAS added to a token's logit (repeatable).")]
 MaxLinesOpt = Annotated[int | None, typer.Option("--max-lines", min=1, help="Cut after this many lines.")]
 SingleLineOpt = Annotated[bool, typer.Option("--single-line", help="Stop at the end of the first line.")]
+GpuLayersOpt = Annotated[int | None, typer.Option(
+    "--gpu-layers", "-ngl", envvar="CG_GPU_LAYERS", min=-1,
+    help="Layers to run on the GPU (-1: all). Default: all when llama.cpp has a GPU backend, else 0.")]
+WindowOpt = Annotated[int | None, typer.Option(
+    "--max-prompt-tokens", envvar="CG_MAX_PROMPT_TOKENS", min=16,
+    help="Most prompt tokens. Default: 2048 when the model runs on the CPU, else the whole context.")]
+BlockStopOpt = Annotated[bool, typer.Option("--block-stop/--no-block-stop",
+                                            help="End where the code block at the cursor ends (default: on).")]
 ContextOpt = Annotated[list[Path] | None, typer.Option("--context", "-c",
                                                           help="Another file to show the model first (repeatable).")]
 
@@ -79,10 +106,13 @@ def write_result(text: str | bytes) -> None:
 
 def run_options(*, model: str | None, ctx: int, threads: int | None, seed: int, temperature: float, top_p: float,
                  top_k: int, max_tokens: int, max_time: float | None, verbose: bool, quiet: bool,
-                 logit_bias: list[str] | None = None) -> RunOptions:
+                 gpu_layers: int | None, max_prompt_tokens: int | None, logit_bias: list[str] | None = None,
+                 as_json: bool = False) -> RunOptions:
     return RunOptions(model=model, n_ctx=ctx, threads=threads, seed=seed, verbose=verbose,
                       temperature=temperature, top_p=top_p, top_k=top_k, max_tokens=max_tokens,
-                      max_time=max_time, quiet=quiet, logit_bias=_parse_bias(logit_bias or []), prompt_cache=True)
+                      max_time=max_time, quiet=quiet, logit_bias=_parse_bias(logit_bias or []), prompt_cache=True,
+                      gpu_layers=gpu_layers, max_prompt_tokens=max_prompt_tokens,
+                      progress=not quiet and not as_json and sys.stderr.isatty())
 
 
 def _parse_bias(items: list[str]) -> dict[int, float] | None:

@@ -13,8 +13,10 @@ from ..engine import Sampling
 from ..errors import UsageError
 from .app import (
     BiasOpt,
+    BlockStopOpt,
     ContextOpt,
     CtxOpt,
+    GpuLayersOpt,
     JsonOpt,
     MaxLinesOpt,
     MaxTimeOpt,
@@ -29,6 +31,7 @@ from .app import (
     TopKOpt,
     TopPOpt,
     VerboseOpt,
+    WindowOpt,
     app,
     emit,
     read_stdin,
@@ -52,12 +55,15 @@ def complete(
     max_lines: MaxLinesOpt = None,
     single_line: SingleLineOpt = False,
     require_fim: Annotated[bool, typer.Option("--require-fim", help="Fail on a model without FIM tokens.")] = False,
+    block_stop: BlockStopOpt = True,
     stop: StopOpt = None,
     logit_bias: BiasOpt = None,
     as_json: JsonOpt = False,
     model: ModelOpt = None,
     ctx: CtxOpt = DEFAULT_CTX,
     threads: ThreadsOpt = None,
+    gpu_layers: GpuLayersOpt = None,
+    max_prompt_tokens: WindowOpt = None,
     seed: SeedOpt = 0,
     temperature: TempOpt = Sampling.temperature,
     top_p: TopPOpt = Sampling.top_p,
@@ -77,9 +83,10 @@ def complete(
     ctx_files = [(str(p), read_text(p, "context file")) for p in context or []]
     opts = run_options(model=model, ctx=ctx, threads=threads, seed=seed, temperature=temperature, top_p=top_p,
                         top_k=top_k, max_tokens=max_tokens, max_time=max_time, verbose=verbose, quiet=quiet,
-                        logit_bias=logit_bias)
+                        gpu_layers=gpu_layers, max_prompt_tokens=max_prompt_tokens, logit_bias=logit_bias,
+                        as_json=as_json)
     events = stream_complete(pre, suf, opts=opts, path=path, context=ctx_files, spm=spm, max_lines=max_lines,
-                             single_line=single_line, require_fim=require_fim, stop=stop or ())
+                             single_line=single_line, require_fim=require_fim, stop=stop or (), block_stop=block_stop)
     emit(events, as_json)
 
 
@@ -111,11 +118,15 @@ def generate(
     model: ModelOpt = None,
     ctx: CtxOpt = DEFAULT_CTX,
     threads: ThreadsOpt = None,
+    gpu_layers: GpuLayersOpt = None,
+    max_prompt_tokens: WindowOpt = None,
     seed: SeedOpt = 0,
     temperature: TempOpt = Sampling.temperature,
     top_p: TopPOpt = Sampling.top_p,
     top_k: TopKOpt = Sampling.top_k,
-    max_tokens: MaxTokensOpt = GENERATE_MAX_TOKENS,
+    max_tokens: Annotated[int | None, typer.Option(
+        "--max-tokens", "-n", min=1, help=f"Most tokens to generate (default {GENERATE_MAX_TOKENS}; given, the answer "
+                                          "no longer ends after one definition).")] = None,
     max_time: MaxTimeOpt = None,
     verbose: VerboseOpt = False,
     quiet: QuietOpt = False,
@@ -126,9 +137,12 @@ def generate(
 
     text = prompt if prompt is not None else read_stdin()
     opts = run_options(model=model, ctx=ctx, threads=threads, seed=seed, temperature=temperature, top_p=top_p,
-                        top_k=top_k, max_tokens=max_tokens, max_time=max_time, verbose=verbose, quiet=quiet,
-                        logit_bias=logit_bias)
-    events = stream_generate(text, opts=opts, chat=chat, stop=stop or ())
+                        top_k=top_k, max_tokens=max_tokens or GENERATE_MAX_TOKENS, max_time=max_time, verbose=verbose,
+                        quiet=quiet,
+                        gpu_layers=gpu_layers, max_prompt_tokens=max_prompt_tokens, logit_bias=logit_bias,
+                        as_json=as_json)
+    events = stream_generate(text, opts=opts, chat=chat, stop=stop or (),
+                             one_definition=None if max_tokens is None else False)
     if not raw:
         events = through(events, FenceStream())
     emit(events, as_json)
@@ -151,10 +165,13 @@ def infill(
         "--context", "-c", help="Context FILE (repeatable), or 'auto' for the local imports.")] = None,
     max_lines: MaxLinesOpt = None,
     single_line: SingleLineOpt = False,
+    block_stop: BlockStopOpt = True,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per target.")] = False,
     model: ModelOpt = None,
     ctx: CtxOpt = DEFAULT_CTX,
     threads: ThreadsOpt = None,
+    gpu_layers: GpuLayersOpt = None,
+    max_prompt_tokens: WindowOpt = None,
     seed: SeedOpt = 0,
     temperature: TempOpt = Sampling.temperature,
     top_p: TopPOpt = Sampling.top_p,
@@ -179,10 +196,11 @@ def infill(
         return
     opts = run_options(model=model, ctx=ctx, threads=threads, seed=seed, temperature=temperature, top_p=top_p,
                         top_k=top_k, max_tokens=max_tokens, max_time=max_time, verbose=verbose, quiet=quiet,
-                        logit_bias=logit_bias)
+                        gpu_layers=gpu_layers, max_prompt_tokens=max_prompt_tokens, logit_bias=logit_bias,
+                        as_json=as_json)
     ctx_arg = "auto" if context == ["auto"] else [Path(c) for c in context or []]
     results = infill_mod.infill(targets, opts=opts, write=write, force=force, marker=marker, encoding=encoding,
-                                context=ctx_arg, max_lines=max_lines, single_line=single_line)
+                                context=ctx_arg, max_lines=max_lines, single_line=single_line, block_stop=block_stop)
     filled = [f for r in results for f in r.filled]
     if as_json:
         for f in filled:

@@ -194,3 +194,14 @@ def models_default(name: str) -> None:
     print(f"Default model: {name}", file=sys.stderr)
 
 
+
+
+@app.command()
+def doctor() -> None:
+    """Check cg's set-up: backend and GPU offload, CPU features, home, cache, models, settings, hub token."""
+    from ..doctor import diagnose
+
+    report = diagnose()
+    write_result(report.text())
+    if report.problems:
+        raise typer.Exit(1)
