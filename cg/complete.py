@@ -17,8 +17,9 @@ from typing import Any
 from quantize.tokens import SENTINELS
 
 from . import blocks, fim, store
-from .engine import Engine, LogitsProcessor, Sampling, Timings, load, logit_bias_processor
+from .engine import Engine, LogitsProcessor, Sampling, Timings, check_token_ids
 from .errors import InputError, NoFimError, PromptTooLongError
+from .local import LocalEngine, load
 from .postprocess import CutRules, TextCutter, strip_fence
 
 # Defaults, declared once: the CLI's options and RunOptions use these.
@@ -38,6 +39,7 @@ class Completion:
     model: str
     fim: bool = True
     prompt_ids: list[int] = field(default_factory=list, repr=False)
+    server: str | None = None  # the server's URL when one ran the model
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -48,6 +50,7 @@ class Completion:
             "timings": {k: round(v, 3) for k, v in asdict(self.timings).items()},
             "model": self.model,
             "fim": self.fim,
+            "server": self.server,
         }
 
 
@@ -81,11 +84,14 @@ class RunOptions:
     # Share evaluated prompts across processes (cg/prompt_cache.py); the CLI turns it on.
     prompt_cache: bool = False
     gpu_layers: int | None = None  # None: every layer when llama.cpp has a GPU backend, else none
+    server: str | None = None  # run on this llama-server or OpenAI-compatible server instead
+    server_api: str | None = None  # "llama" or "openai"; None: found from the URL
+    api_key: str | None = None
     max_prompt_tokens: int | None = None  # None: engine.default_window (2048 on CPU, else the context)
     progress: bool = False  # show prompt evaluation on stderr (the CLI, on a terminal)
 
     def sampling(self) -> Sampling:
-        return Sampling(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
+        return Sampling(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, seed=self.seed)
 
 
 def warn(opts: RunOptions, message: str) -> None:
@@ -97,7 +103,20 @@ _engines: dict[tuple[Any, ...], Engine] = {}
 
 
 def get_engine(opts: RunOptions) -> Engine:
-    """Load once per process: repeated calls reuse the model and its KV cache."""
+    """The engine opts ask for: a server (opts.server), else the local model, loaded once per
+    process (repeated calls reuse the model and its KV cache)."""
+    if opts.server:
+        key: tuple[Any, ...] = ("server", opts.server, opts.server_api, opts.api_key, opts.model)
+        if key not in _engines:
+            from .server import connect
+
+            _engines[key] = connect(opts.server, api=opts.server_api, api_key=opts.api_key, model=opts.model,
+                                    n_ctx=opts.n_ctx)
+        return _engines[key]
+    return _local_engine(opts)
+
+
+def _local_engine(opts: RunOptions) -> LocalEngine:
     resolved = store.resolve(opts.model)
     key = (str(resolved.path.resolve()), opts.n_ctx, opts.threads, opts.verbose, opts.gpu_layers)
     if key not in _engines:
@@ -105,11 +124,12 @@ def get_engine(opts: RunOptions) -> Engine:
             store.notice_once("bundled", "Note: using the bundled Gemma 3 270M (a general model without FIM). "
                               "For real code completion run: cg download codegemma-2b")
         recorded = resolved.record.special_ids if resolved.record else None
-        _engines.clear()  # one model at a time: models are large
+        for old in [k for k, e in _engines.items() if isinstance(e, LocalEngine)]:
+            del _engines[old]  # one local model at a time: models are large
         _engines[key] = load(resolved.path, n_ctx=opts.n_ctx, n_threads=opts.threads, seed=opts.seed,
                              verbose=opts.verbose, recorded_ids=recorded, gpu_layers=opts.gpu_layers)
     engine = _engines[key]
-    engine.llm.set_seed(opts.seed)
+    assert isinstance(engine, LocalEngine)
     from . import prompt_cache
 
     if opts.prompt_cache and prompt_cache.enabled():
@@ -196,7 +216,7 @@ def build_chat_prompt(engine: Engine, message: str, opts: RunOptions, start_turn
 
 
 def _bos(engine: Engine) -> int:
-    return engine.special.bos if engine.special.bos is not None else engine.llm.token_bos()
+    return engine.bos
 
 
 def run_stream(engine: Engine, prompt: list[int], rules: CutRules, opts: RunOptions,
@@ -208,12 +228,11 @@ def run_stream(engine: Engine, prompt: list[int], rules: CutRules, opts: RunOpti
     timings = Timings(load_ms=engine.load_ms)
     cutter = TextCutter(rules)
     if opts.logit_bias:
-        engine.check_token_ids(list(opts.logit_bias), "--logit-bias")
-    processor = logits_processor or (logit_bias_processor(opts.logit_bias) if opts.logit_bias else None)
+        check_token_ids(list(opts.logit_bias), engine.n_vocab, "--logit-bias")
     reason, count, start = "max_tokens", 0, time.perf_counter()
     indicator = PromptIndicator(opts.progress)
-    steps = engine.stream(prompt, max_tokens=opts.max_tokens, sampling=opts.sampling(),
-                          logits_processor=processor, timings=timings, on_prompt=indicator.update)
+    steps = engine.stream(prompt, max_tokens=opts.max_tokens, sampling=opts.sampling(), logit_bias=opts.logit_bias,
+                          logits_processor=logits_processor, timings=timings, on_prompt=indicator.update)
     try:
         for step in steps:
             indicator.close()  # the prompt is read: the indicator is gone before any text prints
@@ -233,7 +252,7 @@ def run_stream(engine: Engine, prompt: list[int], rules: CutRules, opts: RunOpti
         steps.close()  # now, not at garbage collection: it trims the KV cache to the prompt
     tail = cutter.finish()
     result = Completion("", cutter.reason or reason, len(prompt), count, timings,
-                        str(engine.path), fim_used, list(prompt))
+                        engine.name, fim_used, list(prompt), engine.server)
     yield Event(tail, None, result.stop_reason, result)
 
 
@@ -276,9 +295,9 @@ def stream_complete(prefix: str, suffix: str = "", *, opts: RunOptions = RunOpti
     if use_fim:
         prompt = build_fim_prompt(engine, prefix, suffix, opts, path=path, context=context, spm=spm)
     elif require_fim:
-        raise NoFimError(f"{engine.path.name} has no fill-in-the-middle tokens")
+        raise NoFimError(f"{engine.label} has no fill-in-the-middle tokens")
     else:
-        warn(opts, f"{engine.path.name} has no FIM tokens: continuing the prefix only")
+        warn(opts, f"{engine.label} has no FIM tokens: continuing the prefix only")
         prompt = build_prefix_prompt(engine, prefix, opts)
     line_prefix = prefix.rsplit("\n", 1)[-1]
     block = None

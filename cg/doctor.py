@@ -14,7 +14,7 @@ from pathlib import Path
 from . import store
 
 ENV_SETTINGS = ("CG_HOME", "CG_MODEL", "CG_GPU_LAYERS", "CG_MAX_PROMPT_TOKENS", "CG_PROMPT_CACHE",
-                "CG_PROMPT_CACHE_MB", "CG_SERVER", "CG_API_KEY", "CG_LLAMA_SERVER", "CG_DEBUG")
+                "CG_PROMPT_CACHE_MB", "CG_SERVER", "CG_SERVER_TIMEOUT", "CG_API_KEY", "CG_LLAMA_SERVER", "CG_DEBUG")
 _SECRET = ("CG_API_KEY",)
 
 

@@ -17,9 +17,10 @@ from quantize.errors import ConversionError, DiskSpaceError, OutputExistsError, 
 
 __all__ = [
     "AuthError", "CgError", "ConversionError", "DiskSpaceError", "HomeError", "HubNotFoundError", "InputError",
-    "ModelFileError", "ModelNotFoundError", "NetworkError", "NoFimError", "OutputExistsError", "PromptTooLongError",
-    "QuantizeError", "QuantizerFailed", "ReadOnlyFileError", "StaleFileError", "UsageError", "WriteError",
-    "exit_code",
+    "ModelFileError", "ModelNotFoundError", "ModelNotServedError", "NetworkError", "NoFimError", "OutputExistsError",
+    "PromptTooLongError", "QuantizeError", "QuantizerFailed", "ReadOnlyFileError", "ServerError",
+    "ServerUnreachableError", "StaleFileError", "ToolMissingError", "UnsupportedServerError", "UsageError",
+    "WriteError", "exit_code",
 ]
 # quantize's errors -> exit codes: bad input 2, the rest 1.
 _QUANTIZE_EXIT = {ConversionError: 2, OutputExistsError: 2, DiskSpaceError: 1, QuantizerFailed: 1}
@@ -104,6 +105,34 @@ class WriteError(CgError):
     """Writing files failed part-way; the message names what was and was not replaced."""
 
     exit_code = 1
+
+
+class ServerError(CgError):
+    """The server failed or dropped the stream: not the input's fault."""
+
+    exit_code = 1
+    default_hint = "Check the server's log; run the command again once it is healthy."
+
+
+class ServerUnreachableError(CgError):
+    exit_code = 5
+    default_hint = "Check that the server runs (cg serve starts one) and the URL and port."
+
+
+class UnsupportedServerError(CgError):
+    """A server cg refuses to drive: it would get FIM prompts or stops wrong."""
+
+    exit_code = 2
+
+
+class ModelNotServedError(CgError):
+    exit_code = 4
+
+
+class ToolMissingError(CgError):
+    """A program cg runs (llama-server) is not installed."""
+
+    exit_code = 2
 
 
 def exit_code(exc: CgError | QuantizeError) -> int:

@@ -324,7 +324,7 @@ def _default_cache() -> Path:
 
 def _place(cached: Path, target: Path) -> None:
     """Put a cached GGUF into the store: a hard link (no second copy) where the disk allows, else a copy."""
-    from .engine import check_gguf_file
+    from .local import check_gguf_file
 
     blob = cached.resolve()
     check_gguf_file(blob)

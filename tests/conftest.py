@@ -73,7 +73,10 @@ def close_models_at_exit():
     yield
     import gc
 
+    from cg.local import LocalEngine
+
     for engine in complete_mod._engines.values():
-        engine.llm.close()
+        if isinstance(engine, LocalEngine):
+            engine.llm.close()
     complete_mod._engines.clear()
     gc.collect()

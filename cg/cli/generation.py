@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -12,6 +13,7 @@ from ..complete import DEFAULT_CTX, DEFAULT_MAX_TOKENS, GENERATE_MAX_TOKENS
 from ..engine import Sampling
 from ..errors import UsageError
 from .app import (
+    ApiKeyOpt,
     BiasOpt,
     BlockStopOpt,
     ContextOpt,
@@ -24,6 +26,8 @@ from .app import (
     ModelOpt,
     QuietOpt,
     SeedOpt,
+    ServerApiOpt,
+    ServerOpt,
     SingleLineOpt,
     StopOpt,
     TempOpt,
@@ -64,6 +68,9 @@ def complete(
     threads: ThreadsOpt = None,
     gpu_layers: GpuLayersOpt = None,
     max_prompt_tokens: WindowOpt = None,
+    server: ServerOpt = None,
+    server_api: ServerApiOpt = None,
+    api_key: ApiKeyOpt = None,
     seed: SeedOpt = 0,
     temperature: TempOpt = Sampling.temperature,
     top_p: TopPOpt = Sampling.top_p,
@@ -84,7 +91,7 @@ def complete(
     opts = run_options(model=model, ctx=ctx, threads=threads, seed=seed, temperature=temperature, top_p=top_p,
                         top_k=top_k, max_tokens=max_tokens, max_time=max_time, verbose=verbose, quiet=quiet,
                         gpu_layers=gpu_layers, max_prompt_tokens=max_prompt_tokens, logit_bias=logit_bias,
-                        as_json=as_json)
+                        as_json=as_json, server=server, server_api=server_api, api_key=api_key)
     events = stream_complete(pre, suf, opts=opts, path=path, context=ctx_files, spm=spm, max_lines=max_lines,
                              single_line=single_line, require_fim=require_fim, stop=stop or (), block_stop=block_stop)
     emit(events, as_json)
@@ -120,6 +127,9 @@ def generate(
     threads: ThreadsOpt = None,
     gpu_layers: GpuLayersOpt = None,
     max_prompt_tokens: WindowOpt = None,
+    server: ServerOpt = None,
+    server_api: ServerApiOpt = None,
+    api_key: ApiKeyOpt = None,
     seed: SeedOpt = 0,
     temperature: TempOpt = Sampling.temperature,
     top_p: TopPOpt = Sampling.top_p,
@@ -140,7 +150,7 @@ def generate(
                         top_k=top_k, max_tokens=max_tokens or GENERATE_MAX_TOKENS, max_time=max_time, verbose=verbose,
                         quiet=quiet,
                         gpu_layers=gpu_layers, max_prompt_tokens=max_prompt_tokens, logit_bias=logit_bias,
-                        as_json=as_json)
+                        as_json=as_json, server=server, server_api=server_api, api_key=api_key)
     events = stream_generate(text, opts=opts, chat=chat, stop=stop or (),
                              one_definition=None if max_tokens is None else False)
     if not raw:
@@ -172,6 +182,9 @@ def infill(
     threads: ThreadsOpt = None,
     gpu_layers: GpuLayersOpt = None,
     max_prompt_tokens: WindowOpt = None,
+    server: ServerOpt = None,
+    server_api: ServerApiOpt = None,
+    api_key: ApiKeyOpt = None,
     seed: SeedOpt = 0,
     temperature: TempOpt = Sampling.temperature,
     top_p: TopPOpt = Sampling.top_p,
@@ -197,7 +210,7 @@ def infill(
     opts = run_options(model=model, ctx=ctx, threads=threads, seed=seed, temperature=temperature, top_p=top_p,
                         top_k=top_k, max_tokens=max_tokens, max_time=max_time, verbose=verbose, quiet=quiet,
                         gpu_layers=gpu_layers, max_prompt_tokens=max_prompt_tokens, logit_bias=logit_bias,
-                        as_json=as_json)
+                        as_json=as_json, server=server, server_api=server_api, api_key=api_key)
     ctx_arg = "auto" if context == ["auto"] else [Path(c) for c in context or []]
     results = infill_mod.infill(targets, opts=opts, write=write, force=force, marker=marker, encoding=encoding,
                                 context=ctx_arg, max_lines=max_lines, single_line=single_line, block_stop=block_stop)
@@ -212,3 +225,28 @@ def infill(
         write_result("\n".join(f.completion.text for f in filled))
 
 
+
+
+@app.command()
+def serve(
+    model: Annotated[str | None, typer.Argument(
+        help="Installed model name or GGUF path (default: as complete).")] = None,
+    ctx: CtxOpt = DEFAULT_CTX,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Parallel slots (for cg eval --jobs).")] = 1,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 8080,
+    threads: ThreadsOpt = None,
+    gpu_layers: GpuLayersOpt = None,
+    api_key: ApiKeyOpt = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Start llama.cpp's llama-server for a model, with the flags cg needs; Ctrl-C stops it."""
+    from ..serve import ServeOptions
+    from ..serve import serve as run_server
+
+    def ready(url: str) -> None:
+        write_result(f"{url}\nexport CG_SERVER={url}\n")
+        print(f"llama-server is serving {model or 'the default model'} at {url}; Ctrl-C stops it.", file=sys.stderr)
+
+    run_server(ServeOptions(model=model, ctx=ctx, jobs=jobs, host=host, port=port, threads=threads,
+                            gpu_layers=gpu_layers, api_key=api_key, verbose=verbose), ready)

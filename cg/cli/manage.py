@@ -16,11 +16,14 @@ from ..engine import Sampling
 from ..errors import UsageError
 from ..evaluate.tasks import Benchmark
 from .app import (
+    ApiKeyOpt,
     CtxOpt,
     JsonOpt,
     MaxTokensOpt,
     ModelOpt,
     SeedOpt,
+    ServerApiOpt,
+    ServerOpt,
     TempOpt,
     ThreadsOpt,
     TopKOpt,
@@ -96,7 +99,12 @@ def eval_humaneval_infill(
     model: ModelOpt = None,
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="Run N tasks spread evenly over the set.")] = None,
     jobs: Annotated[int | None, typer.Option(
-        "--jobs", "-j", min=1, help="Programs scored at once (default: cores-1, at most 4).")] = None,
+        "--jobs", "-j", min=1,
+        help="Programs scored at once (default: cores-1, at most 4); with --server, completions in flight too.",
+    )] = None,
+    server: ServerOpt = None,
+    server_api: ServerApiOpt = None,
+    api_key: ApiKeyOpt = None,
     out: Annotated[Path | None, typer.Option("--out", "-o",
                                              help="Per-task results as JSON lines (- for stdout).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted --out file.")] = False,
@@ -140,8 +148,10 @@ def eval_humaneval_infill(
     eo = EvalOptions(benchmark=benchmark, limit=limit, jobs=jobs or default_jobs(), out=out, resume=resume,
                      force=force, self_check=self_check, stop_words=stop_words, repair_newline=repair_newline,
                      n_samples=n_samples, limits=Limits(timeout=timeout, memory_mb=memory),
+                     gen_jobs=(jobs or default_jobs()) if server else 1,
                      run=RunOptions(model=model, n_ctx=ctx, threads=threads, max_tokens=max_tokens, quiet=True,
-                                    temperature=temperature, top_p=top_p, top_k=top_k, seed=seed))
+                                    temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
+                                    server=server or None, server_api=server_api, api_key=api_key))
     summary = evaluate(eo)
     text = json.dumps(summary.to_json()) + "\n" if as_json else summary.table()
     if out is not None and str(out) == "-":

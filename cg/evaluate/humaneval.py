@@ -113,7 +113,7 @@ def evaluate(eo: EvalOptions, *, engine: Engine | None = None,
     model = "canonical solutions (--self-check)"
     if not eo.self_check:
         engine = engine or get_engine(eo.run)
-        model = engine.path.name
+        model = engine.label
 
     def generate(task: Task, sample: int) -> tuple[str, Record, float]:
         if eo.self_check:

@@ -1,0 +1,126 @@
+"""`cg serve`: llama.cpp's llama-server for an installed model (or a GGUF path), with the flags cg
+needs, until Ctrl-C.
+
+The flags: the model, a context per slot (`-c` is shared by the slots, so it is ctx x jobs),
+parallel slots for `cg eval --jobs`, host and port, threads, GPU layers, an API key. Stops on
+the server's side are not needed: cg stops on the stop ids itself and closes the stream.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from . import store
+from .errors import ServerError, ToolMissingError
+
+START_TIMEOUT = 600.0  # a big model from a cold disk takes a while to load
+HOW_TO_GET = ("Install llama.cpp (brew install llama.cpp, or a release archive from "
+              "https://github.com/ggml-org/llama.cpp/releases), or build llama-server from the llama.cpp sources in "
+              "the llama-cpp-python sdist (README: Running on a server); then put it on PATH or set CG_LLAMA_SERVER.")
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    model: str | None = None
+    ctx: int = 4096  # per slot
+    jobs: int = 1  # parallel slots
+    host: str = "127.0.0.1"
+    port: int = 8080
+    threads: int | None = None
+    gpu_layers: int | None = None  # None: all (llama-server runs them on the CPU without a GPU backend)
+    api_key: str | None = None
+    verbose: bool = False
+
+
+def llama_server_binary() -> str:
+    chosen = os.environ.get("CG_LLAMA_SERVER")
+    if chosen:
+        if not (Path(chosen).is_file() and os.access(chosen, os.X_OK)):
+            raise ToolMissingError(f"CG_LLAMA_SERVER={chosen} is not an executable file", HOW_TO_GET)
+        return chosen
+    found = shutil.which("llama-server")
+    if found is None:
+        raise ToolMissingError("llama-server is not installed (not on PATH, CG_LLAMA_SERVER unset)", HOW_TO_GET)
+    return found
+
+
+def command(binary: str, model: Path, opts: ServeOptions) -> list[str]:
+    cmd = [binary, "-m", str(model), "-c", str(opts.ctx * opts.jobs), "-np", str(opts.jobs),
+           "--host", opts.host, "--port", str(opts.port), "-ngl", str(999 if opts.gpu_layers in (None, -1)
+                                                                       else opts.gpu_layers)]
+    if opts.threads:
+        cmd += ["-t", str(opts.threads)]
+    if opts.api_key:
+        cmd += ["--api-key", opts.api_key]
+    return cmd
+
+
+def serve(opts: ServeOptions, on_ready: Callable[[str], None]) -> None:
+    """Start llama-server, call on_ready(url) once it answers, run until it ends or Ctrl-C."""
+    binary = llama_server_binary()
+    model = store.resolve(opts.model).path
+    url = f"http://{opts.host}:{opts.port}"
+    with tempfile.TemporaryFile() as log:
+        out = None if opts.verbose else log
+        proc = subprocess.Popen(command(binary, model, opts), stdout=out, stderr=subprocess.STDOUT if out else None,
+                                start_new_session=True)
+        try:
+            _wait_healthy(proc, url, opts.api_key, log)
+            on_ready(url)
+            proc.wait()
+            raise ServerError(f"llama-server stopped by itself (exit {proc.returncode})" + _tail(log))
+        except KeyboardInterrupt:
+            _stop(proc)
+            print("Stopped llama-server.", file=sys.stderr)
+        finally:
+            if proc.poll() is None:
+                _stop(proc)
+
+
+def _wait_healthy(proc: subprocess.Popen[bytes], url: str, api_key: str | None, log: IO[bytes]) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    request = urllib.request.Request(url + "/health", headers={"Authorization": f"Bearer {api_key}"} if api_key else {})
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise ServerError(f"llama-server exited ({proc.returncode}) while starting" + _tail(log),
+                              "Run with --verbose to see its whole log.")
+        try:
+            with urllib.request.urlopen(request, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.2)
+    raise ServerError(f"llama-server did not answer at {url} within {START_TIMEOUT:.0f} s" + _tail(log))
+
+
+def _tail(log: IO[bytes]) -> str:
+    try:
+        log.seek(0)
+        lines = [line for line in log.read().decode("utf-8", "replace").splitlines() if line.strip()]
+    except (OSError, ValueError):
+        return ""
+    return (": " + lines[-1][:300]) if lines else ""
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    except ProcessLookupError:
+        pass

@@ -1,0 +1,329 @@
+"""cg on real servers: llama.cpp's llama-server (native API and /v1) and vLLM on the CPU, serving the
+tiny CodeGemma-layout model. Same text as the local engine, stops the servers miss, sentinels in
+code kept as text, infill and eval through a server, every error, and `cg serve`.
+
+No mock of either server. The one stand-in is a small HTTP server for what neither real server
+does: refusing token-id prompts, and failing with a 500.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from cg.complete import RunOptions, complete
+
+from .helpers import ID, NO_STOPS, NO_STOPS_BIAS, run_cg, variant_gguf
+from .servers import free_port, llama_server_binary, start_llama_server, start_vllm
+
+CASES = [
+    ("def add(a, b):\n", "\nprint(add(1, 2))\n"),
+    ("import os\n\nclass Stack:\n    def push(self, item):\n",
+     "\n    def pop(self):\n        return self.items.pop()\n"),
+    ("for i in range(10):\n    ", "\nprint('done')\n"),
+]
+
+
+@pytest.fixture(scope="session")
+def llama_server(tiny_gguf, tmp_path_factory):
+    server = start_llama_server(tiny_gguf, tmp_path_factory.mktemp("llama-server") / "log")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def leaky_gguf(tiny_ckpt, tmp_path_factory) -> Path:
+    """The tiny model as llama.cpp's own converter writes CodeGemma: no fim_sep (nor eot) key."""
+    return variant_gguf(tiny_ckpt, tmp_path_factory.mktemp("leaky") / "leaky.gguf", drop=("fim_sep", "eot"))
+
+
+@pytest.fixture(scope="session")
+def leaky_server(leaky_gguf, tmp_path_factory):
+    server = start_llama_server(leaky_gguf, tmp_path_factory.mktemp("leaky-server") / "log")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def vllm_server(tiny_ckpt, tmp_path_factory):
+    server = start_vllm(tiny_ckpt, tmp_path_factory.mktemp("vllm") / "log")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["llama", "llama-v1", "vllm"])
+def served(request):
+    """(URL cg is given, the local GGUF the same model is)."""
+    if request.param == "vllm":
+        return request.getfixturevalue("vllm_server").url
+    server = request.getfixturevalue("llama_server")
+    return server.url + ("/v1" if request.param == "llama-v1" else "")
+
+
+def local(tiny_gguf, **kw) -> RunOptions:
+    return RunOptions(**{"model": str(tiny_gguf), "n_ctx": 1024, "max_tokens": 24, "quiet": True, **kw})
+
+
+def remote(url: str, **kw) -> RunOptions:
+    return RunOptions(**{"server": url, "n_ctx": 1024, "max_tokens": 24, "quiet": True, **kw})
+
+
+@pytest.mark.parametrize("bias", [NO_STOPS_BIAS, None])
+def test_the_same_completion_as_the_local_engine(served, tiny_gguf, bias):
+    for prefix, suffix in CASES:
+        here = complete(prefix, suffix, opts=local(tiny_gguf, logit_bias=bias))
+        there = complete(prefix, suffix, opts=remote(served, logit_bias=bias))
+        assert there.prompt_ids == here.prompt_ids
+        assert (there.text, there.stop_reason, there.completion_tokens) == \
+               (here.text, here.stop_reason, here.completion_tokens)
+        assert there.server == served.removesuffix("/") and here.server is None
+
+
+def _raw_llama(url: str, prompt: list[int], bias: dict[int, float]) -> list[int]:
+    body = {"prompt": prompt, "n_predict": 12, "temperature": 0, "return_tokens": True,
+            "logit_bias": [[t, b] for t, b in bias.items()]}
+    request = urllib.request.Request(url + "/completion", json.dumps(body).encode(),
+                                     {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as resp:
+        return json.loads(resp.read())["tokens"]
+
+
+def _raw_vllm(url: str, model: str, prompt: list[int], bias: dict[int, float]) -> str:
+    body = {"model": model, "prompt": prompt, "max_tokens": 12, "temperature": 0, "skip_special_tokens": False,
+            "logit_bias": {str(t): b for t, b in bias.items()}}
+    request = urllib.request.Request(url + "/completions", json.dumps(body).encode(),
+                                     {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as resp:
+        return json.loads(resp.read())["choices"][0]["text"]
+
+
+def test_the_file_separator_a_bare_server_runs_past_is_a_stop(leaky_server, vllm_server, leaky_gguf, tiny_ckpt):
+    """Pushed towards <|file_separator|> (--logit-bias 70=+4, the other stops banned), the bare servers go
+    on past it; cg stops there."""
+    bias = {**NO_STOPS_BIAS, ID["fim_sep"]: 4.0}
+    opts = RunOptions(model=str(leaky_gguf), n_ctx=1024, max_tokens=24, quiet=True, logit_bias=bias)
+    here = complete(*CASES[0], opts=opts)
+    assert here.stop_reason == "stop_token"
+    tokens = _raw_llama(leaky_server.url, here.prompt_ids, bias)
+    assert ID["fim_sep"] in tokens and tokens.index(ID["fim_sep"]) < len(tokens) - 1  # ran on past it
+    text = _raw_vllm(vllm_server.url, str(tiny_ckpt), here.prompt_ids, bias)
+    assert text.count("<|file_separator|>") > 1  # ran on past the first one
+    for url in (leaky_server.url, leaky_server.url + "/v1", vllm_server.url):
+        there = complete(*CASES[0], opts=remote(url, logit_bias=bias))
+        assert (there.text, there.stop_reason) == (here.text, "stop_token")
+
+
+def test_sentinel_text_in_code_stays_text(served, tiny_gguf):
+    code = "s = '<|fim_middle|><|fim_prefix|><|file_separator|>'\n"
+    there = complete(code, "print(s)\n", opts=remote(served, max_tokens=1))
+    ids = there.prompt_ids
+    assert ids.count(ID["fim_pre"]) == ids.count(ID["fim_suf"]) == ids.count(ID["fim_mid"]) == 1
+    assert ID["fim_sep"] not in ids and ids.count(ID["bos"]) == 1
+
+
+def test_llama_servers_own_tokenizer_would_inject_sentinels(llama_server):
+    """Why cg splits sentinels: /tokenize parses them in user text by default."""
+    body = json.dumps({"content": "def f():\n<|fim_prefix|>"}).encode()
+    request = urllib.request.Request(llama_server.url + "/tokenize", body, {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as resp:
+        assert json.loads(resp.read())["tokens"][-1] == ID["fim_pre"]
+
+
+def test_json_names_the_server(llama_server):
+    proc = run_cg("complete", "--server", llama_server.url, "--json", "-n", "3", *NO_STOPS, "--prefix", "x = ")
+    data = json.loads(proc.stdout)
+    assert proc.returncode == 0 and data["server"] == llama_server.url and data["completion_tokens"] == 3
+
+
+def test_infill_through_a_server_writes_what_the_local_engine_writes(llama_server, tiny_gguf, tmp_path):
+    files = {}
+    for where in ("local", "server"):
+        f = tmp_path / where / "mod.py"
+        f.parent.mkdir()
+        f.write_text("def f(x):\n    y = \n    return y\n")
+        source = ["--server", llama_server.url] if where == "server" else ["-m", str(tiny_gguf), "--ctx", "1024"]
+        proc = run_cg("infill", f"{f}:2", "--write", "-n", "6", *NO_STOPS, *source)
+        assert proc.returncode == 0, proc.stderr
+        files[where] = f.read_text()
+    assert files["server"] == files["local"] != "def f(x):\n    y = \n    return y\n"
+
+
+KEEP = ("task_id", "completion", "sample", "passed", "result", "completion_tokens", "stop_reason")
+
+
+def _rows(path: Path) -> list[dict]:
+    return [{k: json.loads(line)[k] for k in KEEP} for line in path.open()]
+
+
+def test_eval_with_jobs_through_a_server_equals_a_serial_local_run(llama_server, tiny_gguf, tmp_path):
+    from cg.evaluate.humaneval import EvalOptions, evaluate
+
+    # Stops banned: every task gets text, so equal results mean equal completions.
+    serial = evaluate(EvalOptions(limit=8, jobs=1, out=tmp_path / "local.jsonl",
+                                  run=local(tiny_gguf, logit_bias=NO_STOPS_BIAS, max_tokens=12)))
+    parallel = evaluate(EvalOptions(limit=8, jobs=4, gen_jobs=4, out=tmp_path / "server.jsonl",
+                                    run=remote(llama_server.url, logit_bias=NO_STOPS_BIAS, max_tokens=12)))
+    rows = {name: _rows(tmp_path / f"{name}.jsonl") for name in ("local", "server")}
+    assert rows["server"] == rows["local"] and len(rows["local"]) == 8
+    assert all(row["completion"] for row in rows["local"]) and parallel.passed == serial.passed
+    # The command line: --server and --jobs reach the same place.
+    proc = run_cg("eval", "humaneval-infill", "--limit", "8", "-n", "12", "--json", "--server", llama_server.url,
+                  "--jobs", "4", "-o", str(tmp_path / "cli.jsonl"))
+    assert proc.returncode == 0, proc.stderr
+    assert [r["task_id"] for r in _rows(tmp_path / "cli.jsonl")] == [r["task_id"] for r in rows["local"]]
+
+
+# ---------------------------------------------------------------- errors
+
+
+def test_unreachable_and_silent_servers_exit_5(tmp_path):
+    proc = run_cg("complete", "--server", "http://127.0.0.1:9", "--prefix", "x")
+    assert proc.returncode == 5 and proc.stderr.startswith("Error: cannot reach the server at http://127.0.0.1:9")
+    with socket.socket() as silent:  # accepts, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(4)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        start = time.monotonic()
+        proc = run_cg("complete", "--server", url, "--prefix", "x", env={"CG_SERVER_TIMEOUT": "1"})
+    assert proc.returncode == 5 and url in proc.stderr and "timed out" in proc.stderr
+    assert time.monotonic() - start < 30
+
+
+def test_a_key_the_server_wants_exit_3(tiny_gguf, tmp_path):
+    server = start_llama_server(tiny_gguf, tmp_path / "log", extra=("--api-key", "sekret"))
+    try:
+        proc = run_cg("complete", "--server", server.url, "--prefix", "x")
+        assert proc.returncode == 3 and "refused the request (401)" in proc.stderr and "--api-key" in proc.stderr
+        ok = run_cg("complete", "--server", server.url, "-n", "2", "--prefix", "x", env={"CG_API_KEY": "sekret"})
+        assert ok.returncode == 0, ok.stderr
+    finally:
+        server.stop()
+
+
+def test_a_model_the_server_does_not_have_exit_4(llama_server, vllm_server):
+    for url in (llama_server.url, vllm_server.url):
+        proc = run_cg("complete", "--server", url, "--model", "codegemma-7b", "--prefix", "x")
+        assert proc.returncode == 4 and "does not serve 'codegemma-7b'; it serves: " in proc.stderr
+
+
+class _Stand_in(BaseHTTPRequestHandler):
+    """An OpenAI-compatible server of another kind: text prompts only, or failing."""
+
+    mode = "text-only"
+
+    def log_message(self, *_args):
+        pass
+
+    def _json(self, status: int, body: dict) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self):
+        if self.path == "/v1/models":
+            return self._json(200, {"data": [{"id": "m", "max_model_len": 1024}]})
+        return self._json(404, {"error": "not found"})
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+        if self.path == "/tokenize":
+            text = body.get("prompt", "")
+            specials = {"<bos>": 2, "<eos>": 1, "<|fim_prefix|>": 67, "<|fim_middle|>": 68, "<|fim_suffix|>": 69,
+                        "<|file_separator|>": 70}
+            return self._json(200, {"tokens": [specials[text]] if text in specials else [ord(c) for c in text]})
+        if self.path == "/v1/completions":
+            if self.mode == "failing":
+                return self._json(500, {"error": {"message": "out of memory"}})
+            if isinstance(body.get("prompt"), list):
+                return self._json(400, {"error": {"message": "prompt must be a string"}})
+        return self._json(404, {"error": "not found"})
+
+
+@pytest.fixture()
+def stand_in():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Stand_in)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server
+    server.shutdown()
+    _Stand_in.mode = "text-only"
+
+
+def test_a_server_that_cannot_take_token_ids_is_refused_exit_2(stand_in):
+    url = f"http://127.0.0.1:{stand_in.server_address[1]}/v1"
+    proc = run_cg("complete", "--server", url, "--prefix", "x")
+    assert proc.returncode == 2 and "does not take prompts as token ids" in proc.stderr
+    assert "injection" in proc.stderr
+
+
+def test_a_failing_server_exit_1_and_nothing_written(stand_in, tmp_path):
+    _Stand_in.mode = "failing"
+    url = f"http://127.0.0.1:{stand_in.server_address[1]}/v1"
+    f = tmp_path / "a.py"
+    f.write_text("x = \n")
+    proc = run_cg("infill", f"{f}:1", "--write", "--server", url)
+    assert proc.returncode == 1 and "failed (500)" in proc.stderr and f.read_text() == "x = \n"
+
+
+def test_a_stream_dropped_mid_completion_exit_1_and_nothing_written(tiny_gguf, tmp_path):
+    server = start_llama_server(tiny_gguf, tmp_path / "log", ctx=4096, parallel=1)
+    f = tmp_path / "a.py"
+    f.write_text("x = \ny = \n")
+    cmd = [sys.executable, "-m", "cg", "infill", f"{f}:1", f"{f}:2", "--write", "--no-block-stop", "-n", "3000",
+           "--server", server.url, *NO_STOPS]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(3)  # connected and generating the first target
+        server.stop(signal.SIGKILL)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+        server.stop()
+    assert proc.returncode == 1 and ("dropped the stream" in err or "closed the stream" in err), err
+    assert f.read_text() == "x = \ny = \n"
+
+
+# ---------------------------------------------------------------- cg serve
+
+
+def test_cg_serve_starts_llama_server_with_the_flags_cg_needs(tiny_gguf, tmp_path):
+    port = free_port()
+    env = {**os.environ, "CG_LLAMA_SERVER": llama_server_binary(), "CG_HOME": str(tmp_path)}
+    proc = subprocess.Popen([sys.executable, "-m", "cg", "serve", str(tiny_gguf), "--port", str(port), "--jobs", "3",
+                             "--ctx", "512"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        url = proc.stdout.readline().strip()
+        assert url == f"http://127.0.0.1:{port}"
+        assert proc.stdout.readline() == f"export CG_SERVER={url}\n"
+        with urllib.request.urlopen(url + "/props", timeout=30) as resp:
+            props = json.loads(resp.read())
+        assert props["total_slots"] == 3 and props["default_generation_settings"]["n_ctx"] == 512
+        done = run_cg("complete", "-n", "3", *NO_STOPS, "--json", "--prefix", "x = ", env={"CG_SERVER": url})
+        assert done.returncode == 0 and json.loads(done.stdout)["server"] == url
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0 and "Stopped llama-server." in err
+    with pytest.raises(OSError):
+        urllib.request.urlopen(url + "/health", timeout=5)
+
+
+def test_cg_serve_without_llama_server_says_how_to_get_it(tmp_path):
+    proc = run_cg("serve", env={"CG_LLAMA_SERVER": "", "PATH": str(tmp_path)})
+    assert proc.returncode == 2 and proc.stderr.startswith("Error: llama-server is not installed")
+    assert "llama-cpp-python sdist" in proc.stderr
+
