@@ -43,6 +43,23 @@ SKIP = {
     "cg eval humaneval-infill -b multi-line --model $m-q8_0 --out $m-multi-line.jsonl\ndone":
         "the card's table: 4 x 6848 tasks, hours; needs the real weights to mean anything",
 }
+SERVER_SKIPS = {
+    "cg serve codegemma-2b-q4_k_m --jobs 4 --port 8080": "runs until Ctrl-C; test_servers runs cg serve for real",
+    "llama-server -m codegemma-7b-q4_k_m.gguf -c 32768 -np 4 -ngl 99 --host 0.0.0.0 --port 8080":
+        "a 7B server; test_servers runs llama-server on the tiny model",
+    "VLLM_CPU_KVCACHE_SPACE=4 python -m vllm.entrypoints.openai.api_server --model google/codegemma-7b "
+    "--dtype bfloat16 --max-model-len 8192": "needs the real weights from the hub; test_servers runs vLLM on the tiny model",
+    "cg infill src/app.py:42 --server http://gpu-box:8000/v1 --write": "a GPU box this machine cannot reach",
+    "cg eval humaneval-infill -b multi-line --server http://gpu-box:8080 --jobs 4 --out 7b-multi.jsonl":
+        "a GPU box this machine cannot reach; test_servers runs eval --server --jobs",
+    "pip download --no-deps --no-binary :all: llama-cpp-python==0.3.36 && tar xzf llama_cpp_python-0.3.36.tar.gz":
+        "the llama-server build: .ci/servers does it (minutes)",
+    "cmake -S llama_cpp_python-0.3.36/vendor/llama.cpp -B llama-build -DLLAMA_CURL=OFF -DBUILD_SHARED_LIBS=OFF":
+        "the llama-server build: .ci/servers does it (minutes)",
+    "cmake --build llama-build -j --target llama-server && export CG_LLAMA_SERVER=$PWD/llama-build/bin/llama-server":
+        "the llama-server build: .ci/servers does it (minutes)",
+}
+SKIP.update(SERVER_SKIPS)
 for backend in ("CUDA", "VULKAN", "METAL"):
     SKIP[f'CMAKE_ARGS="-DGGML_{backend}=on" pip install --force-reinstall --no-cache-dir llama-cpp-python==0.3.36'] = (
         "rebuilds llama-cpp-python for a GPU this machine does not have (10 minutes of build each)")
