@@ -48,7 +48,8 @@ SERVER_SKIPS = {
     "llama-server -m codegemma-7b-q4_k_m.gguf -c 32768 -np 4 -ngl 99 --host 0.0.0.0 --port 8080":
         "a 7B server; test_servers runs llama-server on the tiny model",
     "VLLM_CPU_KVCACHE_SPACE=4 python -m vllm.entrypoints.openai.api_server --model google/codegemma-7b "
-    "--dtype bfloat16 --max-model-len 8192": "needs the real weights from the hub; test_servers runs vLLM on the tiny model",
+    "--dtype bfloat16 --max-model-len 8192":
+        "needs the real weights from the hub; test_servers runs vLLM on the tiny model",
     "cg infill src/app.py:42 --server http://gpu-box:8000/v1 --write": "a GPU box this machine cannot reach",
     "cg eval humaneval-infill -b multi-line --server http://gpu-box:8080 --jobs 4 --out 7b-multi.jsonl":
         "a GPU box this machine cannot reach; test_servers runs eval --server --jobs",
