@@ -58,10 +58,12 @@ def test_json_output_fields(capsys, monkeypatch, tiny_gguf):
                         stdin="def f():\n<CURSOR>\n")
     data = json.loads(out)
     assert code == 0 and err == ""
-    assert set(data) == {"text", "stop_reason", "prompt_tokens", "completion_tokens", "timings", "model", "fim"}
+    assert set(data) == {"text", "stop_reason", "prompt_tokens", "completion_tokens", "timings", "model", "fim",
+                         "server"}
     assert set(data["timings"]) == {"load_ms", "prompt_ms", "generation_ms", "cached_tokens", "disk_cache_ms"}
-    assert data["stop_reason"] in {"stop_token", "max_tokens", "time_limit", "suffix_overlap", "max_lines"}
-    assert data["model"] == str(tiny_gguf) and data["fim"] is True
+    assert data["stop_reason"] in {"stop_token", "max_tokens", "time_limit", "suffix_overlap", "max_lines",
+                                   "end_of_block"}
+    assert data["model"] == str(tiny_gguf) and data["fim"] is True and data["server"] is None
     assert 0 < data["completion_tokens"] <= 5 and data["prompt_tokens"] > 3
     assert out.count("\n") == 1
 

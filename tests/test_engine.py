@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from cg import engine as engine_mod
+from cg import local as engine_mod
 from cg.complete import RunOptions, complete, generate
 
 from .helpers import STOP_IDS, forcing, variant_gguf

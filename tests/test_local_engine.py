@@ -15,7 +15,7 @@ import time
 import pytest
 
 from cg import complete as complete_mod
-from cg import engine as engine_mod
+from cg import local as engine_mod
 from cg.cli import main
 from cg.complete import RunOptions, complete
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from cg import engine as engine_mod
+from cg import local as engine_mod
 from cg import store
 from cg.cli import main
 
