@@ -100,14 +100,17 @@ class Http:
             conn.close()
             raise ServerUnreachableError(f"cannot reach the server at {self.base}: {_reason(exc)}") from None
 
+    def _timed_out(self) -> ServerUnreachableError:
+        return ServerUnreachableError(f"the server at {self.base} stopped answering (timed out)",
+                                      "It may be overloaded; CG_SERVER_TIMEOUT sets the wait.")
+
     def call(self, method: str, path: str, body: Any = None, *, missing_ok: bool = False) -> Any:
         """A request's JSON answer; None for a 404 when missing_ok (probing what the server has)."""
         conn, resp = self._send(method, path, body, timeout())
         try:
             data = resp.read()
         except TimeoutError:
-            raise ServerUnreachableError(f"the server at {self.base} stopped answering (timed out)",
-                                         "It may be overloaded; CG_SERVER_TIMEOUT sets the wait.") from None
+            raise self._timed_out() from None
         except (OSError, http.client.HTTPException) as exc:
             raise ServerError(f"the server at {self.base} broke off its answer to {path}: {_reason(exc)}") from None
         finally:
@@ -134,8 +137,7 @@ class Http:
                 try:
                     line = resp.readline()
                 except TimeoutError:
-                    raise ServerUnreachableError(f"the server at {self.base} stopped answering (timed out)",
-                                                 "It may be overloaded; CG_SERVER_TIMEOUT sets the wait.") from None
+                    raise self._timed_out() from None
                 except (OSError, http.client.HTTPException) as exc:
                     raise ServerError(f"the server at {self.base} dropped the stream: {_reason(exc)}") from None
                 if not line:
