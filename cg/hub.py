@@ -88,9 +88,10 @@ def choose(files: dict[str, int], quant: str) -> Plan:
                                    + ", ".join(matching), "Pick another --quant, or download and merge it yourself.")
         return Plan("gguf", (matching[0],))
     top = {f for f in files if "/" not in f}
-    weights = sorted(f for f in top if f.endswith(".safetensors"))
+    weights = sorted(f for f in top if f.endswith((".safetensors", ".safetensor")))  # Jlama's shards drop the s
     if weights and "config.json" in top:
-        return Plan("checkpoint", tuple(sorted((top & CHECKPOINT_FILES) | set(weights))))
+        wanted = CHECKPOINT_FILES | ({"tokenizer.json"} if "tokenizer.model" not in top else set())
+        return Plan("checkpoint", tuple(sorted((top & wanted) | set(weights))))
     if ggufs:
         quants = sorted({q for q in map(quant_of, ggufs) if q})
         raise HubNotFoundError(f"no {quant} GGUF in this repository; it has: "
@@ -102,30 +103,43 @@ def choose(files: dict[str, int], quant: str) -> Plan:
                            "Pick a repository with *.safetensors or *.gguf files.")
 
 
-def download(model: str | None = None, *, quant: str = "q4_k_m", token: str | None = None,
+def download(model: str | None = None, *, quant: str | None = None, token: str | None = None,
              revision: str | None = None, force: bool = False, keep_source: bool = False,
              name: str | None = None, threads: int | None = None) -> store.ModelRecord:
-    """Fetch MODEL from the hub, convert it if needed, register it; return its store record."""
-    quant = quant.lower()
-    if quant not in TYPE_NAMES:
+    """Fetch MODEL from the hub, convert it if needed, register it; return its store record.
+
+    quant None: q4_k_m, except for a Jlama checkpoint, whose own quantization decides (q4_0
+    for Q4, a lossless copy; q8_0 for I8)."""
+    if quant is not None and quant.lower() not in TYPE_NAMES:
         raise InputError(f"unknown --quant {quant!r}", "Choose one of: " + ", ".join(TYPE_NAMES))
     repo_id, base = repo_for(model)
     hub = _Hub(token)
     snap = hub.snapshot(repo_id, revision)
-    plan = choose(snap.files, quant)
-    name = name or f"{base}-{quant}"
-    existing = store.get(name)
-    if existing and Path(existing.path).exists() and not force:
-        if existing.revision == snap.commit and existing.source == repo_id:
-            print(f"{name} is already installed ({repo_id}@{snap.commit[:10]})", file=sys.stderr)
+    plan = choose(snap.files, (quant or OutType.Q4_K_M).lower())
+    if quant is None and name is None and plan.kind == "checkpoint":
+        same = [r for r in store.list_models() if r.source == repo_id and r.revision == snap.commit
+                and Path(r.path).exists()]
+        if same and not force:
+            print(f"{same[0].name} is already installed ({repo_id}@{snap.commit[:10]})", file=sys.stderr)
+            return same[0]
+    if quant is not None or plan.kind == "gguf":
+        quant = (quant or OutType.Q4_K_M).lower()
+        name = name or f"{base}-{quant}"
+        existing = _check_installed(name, repo_id, snap, force)
+        if existing is not None:
             return existing
-        origin = (f"another revision of {repo_id} ({existing.revision[:10]})" if existing.source == repo_id
-                  else f"{existing.source or 'a local file'}")
-        raise OutputExistsError(f"{name} is already installed from {origin}",
-                                "Pass --force to replace it, or --name to install this one beside it.")
     hub.check_space(snap, plan)
     with hub.progress():
         local = {f: hub.fetch(snap, f) for f in plan.files}
+    if quant is None:
+        from quantize.convert import default_type
+
+        quant = default_type(local["config.json"].parent).value
+        name = name or f"{base}-{quant}"
+        existing = _check_installed(name, repo_id, snap, force)
+        if existing is not None:
+            return existing
+    assert name is not None
     target = store.ensure_dir(store.models_dir()) / f"{name}.gguf"
     if plan.kind == "gguf":
         _place(local[plan.files[0]], target)
@@ -136,13 +150,30 @@ def download(model: str | None = None, *, quant: str = "q4_k_m", token: str | No
 
         src = local["config.json"].parent
         print(f"Converting {repo_id} to {quant}", file=sys.stderr)
-        convert(src, target, type=OutType(quant), force=True, threads=threads, progress=progress_bar)
+        result = convert(src, target, type=OutType(quant), force=True, threads=threads, progress=progress_bar)
+        if result.note():
+            print(result.note(), file=sys.stderr)
     source_dir = _keep_source(local, target.with_suffix(".source")) if keep_source and plan.kind != "gguf" else ""
     record = store.ModelRecord(name=name, path=str(target), quant=quant, source=repo_id, revision=snap.commit,
                                special_ids=recorded_ids(target, announce=plan.kind == "gguf"),
                                source_dir=source_dir)
     store.register(record)
     return record
+
+
+def _check_installed(name: str, repo_id: str, snap: Snapshot, force: bool) -> store.ModelRecord | None:
+    """The installed record when this very revision is installed under name; an error when name
+    holds something else (unless force)."""
+    existing = store.get(name)
+    if existing and Path(existing.path).exists() and not force:
+        if existing.revision == snap.commit and existing.source == repo_id:
+            print(f"{name} is already installed ({repo_id}@{snap.commit[:10]})", file=sys.stderr)
+            return existing
+        origin = (f"another revision of {repo_id} ({existing.revision[:10]})" if existing.source == repo_id
+                  else f"{existing.source or 'a local file'}")
+        raise OutputExistsError(f"{name} is already installed from {origin}",
+                                "Pass --force to replace it, or --name to install this one beside it.")
+    return None
 
 
 def recorded_ids(path: Path, *, announce: bool) -> dict[str, int]:

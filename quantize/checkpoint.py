@@ -1,7 +1,8 @@
 """A Hugging Face checkpoint folder read lazily: config, and safetensors tensors in row blocks.
 
 safetensors is parsed here directly (an 8-byte header length, a JSON header, raw data) so that
-bf16 needs no torch and a truncated file is caught before any output is written.
+bf16 needs no torch, a truncated file is caught before any output is written, and Jlama's
+quantized dtypes (Q4, I8, which no other reader takes) can be read: see jlama.py.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import jlama
 from .errors import ConversionError
 
 if TYPE_CHECKING:
@@ -25,11 +27,12 @@ CHUNK_BYTES = 64 * 2**20  # rows converted at a time: peak memory stays near thi
 @dataclass(frozen=True)
 class TensorEntry:
     name: str
-    dtype: str  # safetensors dtype: F32, F16, BF16
+    dtype: str  # safetensors dtype: F32, F16, BF16; or Jlama's Q4, I8
     shape: tuple[int, ...]
     file: Path
     offset: int  # absolute byte offset of the data in file
     nbytes: int
+    scales: TensorEntry | None = None  # Jlama's W.qb (F32) for a Q4 / I8 tensor
 
     @property
     def n_elements(self) -> int:
@@ -46,6 +49,9 @@ class TensorEntry:
         """
         import numpy as np
 
+        if self.dtype in jlama.QUANTIZED:
+            yield from jlama.dequantized_rows(self, CHUNK_BYTES)
+            return
         np_dtype, size = _DTYPES[self.dtype]
         row = self.shape[-1] if self.shape else 1
         n_rows = max(1, self.n_elements // row)
@@ -78,6 +84,12 @@ class Checkpoint:
     tensors: dict[str, TensorEntry]
 
     @property
+    def jlama(self) -> str | None:
+        """"Q4" or "I8" for a Jlama-quantized checkpoint, else None."""
+        kinds = {t.dtype for t in self.tensors.values() if t.dtype in jlama.QUANTIZED}
+        return "Q4" if "Q4" in kinds else kinds.pop() if kinds else None
+
+    @property
     def architecture(self) -> str:
         archs = self.config.get("architectures") or []
         return str(archs[0] if archs else self.config.get("model_type", "unknown"))
@@ -96,7 +108,7 @@ def open_checkpoint(folder: Path | str) -> Checkpoint:
     for path in files:
         for entry in read_header(path):
             tensors[entry.name] = entry
-    return Checkpoint(folder, config, tensors)
+    return Checkpoint(folder, config, jlama.link_scales(tensors))
 
 
 def _weight_files(folder: Path) -> list[Path]:
@@ -109,7 +121,7 @@ def _weight_files(folder: Path) -> list[Path]:
             raise ConversionError(f"shard {missing[0]} listed in model.safetensors.index.json is missing",
                                   "Download the checkpoint again; every shard is needed.")
         return [folder / n for n in names]
-    files = sorted(folder.glob("*.safetensors"))
+    files = sorted([*folder.glob("*.safetensors"), *folder.glob("*.safetensor")])  # Jlama's splitter drops the s
     if not files:
         hint = "cg converts safetensors only; PyTorch .bin checkpoints are not supported."
         raise ConversionError(f"no *.safetensors weights in {folder}", hint)
@@ -154,8 +166,15 @@ def read_header(path: Path) -> list[TensorEntry]:
         except (KeyError, TypeError, ValueError):
             raise ConversionError(f"tensor {name} in {path.name} has a malformed header entry",
                                   "Download the file again.") from None
-        if dtype not in _DTYPES:
+        if dtype not in _DTYPES and dtype not in jlama.QUANTIZED:
             raise ConversionError(f"tensor {name} in {path.name} has unsupported dtype {dtype}")
+        n = 1
+        for d in shape:
+            n *= d
+        expected = jlama.data_bytes(dtype, n) if dtype in jlama.QUANTIZED else n * _DTYPES[dtype][1]
+        if end - start != expected:
+            raise ConversionError(f"tensor {name} in {path.name} holds {end - start} bytes, its {dtype} shape "
+                                  f"{list(shape)} needs {expected}", "Download the file again.")
         if base + end > size:
             raise _truncated(path)
         entries.append(TensorEntry(name, dtype, shape, path, base + start, end - start))

@@ -15,10 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import registry
+from . import (
+    jlama,
+    registry,
+)
 from .atomic import atomic_path, check_free_space, scratch_path
 from .base import Converter
-from .checkpoint import Checkpoint, TensorEntry, open_checkpoint
+from .checkpoint import CHUNK_BYTES, Checkpoint, TensorEntry, open_checkpoint
 from .errors import ConversionError, OutputExistsError
 from .llama_quant import OutType, quantize_gguf
 from .vocab import Vocab, load_vocab, write_vocab
@@ -32,8 +35,12 @@ Progress = Callable[[str, float], AbstractContextManager[Advance]]
 
 # Bytes per weight, roughly, to check disk space before starting.
 _BYTES_PER_WEIGHT = {OutType.F32: 4, OutType.F16: 2, OutType.BF16: 2, OutType.Q8_0: 1.07, OutType.Q6_K: 0.83,
-                     OutType.Q5_K_M: 0.72, OutType.Q4_K_M: 0.62, OutType.Q4_K_S: 0.58}
-_SOURCE_FLOAT = {"F32": OutType.F32, "F64": OutType.F32, "F16": OutType.F16, "BF16": OutType.BF16}
+                     OutType.Q5_K_M: 0.72, OutType.Q4_K_M: 0.62, OutType.Q4_0: 0.57, OutType.Q4_K_S: 0.58}
+# Jlama's dequantized values are exact in f32 only.
+_SOURCE_FLOAT = {"F32": OutType.F32, "F64": OutType.F32, "F16": OutType.F16, "BF16": OutType.BF16,
+                 "Q4": OutType.F32, "I8": OutType.F32}
+# The output type when none is asked for: Jlama's Q4 copies losslessly to q4_0; its I8 is closest to q8_0.
+_DEFAULT_TYPE = {"Q4": OutType.Q4_0, "I8": OutType.Q8_0, None: OutType.Q4_K_M}
 
 
 @dataclass(frozen=True)
@@ -47,21 +54,55 @@ class Converted:
     path: Path
     vocab: Vocab
     source: str  # the checkpoint's _name_or_path, else its folder
+    type: OutType
+    jlama: str | None = None  # "Q4" / "I8" for a Jlama checkpoint
+    requantized: bool = False  # quantized values were dequantized and quantized again (a second loss)
+    copied_blocks: int = 0  # Q4 blocks copied into Q4_0 as they were
+    rounded_blocks: int = 0  # of those, blocks whose f32 scale f16 had to round
+
+
+    def note(self) -> str | None:
+        """What a user holding a Jlama checkpoint should know about the conversion, or None."""
+        if self.jlama is None:
+            return None
+        if self.requantized:
+            return (f"Note: the Jlama {self.jlama} weights were dequantized and quantized again to {self.type.value} "
+                    "(two roundings)" + ("; --type q4_0 copies Jlama Q4 losslessly." if self.jlama == "Q4" else "."))
+        if self.rounded_blocks:
+            return (f"Note: copied {self.copied_blocks} Jlama Q4 blocks into Q4_0; {self.rounded_blocks} of their "
+                    "f32 scales do not fit f16 and were rounded (the rest is lossless).")
+        return f"Note: copied {self.copied_blocks} Jlama Q4 blocks into Q4_0 losslessly."
+
+
+@dataclass
+class _Written:
+    copied_blocks: int = 0
+    rounded_blocks: int = 0
 
 
 def _no_progress(_description: str, _total: float) -> AbstractContextManager[Advance]:
     return nullcontext(lambda *_a, **_k: None)
 
 
-def convert(src_dir: Path | str, out: Path | str, *, type: OutType | str = OutType.Q4_K_M, force: bool = False,
+def default_type(src_dir: Path | str) -> OutType:
+    """The output type `convert` picks when none is given: q4_0 for Jlama Q4 (lossless), q8_0 for
+    Jlama I8, else q4_k_m."""
+    return _DEFAULT_TYPE[open_checkpoint(src_dir).jlama]
+
+
+def convert(src_dir: Path | str, out: Path | str, *, type: OutType | str | None = None, force: bool = False,
             threads: int | None = None, progress: Progress = _no_progress) -> Converted:
-    """Convert a Hugging Face checkpoint folder to a GGUF of the given type at `out`."""
+    """Convert a Hugging Face checkpoint folder (or a Jlama-quantized one) to a GGUF at `out`.
+
+    type None: default_type(). From Jlama Q4 to q4_0 the nibbles are copied and each scale
+    written as f16 (lossless where f16 holds the scale, which it does for weights that were bf16);
+    other types from Jlama dequantize exactly, then llama.cpp quantizes again."""
+    ckpt = open_checkpoint(src_dir)
     try:
-        out_type = OutType(str(type).lower())
+        out_type = OutType(str(type).lower()) if type is not None else _DEFAULT_TYPE[ckpt.jlama]
     except ValueError:
         raise ConversionError(f"unknown type {type!r}",
                               "Choose one of: " + ", ".join(t.value for t in OutType)) from None
-    ckpt = open_checkpoint(src_dir)
     converter = registry.lookup(ckpt.architecture)(ckpt.config)
     vocab = load_vocab(ckpt.folder, ckpt.config.get("vocab_size"))
     plan = plan_tensors(ckpt, converter)
@@ -70,19 +111,22 @@ def convert(src_dir: Path | str, out: Path | str, *, type: OutType | str = OutTy
         raise OutputExistsError(f"{target} already exists")
     target.parent.mkdir(parents=True, exist_ok=True)
     n_weights = sum(p.entry.n_elements for p in plan)
-    float_type = out_type if out_type.is_float else _intermediate_type(plan)
-    need = n_weights * (_BYTES_PER_WEIGHT[out_type] + (0 if out_type.is_float else _BYTES_PER_WEIGHT[float_type]))
+    direct = out_type.is_float or (out_type == OutType.Q4_0 and ckpt.jlama == "Q4")  # written here, no quantizer
+    float_type = out_type if direct else _intermediate_type(plan)
+    need = n_weights * (_BYTES_PER_WEIGHT[out_type] + (0 if direct else _BYTES_PER_WEIGHT[float_type]))
     check_free_space(target.parent, need, f"the {out_type.value} GGUF")
     with atomic_path(target) as tmp:
-        if out_type.is_float:
-            write_gguf(ckpt, converter, vocab, plan, tmp, out_type, progress)
+        if direct:
+            written = write_gguf(ckpt, converter, vocab, plan, tmp, out_type, progress)
         else:
             with scratch_path(target, f".{float_type.value}") as intermediate:
-                write_gguf(ckpt, converter, vocab, plan, intermediate, float_type, progress)
+                written = write_gguf(ckpt, converter, vocab, plan, intermediate, float_type, progress)
                 with progress(f"Quantizing to {out_type.value}", len(plan)) as advance:
                     quantize_gguf(intermediate, tmp, out_type, threads=threads,
                                   on_progress=lambda i, total: advance(completed=i, total=total))
-    return Converted(target, vocab, str(ckpt.config.get("_name_or_path") or ckpt.folder))
+    requantized = ckpt.jlama is not None and not (direct and out_type == OutType.Q4_0)
+    return Converted(target, vocab, str(ckpt.config.get("_name_or_path") or ckpt.folder), out_type, ckpt.jlama,
+                     requantized, written.copied_blocks, written.rounded_blocks)
 
 
 def plan_tensors(ckpt: Checkpoint, converter: Converter) -> list[PlannedTensor]:
@@ -121,18 +165,27 @@ def _intermediate_type(plan: list[PlannedTensor]) -> OutType:
     return OutType.F32 if len(kinds) != 1 else kinds.pop()
 
 
-def _tensor_type(name: str, shape: tuple[int, ...], file_type: OutType) -> OutType:
+def _tensor_type(p: PlannedTensor, file_type: OutType) -> gguf.GGMLQuantizationType:
+    import gguf
+
+    kinds = {OutType.F32: gguf.GGMLQuantizationType.F32, OutType.F16: gguf.GGMLQuantizationType.F16,
+             OutType.BF16: gguf.GGMLQuantizationType.BF16, OutType.Q4_0: gguf.GGMLQuantizationType.Q4_0}
+    shape = p.entry.shape
     # As llama.cpp's converter: 1-D tensors and norms stay F32.
-    return OutType.F32 if len(shape) <= 1 or name.endswith("_norm.weight") else file_type
+    if len(shape) <= 1 or p.name.endswith("_norm.weight"):
+        return gguf.GGMLQuantizationType.F32
+    if file_type == OutType.Q4_0 and shape[-1] % jlama.Q4_BLOCK:
+        return gguf.GGMLQuantizationType.F16  # rows Q4_0 cannot split into blocks
+    return kinds[file_type]
 
 
 def write_gguf(ckpt: Checkpoint, converter: Converter, vocab: Vocab, plan: list[PlannedTensor], path: Path,
-               file_type: OutType, progress: Progress = _no_progress) -> None:
+               file_type: OutType, progress: Progress = _no_progress) -> _Written:
+    """A GGUF of float tensors, or of Q4_0 ones copied from Jlama Q4 (what llama.cpp's quantizer
+    would write from the same weights: the same nibbles, the same f16 scales)."""
     import gguf
     import numpy as np
 
-    qtypes = {OutType.F32: gguf.GGMLQuantizationType.F32, OutType.F16: gguf.GGMLQuantizationType.F16,
-              OutType.BF16: gguf.GGMLQuantizationType.BF16}
     writer = gguf.GGUFWriter(None, converter.arch_name)
     writer.add_type(gguf.GGUFType.MODEL)
     writer.add_name(ckpt.config.get("_name_or_path") or ckpt.folder.name)
@@ -140,33 +193,44 @@ def write_gguf(ckpt: Checkpoint, converter: Converter, vocab: Vocab, plan: list[
     writer.add_file_type(file_type.ftype)
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     write_vocab(writer, vocab)
-    types = [qtypes[_tensor_type(p.name, p.entry.shape, file_type)] for p in plan]
+    types = [_tensor_type(p, file_type) for p in plan]
     for p, t in zip(plan, types, strict=True):
-        nbytes = p.entry.n_elements * (4 if t == gguf.GGMLQuantizationType.F32 else 2)
-        writer.add_tensor_info(p.name, p.entry.shape, np.dtype(np.float32), nbytes, raw_dtype=t)
+        block, size = gguf.GGML_QUANT_SIZES[t]
+        writer.add_tensor_info(p.name, p.entry.shape, np.dtype(np.float32), p.entry.n_elements // block * size,
+                               raw_dtype=t)
     try:
         writer.write_header_to_file(path)
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
-        _write_tensors(writer, converter, plan, types, file_type, progress)
+        return _write_tensors(writer, converter, plan, types, file_type, progress)
     finally:
         writer.close()
 
 
 def _write_tensors(writer: gguf.GGUFWriter, converter: Converter, plan: list[PlannedTensor],
-                   types: list[gguf.GGMLQuantizationType], file_type: OutType, progress: Progress) -> None:
+                   types: list[gguf.GGMLQuantizationType], file_type: OutType, progress: Progress) -> _Written:
     import gguf
 
     fout = writer.fout[0]  # type: ignore[index]
-    total = sum(p.entry.nbytes for p in plan)
+    total = sum(p.entry.n_elements for p in plan)
+    stats = _Written()
     with progress(f"Converting to {file_type.value}", total) as advance:
         for p, t in zip(plan, types, strict=True):
             writer.write_padding(fout, fout.tell())
             written = 0
-            for block in p.entry.rows():
-                data = gguf.quants.quantize(converter.transform(p.name, block), t)
-                data.tofile(fout)
-                written += data.nbytes
-                advance(block.size * (p.entry.nbytes // max(1, p.entry.n_elements)))
+            if t == gguf.GGMLQuantizationType.Q4_0 and jlama.copyable_as_q4_0(p.entry):
+                for data, rounded in jlama.q4_0_blocks(p.entry, CHUNK_BYTES):
+                    data.tofile(fout)
+                    written += data.nbytes
+                    stats.copied_blocks += data.nbytes // 18
+                    stats.rounded_blocks += rounded
+                    advance(data.nbytes // 18 * 32)
+            else:
+                for block in p.entry.rows():
+                    data = gguf.quants.quantize(converter.transform(p.name, block), t)
+                    data.tofile(fout)
+                    written += data.nbytes
+                    advance(block.size)
             writer.write_padding(fout, written)
     fout.flush()
+    return stats

@@ -18,6 +18,7 @@ class OutType(StrEnum):
 
     Q4_K_M = "q4_k_m"
     Q8_0 = "q8_0"
+    Q4_0 = "q4_0"
     Q4_K_S = "q4_k_s"
     Q5_K_M = "q5_k_m"
     Q6_K = "q6_k"
@@ -38,7 +39,8 @@ class OutType(StrEnum):
 
 
 _FILE_TYPE = {
-    OutType.Q4_K_M: "MOSTLY_Q4_K_M", OutType.Q8_0: "MOSTLY_Q8_0", OutType.Q4_K_S: "MOSTLY_Q4_K_S",
+    OutType.Q4_K_M: "MOSTLY_Q4_K_M", OutType.Q8_0: "MOSTLY_Q8_0", OutType.Q4_0: "MOSTLY_Q4_0",
+    OutType.Q4_K_S: "MOSTLY_Q4_K_S",
     OutType.Q5_K_M: "MOSTLY_Q5_K_M", OutType.Q6_K: "MOSTLY_Q6_K", OutType.F16: "MOSTLY_F16",
     OutType.BF16: "MOSTLY_BF16", OutType.F32: "ALL_F32",
 }

@@ -1,4 +1,9 @@
-"""SentencePiece tokenizer + tokenizer config -> GGUF vocabulary and special ids.
+"""SentencePiece tokenizer (or its tokenizer.json) + tokenizer config -> GGUF vocabulary and special ids.
+
+A checkpoint without tokenizer.model (Jlama's repos carry tokenizer.json alone) gets the very
+vocabulary tokenizer.model would give: the pieces and ids of tokenizer.json's SentencePiece-style
+BPE model, and SentencePiece BPE's scores, which its trainer sets to minus the piece's rank among
+the learned pieces (0 for control, unknown, user-defined and byte pieces).
 
 Follows llama.cpp's `_create_vocab_sentencepiece` (token types, added tokens, padding to
 vocab_size) and goes one step further for CodeGemma: the FIM sentinels, <|file_separator|> and
@@ -11,6 +16,7 @@ matched inside user code even with special parsing off.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,29 +51,91 @@ def looks_special(text: str) -> bool:
             or (text.startswith("<unused") and text.endswith(">")))
 
 
-def load_vocab(folder: Path, vocab_size: int | None) -> Vocab:
+@dataclass
+class _Pieces:
+    """What the tokenizer file itself says, before the tokenizer config's added tokens."""
+
+    tokens: list[bytes]
+    scores: list[float]
+    types: list[TokenType]
+    ids: dict[str, int]  # bos / eos / unk / pad as the tokenizer file names them
+
+
+def _padded(size: int) -> _Pieces:
+    """size slots; those the tokenizer does not fill stay [PADn] (as llama.cpp's converter pads)."""
+    return _Pieces([f"[PAD{i}]".encode() for i in range(size)], [-10000.0] * size, [TokenType.UNUSED] * size, {})
+
+
+def _from_sentencepiece(model: Path, vocab_size: int | None) -> _Pieces:
     from sentencepiece import SentencePieceProcessor
 
-    model = folder / "tokenizer.model"
-    if not model.is_file():
-        raise ConversionError(f"tokenizer.model is missing in {folder}",
-                              "Gemma checkpoints ship a SentencePiece tokenizer.model; download it too.")
     sp = SentencePieceProcessor()
     sp.LoadFromFile(str(model))
-    size = vocab_size or sp.vocab_size()
-    tokens = [f"[PAD{i}]".encode() for i in range(size)]
-    scores = [-10000.0] * size
-    types = [TokenType.UNUSED] * size
-    for i in range(min(size, sp.vocab_size())):
-        tokens[i] = sp.IdToPiece(i).encode("utf-8")
-        scores[i] = sp.GetScore(i)
-        types[i] = (TokenType.UNKNOWN if sp.IsUnknown(i) else TokenType.CONTROL if sp.IsControl(i)
-                    else TokenType.UNUSED if sp.IsUnused(i) else TokenType.BYTE if sp.IsByte(i) else TokenType.NORMAL)
+    out = _padded(vocab_size or sp.vocab_size())
+    for i in range(min(len(out.tokens), sp.vocab_size())):
+        out.tokens[i] = sp.IdToPiece(i).encode("utf-8")
+        out.scores[i] = sp.GetScore(i)
+        out.types[i] = (TokenType.UNKNOWN if sp.IsUnknown(i) else TokenType.CONTROL if sp.IsControl(i)
+                        else TokenType.UNUSED if sp.IsUnused(i) else TokenType.BYTE if sp.IsByte(i)
+                        else TokenType.NORMAL)
+    out.ids = {name: i for name, i in (("bos", sp.bos_id()), ("eos", sp.eos_id()), ("unk", sp.unk_id()),
+                                       ("pad", sp.pad_id())) if i >= 0}
+    return out
+
+
+_BYTE_PIECE = re.compile(r"<0x[0-9A-F]{2}>")
+
+
+def _from_tokenizer_json(path: Path, vocab_size: int | None, config: dict[str, Any]) -> _Pieces:
+    """The SentencePiece view of a tokenizer.json written from a SentencePiece BPE model."""
+    data = _read_json(path)
+    model = data.get("model") or {}
+    if model.get("type") != "BPE" or not isinstance(model.get("vocab"), dict):
+        raise ConversionError(f"{path} is not a SentencePiece-style BPE tokenizer (model type "
+                              f"{model.get('type')!r})", "cg reads Gemma's tokenizer.json, or a tokenizer.model.")
+    by_id = {int(i): piece for piece, i in model["vocab"].items()}
+    for added in data.get("added_tokens") or []:
+        by_id.setdefault(int(added["id"]), added["content"])
+    out = _padded(vocab_size or max(by_id) + 1)
+    ids = {}
+    for name in ("bos", "eos", "unk", "pad"):
+        text = _token_content(config.get(f"{name}_token")) or f"<{name}>"
+        if text in model["vocab"]:
+            ids[name] = int(model["vocab"][text])
+    if model.get("unk_token") in model["vocab"]:
+        ids["unk"] = model["vocab"][model["unk_token"]]
+    # Meta pieces (control, unknown, user-defined = the added tokens; bytes) score 0; the learned
+    # ones -rank, ranked by id from the first of them.
+    meta = {int(a["id"]) for a in data.get("added_tokens") or []} | set(ids.values())
+    meta |= {i for i, piece in by_id.items() if model.get("byte_fallback") and _BYTE_PIECE.fullmatch(piece)}
+    base = min((i for i in by_id if i not in meta), default=0)
+    control = {ids[n] for n in ("bos", "eos", "pad") if n in ids}
+    for i, piece in by_id.items():
+        if i >= len(out.tokens):
+            continue
+        out.tokens[i] = piece.encode("utf-8")
+        out.scores[i] = 0.0 if i in meta else -float(i - base)
+        out.types[i] = (TokenType.UNKNOWN if i == ids.get("unk") else TokenType.CONTROL if i in control
+                        else TokenType.BYTE if model.get("byte_fallback") and _BYTE_PIECE.fullmatch(piece)
+                        else TokenType.NORMAL)
+    out.ids = ids
+    return out
+
+
+def load_vocab(folder: Path, vocab_size: int | None) -> Vocab:
     config = _read_json(folder / "tokenizer_config.json")
+    if (folder / "tokenizer.model").is_file():
+        pieces = _from_sentencepiece(folder / "tokenizer.model", vocab_size)
+    elif (folder / "tokenizer.json").is_file():
+        pieces = _from_tokenizer_json(folder / "tokenizer.json", vocab_size, config)
+    else:
+        raise ConversionError(f"tokenizer.model is missing in {folder} (and there is no tokenizer.json)",
+                              "Gemma checkpoints ship a SentencePiece tokenizer.model; download it too.")
+    tokens, scores, types = pieces.tokens, pieces.scores, pieces.types
     _apply_added_tokens(folder, config, tokens, scores, types)
     vocab = Vocab(tokens, scores, types, add_bos=bool(config.get("add_bos_token", True)),
                   add_eos=bool(config.get("add_eos_token", False)))
-    vocab.special = _special_ids(sp, vocab, config, _read_json(folder / "special_tokens_map.json"))
+    vocab.special = _special_ids(pieces.ids, vocab, config, _read_json(folder / "special_tokens_map.json"))
     for sentinel in SENTINELS:
         token = vocab.id_of(sentinel.text)
         if token is not None:
@@ -104,13 +172,14 @@ def _apply_added_tokens(folder: Path, config: dict[str, Any], tokens: list[bytes
         scores[token], tokens[token] = -1000.0, text.encode("utf-8")
 
 
-def _special_ids(sp: Any, vocab: Vocab, config: dict[str, Any], special_map: dict[str, Any]) -> dict[str, int]:
+def _special_ids(fallback: dict[str, int], vocab: Vocab, config: dict[str, Any],
+                 special_map: dict[str, Any]) -> dict[str, int]:
     special = {}
-    for name, sp_id in (("bos", sp.bos_id()), ("eos", sp.eos_id()), ("unk", sp.unk_id()), ("pad", sp.pad_id())):
+    for name in ("bos", "eos", "unk", "pad"):
         text = _token_content(config.get(f"{name}_token")) or _token_content(special_map.get(f"{name}_token"))
         token = vocab.id_of(text) if text else None
-        if token is None and sp_id >= 0:
-            token = sp_id
+        if token is None:
+            token = fallback.get(name)
         if token is not None:
             special[name] = token
     for sentinel in KEYED:

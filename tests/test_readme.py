@@ -61,6 +61,7 @@ SERVER_SKIPS = {
         "the llama-server build: .ci/servers does it (minutes)",
 }
 SKIP.update(SERVER_SKIPS)
+
 for backend in ("CUDA", "VULKAN", "METAL"):
     SKIP[f'CMAKE_ARGS="-DGGML_{backend}=on" pip install --force-reinstall --no-cache-dir llama-cpp-python==0.3.36'] = (
         "rebuilds llama-cpp-python for a GPU this machine does not have (10 minutes of build each)")
@@ -124,10 +125,26 @@ def talkative_ckpt(tiny_ckpt, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def readme_hub(talkative_ckpt, tmp_path_factory):
+def jlama_ckpt(talkative_ckpt, tmp_path_factory) -> Path:
+    """The talkative model in Jlama's Q4 layout (tokenizer.json from transformers, no tokenizer.model)."""
+    from transformers import AutoTokenizer
+
+    from . import jlama_writer
+
+    tmp = tmp_path_factory.mktemp("readme-jlama")
+    source = Path(shutil.copytree(talkative_ckpt, tmp / "source"))
+    AutoTokenizer.from_pretrained(str(source)).save_pretrained(str(tmp / "hf"))
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tmp / "hf" / name, source / name)
+    return jlama_writer.write(source, tmp / "codegemma-2b-JQ4")
+
+
+@pytest.fixture(scope="module")
+def readme_hub(talkative_ckpt, jlama_ckpt, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("readme-hub")
     gguf = variant_gguf(talkative_ckpt, tmp / "codegemma-2b-Q8_0.gguf", drop=("fim_sep", "eot"))
     with FakeHub() as hub:
+        hub.repos["tjake/codegemma-2b-JQ4"] = Repo(folder_files(jlama_ckpt))
         files = folder_files(talkative_ckpt)
         hub.repos["google/codegemma-2b"] = Repo(files, gated=True, accepted_tokens={"hf_ok", "hf_..."})
         hub.repos["google/codegemma-7b"] = Repo(files, gated=True, accepted_tokens={"hf_ok", "hf_..."})
@@ -135,7 +152,7 @@ def readme_hub(talkative_ckpt, tmp_path_factory):
         yield hub
 
 
-def _workspace(root: Path, ckpt: Path) -> None:
+def _workspace(root: Path, ckpt: Path, jlama: Path) -> None:
     """The files README's examples name, in a git repository."""
     src = root / "src"
     src.mkdir(parents=True)
@@ -152,6 +169,7 @@ def _workspace(root: Path, ckpt: Path) -> None:
     (root / "file.py").write_text("import os\n\ndef list_files(folder):\n<CURSOR>\n")
     for name in ("codegemma-2b", "codegemma-7b", "my-codegemma"):
         shutil.copytree(ckpt, root / name)
+    shutil.copytree(jlama, root / "codegemma-2b-JQ4")
     env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@x", "GIT_COMMITTER_NAME": "t",
            "GIT_COMMITTER_EMAIL": "t@x"}
     for args in (["git", "init", "-q"], ["git", "add", "src"], ["git", "commit", "-q", "-m", "base"]):
@@ -173,9 +191,9 @@ def _missing_tool(command: str) -> str | None:
     return None
 
 
-def test_every_readme_example_runs(tmp_path, talkative_ckpt, readme_hub, bundled_gguf):
+def test_every_readme_example_runs(tmp_path, talkative_ckpt, jlama_ckpt, readme_hub, bundled_gguf):
     root = tmp_path / "work"
-    _workspace(root, talkative_ckpt)
+    _workspace(root, talkative_ckpt, jlama_ckpt)
     env = _env(root, tmp_path / "home", readme_hub)
     # The tiny CodeGemma-layout model, installed as the best CodeGemma: examples run without --model.
     subprocess.run([sys.executable, "-m", "cg", "quantize", str(talkative_ckpt), "--type", "f32", "--name",

@@ -44,25 +44,30 @@ def default_model_name(src_dir: Path, out_type: OutType) -> str:
 def quantize(
     src_dir: Annotated[Path, typer.Argument(help="Hugging Face checkpoint folder (config.json, *.safetensors, "
                                                  "tokenizer.model).")],
-    type: Annotated[OutType, typer.Option("--type", case_sensitive=False, help="Output type.")] = OutType.Q4_K_M,
+    type: Annotated[OutType | None, typer.Option(
+        "--type", case_sensitive=False,
+        help="Output type (default: q4_0 for Jlama Q4, lossless; q8_0 for Jlama I8; else q4_k_m).")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o",
                                                 help="Output .gguf (default: cg's model store).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output.")] = False,
     name: Annotated[str | None, typer.Option("--name", help="Name in the model store (default: FOLDER-TYPE).")] = None,
     threads: ThreadsOpt = None,
 ) -> None:
-    """Convert a CodeGemma checkpoint to GGUF and quantize it with llama.cpp."""
-    from quantize.convert import convert
+    """Convert a CodeGemma checkpoint (or a Jlama-quantized one) to GGUF, quantized with llama.cpp."""
+    from quantize.convert import convert, default_type
 
     from .. import store
     from ..progress import progress_bar
 
-    model_name = name or default_model_name(src_dir, type)
+    out_type = type or default_type(src_dir)
+    model_name = name or default_model_name(src_dir, out_type)
     target = output or store.ensure_dir(store.models_dir()) / f"{model_name}.gguf"
-    result = convert(src_dir, target, type=type, force=force, threads=threads, progress=progress_bar)
+    result = convert(src_dir, target, type=out_type, force=force, threads=threads, progress=progress_bar)
+    if result.note():
+        print(result.note(), file=sys.stderr)
     if output is None:
         ids, _ = store.gguf_special_ids(result.path)
-        store.register(store.ModelRecord(name=model_name, path=str(result.path), quant=type.value,
+        store.register(store.ModelRecord(name=model_name, path=str(result.path), quant=out_type.value,
                                          source=result.source, special_ids=ids))
     write_result(f"{result.path}\n")
 
@@ -72,7 +77,9 @@ def download(
     model: Annotated[str | None, typer.Argument(
         help="codegemma-2b (default), codegemma-1.1-2b, codegemma-7b, codegemma-7b-it, codegemma-1.1-7b-it, "
              "or any hub repo id.")] = None,
-    quant: Annotated[OutType, typer.Option("--quant", case_sensitive=False, help="Output type.")] = OutType.Q4_K_M,
+    quant: Annotated[OutType | None, typer.Option(
+        "--quant", case_sensitive=False,
+        help="Output type (default: q4_k_m; for a Jlama checkpoint q4_0, a lossless copy, or q8_0).")] = None,
     token: Annotated[str | None, typer.Option(
         "--token", help="Hub token (default: HF_TOKEN, then `hf auth login`'s).")] = None,
     revision: Annotated[str | None, typer.Option("--revision", help="Branch, tag or commit (default: main).")] = None,
@@ -85,8 +92,8 @@ def download(
     """Download CodeGemma from the Hugging Face hub, ready for `cg complete` (prints its name)."""
     from ..hub import download as fetch
 
-    record = fetch(model, quant=quant.value, token=token, revision=revision, force=force, keep_source=keep_source,
-                   name=name, threads=threads)
+    record = fetch(model, quant=quant.value if quant else None, token=token, revision=revision, force=force,
+                   keep_source=keep_source, name=name, threads=threads)
     print(f"Installed {record.name}: {record.path}", file=sys.stderr)
     write_result(f"{record.name}\n")
 
