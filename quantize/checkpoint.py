@@ -8,6 +8,7 @@ quantized dtypes (Q4, I8, which no other reader takes) can be read: see jlama.py
 from __future__ import annotations
 
 import json
+import math
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -36,10 +37,12 @@ class TensorEntry:
 
     @property
     def n_elements(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
+        return math.prod(self.shape)
+
+    @property
+    def columns(self) -> int:
+        """The last dimension: values per row (1 for a scalar)."""
+        return self.shape[-1] if self.shape else 1
 
     def rows(self) -> Iterator[np.ndarray]:
         """The tensor as float32 blocks of whole rows, read block by block.
@@ -53,7 +56,7 @@ class TensorEntry:
             yield from jlama.dequantized_rows(self, CHUNK_BYTES)
             return
         np_dtype, size = _DTYPES[self.dtype]
-        row = self.shape[-1] if self.shape else 1
+        row = self.columns
         n_rows = max(1, self.n_elements // row)
         step = max(1, CHUNK_BYTES // (row * size))
         with open(self.file, "rb") as f:
@@ -168,9 +171,7 @@ def read_header(path: Path) -> list[TensorEntry]:
                                   "Download the file again.") from None
         if dtype not in _DTYPES and dtype not in jlama.QUANTIZED:
             raise ConversionError(f"tensor {name} in {path.name} has unsupported dtype {dtype}")
-        n = 1
-        for d in shape:
-            n *= d
+        n = math.prod(shape)
         expected = jlama.data_bytes(dtype, n) if dtype in jlama.QUANTIZED else n * _DTYPES[dtype][1]
         if end - start != expected:
             raise ConversionError(f"tensor {name} in {path.name} holds {end - start} bytes, its {dtype} shape "

@@ -222,9 +222,10 @@ def _write_tensors(writer: gguf.GGUFWriter, converter: Converter, plan: list[Pla
                 for data, rounded in jlama.q4_0_blocks(p.entry, CHUNK_BYTES):
                     data.tofile(fout)
                     written += data.nbytes
-                    stats.copied_blocks += data.nbytes // 18
+                    blocks = data.nbytes // jlama.Q4_0_BLOCK_BYTES
+                    stats.copied_blocks += blocks
                     stats.rounded_blocks += rounded
-                    advance(data.nbytes // 18 * 32)
+                    advance(blocks * jlama.Q4_BLOCK)
             else:
                 for block in p.entry.rows():
                     data = gguf.quants.quantize(converter.transform(p.name, block), t)

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 QUANTIZED = ("Q4", "I8")
 Q4_BLOCK = 32
+Q4_0_BLOCK_BYTES = 2 + Q4_BLOCK // 2  # ggml's block_q4_0: an f16 scale, then 16 bytes of nibbles
 SCALES_SUFFIX = ".qb"
 
 
@@ -35,9 +36,9 @@ def data_bytes(dtype: str, n_elements: int) -> int:
 
 
 def block_size(entry: TensorEntry) -> int:
+    """Values per scale: 32 for Q4 (link_scales checks it), 32 or 256 for I8."""
     assert entry.scales is not None
-    columns = entry.shape[-1] if entry.shape else 1
-    return columns // max(1, entry.scales.shape[-1] if entry.scales.shape else 1)
+    return entry.columns // max(1, entry.scales.columns)
 
 
 def link_scales(tensors: dict[str, TensorEntry]) -> dict[str, TensorEntry]:
@@ -56,9 +57,9 @@ def link_scales(tensors: dict[str, TensorEntry]) -> dict[str, TensorEntry]:
             if scales is None:
                 raise ConversionError(f"{entry.dtype} tensor {name} has no {name}{SCALES_SUFFIX} scales",
                                       "The Jlama checkpoint is incomplete (every shard is needed); download it again.")
-            columns = entry.shape[-1] if entry.shape else 1
-            blocks = scales.shape[-1] if scales.shape else 1
-            if scales.dtype != "F32" or scales.shape[:-1] != entry.shape[:-1] or not blocks or columns % blocks:
+            blocks = scales.columns
+            if (scales.dtype != "F32" or scales.shape[:-1] != entry.shape[:-1] or not blocks
+                    or entry.columns % blocks or (entry.dtype == "Q4" and entry.columns // blocks != Q4_BLOCK)):
                 raise ConversionError(f"{name}{SCALES_SUFFIX} has shape {list(scales.shape)} ({scales.dtype}), which "
                                       f"does not fit {name} {list(entry.shape)}", "Download the checkpoint again.")
             out[name] = dataclasses.replace(entry, scales=scales)
@@ -72,10 +73,9 @@ def _row_blocks(entry: TensorEntry, rows_per_step: int) -> Iterator[tuple[np.nda
     import numpy as np
 
     assert entry.scales is not None
-    columns = entry.shape[-1] if entry.shape else 1
-    n_rows = max(1, entry.n_elements // columns)
-    row_bytes = data_bytes(entry.dtype, columns)
-    blocks = columns // block_size(entry)
+    n_rows = max(1, entry.n_elements // entry.columns)
+    row_bytes = data_bytes(entry.dtype, entry.columns)
+    blocks = entry.scales.columns
     with open(entry.file, "rb") as data, open(entry.scales.file, "rb") as scales:
         for start in range(0, n_rows, rows_per_step):
             count = min(n_rows, start + rows_per_step) - start
@@ -93,8 +93,7 @@ def dequantized_rows(entry: TensorEntry, chunk_bytes: int) -> Iterator[np.ndarra
     """The tensor's exact values (q * scale in f32), a block of rows at a time."""
     import numpy as np
 
-    columns = entry.shape[-1] if entry.shape else 1
-    bs = block_size(entry)
+    columns, bs = entry.columns, block_size(entry)
     for q, s in _row_blocks(entry, max(1, chunk_bytes // (columns * 4))):
         if entry.dtype == "Q4":
             blocks = q.reshape(q.shape[0], -1, Q4_BLOCK // 2)
@@ -107,7 +106,7 @@ def dequantized_rows(entry: TensorEntry, chunk_bytes: int) -> Iterator[np.ndarra
 
 
 def copyable_as_q4_0(entry: TensorEntry) -> bool:
-    return entry.dtype == "Q4" and entry.scales is not None and block_size(entry) == Q4_BLOCK
+    return entry.dtype == "Q4"  # whose scales link_scales found per Q4_BLOCK values
 
 
 def q4_0_blocks(entry: TensorEntry, chunk_bytes: int) -> Iterator[tuple[np.ndarray, int]]:
@@ -116,8 +115,7 @@ def q4_0_blocks(entry: TensorEntry, chunk_bytes: int) -> Iterator[tuple[np.ndarr
     weights: then the copy is lossless)."""
     import numpy as np
 
-    columns = entry.shape[-1] if entry.shape else 1
-    for q, s in _row_blocks(entry, max(1, chunk_bytes // columns)):
+    for q, s in _row_blocks(entry, max(1, chunk_bytes // entry.columns)):
         half = s.reshape(-1).astype(np.float16)
         rounded = int(np.count_nonzero(half.astype(np.float32) != s.reshape(-1)))
         blocks = np.concatenate([half.view(np.uint8).reshape(-1, 2), q.reshape(-1, Q4_BLOCK // 2)], axis=1)

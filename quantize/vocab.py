@@ -106,8 +106,9 @@ def _from_tokenizer_json(path: Path, vocab_size: int | None, config: dict[str, A
         ids["unk"] = model["vocab"][model["unk_token"]]
     # Meta pieces (control, unknown, user-defined = the added tokens; bytes) score 0; the learned
     # ones -rank, ranked by id from the first of them.
-    meta = {int(a["id"]) for a in data.get("added_tokens") or []} | set(ids.values())
-    meta |= {i for i, piece in by_id.items() if model.get("byte_fallback") and _BYTE_PIECE.fullmatch(piece)}
+    byte_ids = ({i for i, piece in by_id.items() if _BYTE_PIECE.fullmatch(piece)} if model.get("byte_fallback")
+                else set())
+    meta = {int(a["id"]) for a in data.get("added_tokens") or []} | set(ids.values()) | byte_ids
     base = min((i for i in by_id if i not in meta), default=0)
     control = {ids[n] for n in ("bos", "eos", "pad") if n in ids}
     for i, piece in by_id.items():
@@ -116,8 +117,7 @@ def _from_tokenizer_json(path: Path, vocab_size: int | None, config: dict[str, A
         out.tokens[i] = piece.encode("utf-8")
         out.scores[i] = 0.0 if i in meta else -float(i - base)
         out.types[i] = (TokenType.UNKNOWN if i == ids.get("unk") else TokenType.CONTROL if i in control
-                        else TokenType.BYTE if model.get("byte_fallback") and _BYTE_PIECE.fullmatch(piece)
-                        else TokenType.NORMAL)
+                        else TokenType.BYTE if i in byte_ids else TokenType.NORMAL)
     out.ids = ids
     return out
 

@@ -156,6 +156,7 @@ def test_other_types_from_q4_say_they_quantize_twice(jq4, tmp_path, capsys):
 @pytest.mark.parametrize("damage, message", [
     ("truncate", "is truncated or not a safetensors file"),
     ("drop-scales", "Q4 tensor model.layers.1.mlp.up_proj.weight has no model.layers.1.mlp.up_proj.weight.qb"),
+    ("q4-blocks-of-64", "model.layers.1.mlp.up_proj.weight.qb has shape"),
 ])
 def test_broken_checkpoints_are_input_errors(jq4, tmp_path, capsys, damage, message):
     broken = Path(shutil.copytree(jq4, tmp_path / "broken"))
@@ -165,7 +166,13 @@ def test_broken_checkpoints_are_input_errors(jq4, tmp_path, capsys, damage, mess
     else:
         (size,) = np.frombuffer(data[:8], "<u8")
         header = json.loads(data[8:8 + int(size)])
-        del header["model.layers.1.mlp.up_proj.weight.qb"]
+        if damage == "drop-scales":
+            del header["model.layers.1.mlp.up_proj.weight.qb"]
+        else:  # Q4 is blocks of 32: scales per 64 values do not fit it (same file, half the scales read)
+            scales = header["model.layers.1.mlp.up_proj.weight.qb"]
+            scales["shape"][-1] //= 2
+            start = scales["data_offsets"][0]
+            scales["data_offsets"][1] = start + (scales["data_offsets"][1] - start) // 2
         raw = json.dumps(header, separators=(",", ":")).encode()
         (broken / "model.safetensors").write_bytes(len(raw).to_bytes(8, "little") + raw + data[8 + int(size):])
     out = tmp_path / "out.gguf"
