@@ -65,6 +65,8 @@ class Converted:
         """What a user holding a Jlama checkpoint should know about the conversion, or None."""
         if self.jlama is None:
             return None
+        if self.type == OutType.F32:
+            return f"Note: the Jlama {self.jlama} weights were dequantized exactly to f32."
         if self.requantized:
             return (f"Note: the Jlama {self.jlama} weights were dequantized and quantized again to {self.type.value} "
                     "(two roundings)" + ("; --type q4_0 copies Jlama Q4 losslessly." if self.jlama == "Q4" else "."))
@@ -111,7 +113,8 @@ def convert(src_dir: Path | str, out: Path | str, *, type: OutType | str | None 
         raise OutputExistsError(f"{target} already exists")
     target.parent.mkdir(parents=True, exist_ok=True)
     n_weights = sum(p.entry.n_elements for p in plan)
-    direct = out_type.is_float or (out_type == OutType.Q4_0 and ckpt.jlama == "Q4")  # written here, no quantizer
+    copied = out_type == OutType.Q4_0 and ckpt.jlama == "Q4"  # Jlama's nibbles as they are
+    direct = out_type.is_float or copied  # written here, no quantizer
     float_type = out_type if direct else _intermediate_type(plan)
     need = n_weights * (_BYTES_PER_WEIGHT[out_type] + (0 if direct else _BYTES_PER_WEIGHT[float_type]))
     check_free_space(target.parent, need, f"the {out_type.value} GGUF")
@@ -124,7 +127,7 @@ def convert(src_dir: Path | str, out: Path | str, *, type: OutType | str | None 
                 with progress(f"Quantizing to {out_type.value}", len(plan)) as advance:
                     quantize_gguf(intermediate, tmp, out_type, threads=threads,
                                   on_progress=lambda i, total: advance(completed=i, total=total))
-    requantized = ckpt.jlama is not None and not (direct and out_type == OutType.Q4_0)
+    requantized = ckpt.jlama is not None and not copied and out_type != OutType.F32
     return Converted(target, vocab, str(ckpt.config.get("_name_or_path") or ckpt.folder), out_type, ckpt.jlama,
                      requantized, written.copied_blocks, written.rounded_blocks)
 

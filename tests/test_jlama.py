@@ -153,6 +153,12 @@ def test_other_types_from_q4_say_they_quantize_twice(jq4, tmp_path, capsys):
     assert "quantized again to q8_0 (two roundings); --type q4_0 copies Jlama Q4 losslessly" in capsys.readouterr().err
 
 
+def test_f32_from_q4_says_it_is_exact(jq4, tmp_path, capsys):
+    assert main(["quantize", str(jq4), "--type", "f32", "-o", str(tmp_path / "f32.gguf")]) == 0
+    err = capsys.readouterr().err
+    assert "Jlama Q4 weights were dequantized exactly to f32" in err and "two roundings" not in err
+
+
 @pytest.mark.parametrize("damage, message", [
     ("truncate", "is truncated or not a safetensors file"),
     ("drop-scales", "Q4 tensor model.layers.1.mlp.up_proj.weight has no model.layers.1.mlp.up_proj.weight.qb"),
