@@ -165,7 +165,7 @@ def build_fim_prompt(engine: Engine, prefix: str, suffix: str, opts: RunOptions,
     kept, dropped = fim.pack_context(chunks, room)
     _left_out(opts, limit, trimmed.dropped_prefix, trimmed.dropped_suffix, dropped)
     pre, suf, mid = sp.fim_triple()
-    ids = fim.FimIds(_bos(engine), pre, suf, mid, sp.fim_sep)
+    ids = fim.FimIds(engine.bos, pre, suf, mid, sp.fim_sep)
     return fim.layout(ids, trimmed.prefix, trimmed.suffix, header=header, context=kept, spm=spm)
 
 
@@ -175,7 +175,7 @@ def build_prefix_prompt(engine: Engine, prefix: str, opts: RunOptions) -> list[i
     if len(ids) > budget:
         _left_out(opts, limit, len(ids) - budget, 0, 0)
         ids = ids[len(ids) - budget:]
-    return [_bos(engine), *ids]
+    return [engine.bos, *ids]
 
 
 def prompt_budget(engine: Engine, opts: RunOptions, overhead: int) -> tuple[int, str]:
@@ -208,15 +208,11 @@ def _left_out(opts: RunOptions, limit: str, before: int, after: int, files: int)
 
 def build_chat_prompt(engine: Engine, message: str, opts: RunOptions, start_turn: int, end_turn: int) -> list[int]:
     tok = engine.tokenize_text
-    prompt = fim.chat_turns(_bos(engine), start_turn, end_turn, tok("user\n" + message), tok("\n"), tok("model\n"))
+    prompt = fim.chat_turns(engine.bos, start_turn, end_turn, tok("user\n" + message), tok("\n"), tok("model\n"))
     if len(prompt) + opts.max_tokens > engine.n_ctx:
         raise PromptTooLongError(f"the prompt ({len(prompt)} tokens) and --max-tokens {opts.max_tokens} "
                                  f"do not fit in a {engine.n_ctx}-token context")
     return prompt
-
-
-def _bos(engine: Engine) -> int:
-    return engine.bos
 
 
 def run_stream(engine: Engine, prompt: list[int], rules: CutRules, opts: RunOptions,

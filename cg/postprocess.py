@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .blocks import BlockRules, BlockWatcher
+from .blocks import CLOSERS, OPENERS, BlockRules, BlockWatcher
 
 _TRAILING_BLANK = re.compile(r"(?:\r?\n[ \t\r]*)+\Z")
 _LEADING_BLANK = re.compile(r"(?:[ \t\r]*\n)+")
@@ -28,9 +28,6 @@ class CutRules:
     strip_leading: bool = False  # drop blank lines before the first line with text
 
 
-_OPEN, _CLOSE = "([{", ")]}"
-
-
 def repeats_rest_of_line(before: str, line: str, rest: str) -> bool:
     """Does `line` end by typing again `rest`, the text after the cursor on its line?
 
@@ -42,10 +39,10 @@ def repeats_rest_of_line(before: str, line: str, rest: str) -> bool:
     body = line.rstrip()
     if not rest or not body.endswith(rest):
         return False
-    if body.strip() == rest or not any(c in _OPEN + _CLOSE for c in rest):
+    if body.strip() == rest or not any(c in OPENERS + CLOSERS for c in rest):
         return True
     whole = before + body + rest
-    return sum(whole.count(c) for c in _CLOSE) > sum(whole.count(c) for c in _OPEN)
+    return sum(whole.count(c) for c in CLOSERS) > sum(whole.count(c) for c in OPENERS)
 
 
 def first_nonblank_line(text: str) -> str:
