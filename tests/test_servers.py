@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from cg.cli import main
 from cg.complete import RunOptions, complete
 
 from .helpers import ID, NO_STOPS, NO_STOPS_BIAS, run_cg, variant_gguf
@@ -144,6 +145,27 @@ def test_json_names_the_server(llama_server):
     proc = run_cg("complete", "--server", llama_server.url, "--json", "-n", "3", *NO_STOPS, "--prefix", "x = ")
     data = json.loads(proc.stdout)
     assert proc.returncode == 0 and data["server"] == llama_server.url and data["completion_tokens"] == 3
+
+
+def test_server_api_forced(llama_server, vllm_server):
+    """--server-api openai on llama-server's root URL drives its /v1 and answers as its native API;
+    --server-api llama on vLLM finds no llama.cpp API there."""
+    args = ["complete", "--json", "-n", "3", *NO_STOPS, "--prefix", "x = "]
+    native = json.loads(run_cg(*args, "--server", llama_server.url).stdout)
+    proc = run_cg(*args, "--server", llama_server.url, "--server-api", "openai")
+    forced = json.loads(proc.stdout)
+    assert proc.returncode == 0 and forced["server"] == llama_server.url + "/v1"
+    assert (forced["text"], forced["completion_tokens"]) == (native["text"], native["completion_tokens"])
+    proc = run_cg("complete", "--server", vllm_server.url, "--server-api", "llama", "--prefix", "x")
+    assert proc.returncode == 2 and proc.stderr.startswith("Error: no llama.cpp server API at")
+
+
+@pytest.mark.parametrize("command", [["complete", "--prefix", "x"], ["generate", "x"], ["infill", "f.py:1"],
+                                     ["eval", "humaneval-infill", "--limit", "1"]])
+def test_an_unknown_server_api_is_bad_input_on_every_command(command, capsys):
+    assert main([*command, "--server", "http://127.0.0.1:9", "--server-api", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("Error: Invalid value for '--server-api': 'nope' is not one of 'llama', 'openai'")
 
 
 def test_infill_through_a_server_writes_what_the_local_engine_writes(llama_server, tiny_gguf, tmp_path):

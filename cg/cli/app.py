@@ -13,6 +13,7 @@ import typer
 
 from ..complete import RunOptions
 from ..errors import InputError, UsageError
+from ..server import Api
 
 if TYPE_CHECKING:
     from ..complete import Event
@@ -83,8 +84,9 @@ BlockStopOpt = Annotated[bool, typer.Option("--block-stop/--no-block-stop",
                                             help="End where the code block at the cursor ends (default: on).")]
 ServerOpt = Annotated[str | None, typer.Option(
     "--server", envvar="CG_SERVER", help="Run on this llama-server or OpenAI-compatible server (URL) instead.")]
-ServerApiOpt = Annotated[str | None, typer.Option(
-    "--server-api", help="llama (llama-server's native API) or openai (/v1/completions); default: found from the URL.")]
+ServerApiOpt = Annotated[Api | None, typer.Option(
+    "--server-api", case_sensitive=False,
+    help="llama (llama-server's native API) or openai (/v1/completions); default: found from the URL.")]
 ApiKeyOpt = Annotated[str | None, typer.Option("--api-key", envvar="CG_API_KEY", help="The server's API key.")]
 ContextOpt = Annotated[list[Path] | None, typer.Option("--context", "-c",
                                                           help="Another file to show the model first (repeatable).")]
@@ -114,8 +116,6 @@ def run_options(*, model: str | None, ctx: int, threads: int | None, seed: int, 
                  gpu_layers: int | None, max_prompt_tokens: int | None, logit_bias: list[str] | None = None,
                  as_json: bool = False, server: str | None = None, server_api: str | None = None,
                  api_key: str | None = None) -> RunOptions:
-    if server_api not in (None, "llama", "openai"):
-        raise UsageError(f"--server-api {server_api!r} is not llama or openai", "Use --server-api llama|openai.")
     return RunOptions(model=model, n_ctx=ctx, threads=threads, seed=seed, verbose=verbose,
                       temperature=temperature, top_p=top_p, top_k=top_k, max_tokens=max_tokens,
                       max_time=max_time, quiet=quiet, logit_bias=_parse_bias(logit_bias or []), prompt_cache=True,
