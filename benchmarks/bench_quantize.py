@@ -40,7 +40,7 @@ def compare_tensors(a: Path, b: Path) -> tuple[int, int, list[str]]:
 
 
 def main() -> None:
-    from quantize.synthetic import CODEGEMMA_2B
+    from tests.synthetic import CODEGEMMA_2B
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--layers", type=int, default=CODEGEMMA_2B.layers)
@@ -54,7 +54,7 @@ def main() -> None:
     if not (src / "config.json").exists():
         # In a child: a child's peak RSS counts its parent's at fork/exec time on Linux, so
         # this process must stay small for the measurements below to mean anything.
-        code = ("import sys, dataclasses; from pathlib import Path; from quantize.synthetic import CODEGEMMA_2B, "
+        code = ("import sys, dataclasses; from pathlib import Path; from tests.synthetic import CODEGEMMA_2B, "
                 "write_checkpoint; write_checkpoint(Path(sys.argv[1]), dataclasses.replace(CODEGEMMA_2B, "
                 "layers=int(sys.argv[2])), dtype=sys.argv[3], shards=2, scale=1.0)")
         sec, _, _ = child([sys.executable, "-c", code, str(src), str(args.layers), args.dtype])

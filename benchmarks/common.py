@@ -5,11 +5,16 @@ from __future__ import annotations
 import inspect
 import os
 import subprocess
+import sys
 import textwrap
 import time
 from pathlib import Path
 
 WORKDIR = Path("/tmp/cg-bench")
+# The repository root: the benchmarks build their test-shaped checkpoints with tests/synthetic.py.
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
 
 def source_text() -> str:
@@ -50,7 +55,8 @@ def child(cmd: list[str], *, stdin: str | None = None, env: dict | None = None, 
             fin.write(stdin.encode())
             fin.seek(0)
         start = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdin=fin, stdout=fout, stderr=ferr, env={**os.environ, **(env or {})}, cwd=cwd)
+        proc = subprocess.Popen(cmd, stdin=fin, stdout=fout, stderr=ferr,
+                                env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}, cwd=cwd)
         _, status, usage = os.wait4(proc.pid, 0)
         seconds = time.perf_counter() - start
         proc.returncode = os.waitstatus_to_exitcode(status)

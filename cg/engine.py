@@ -1,25 +1,32 @@
 """The engine interface: where a model runs is one choice at the bottom of cg.
 
-Everything above an engine (complete.py, infill.py, evaluate/) works on token ids and
+Everything above an engine (complete.py, prompts.py, infill.py, evaluate/) works on token ids and
 TokenEvents, and never asks which engine it has: the local llama-cpp-python one (local.py: CPU,
-or layers on a GPU) or a server (server.py: llama.cpp's llama-server, or an OpenAI-compatible
-completions API that takes token-id prompts, such as vLLM). This module holds the interface and
-what both share: the special ids, sampling, events, timings and the sentinel-safe tokenization.
+or layers on a GPU) or a server (remote.py: llama.cpp's llama-server, or an OpenAI-compatible
+completions API that takes token-id prompts, such as vLLM). engines.py builds them.
+
+An engine describes itself once (EngineInfo) and generates Pieces: the token ids and text it
+produced. `decode()` is the one loop over them that both share: stop ids, the token limit,
+timings, the text of each token.
 """
 
 from __future__ import annotations
 
+import codecs
 import re
+import time
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Protocol
-
-from quantize.tokens import BY_NAME, SENTINELS, metadata_keys
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .errors import UsageError
+from .special_ids import SpecialIds
 
 if TYPE_CHECKING:
     import numpy as np
+
+__all__ = ["Engine", "EngineInfo", "LogitsProcessor", "Piece", "PromptProgress", "Sampling", "SpecialIds",
+           "Timings", "TokenEvent", "check_token_ids", "decode", "is_instruct_name", "split_sentinels"]
 
 # logits_processor(input_ids, logits) -> logits, as llama-cpp-python calls it (local engine only)
 LogitsProcessor = Callable[["np.ndarray", "np.ndarray"], "np.ndarray"]
@@ -27,41 +34,6 @@ PromptProgress = Callable[[int, int], None]  # (tokens evaluated, prompt tokens)
 # An instruction-tuned model's name: "-it" as a whole word (codegemma-7b-it-q4_k_m.gguf,
 # gemma-2-9b-it.Q4.gguf), not inside another one (model-iter, item).
 _INSTRUCT_NAME = re.compile(r"(?:^|[-_.])it(?:$|[-_.])", re.IGNORECASE)
-
-
-@dataclass(frozen=True)
-class SpecialIds:
-    """Ids of the special tokens (quantize/tokens.py names them) in the loaded vocabulary."""
-
-    bos: int | None = None
-    eos: int | None = None
-    fim_pre: int | None = None
-    fim_suf: int | None = None
-    fim_mid: int | None = None
-    fim_sep: int | None = None
-    start_turn: int | None = None
-    eot: int | None = None
-    extra_stops: frozenset[int] = frozenset()
-
-    @property
-    def has_fim(self) -> bool:
-        return None not in (self.fim_pre, self.fim_suf, self.fim_mid)
-
-    def fim_triple(self) -> tuple[int, int, int]:
-        """(prefix, suffix, middle) sentinel ids; only for a model that has them."""
-        if self.fim_pre is None or self.fim_suf is None or self.fim_mid is None:
-            raise ValueError("the model has no FIM tokens")
-        return self.fim_pre, self.fim_suf, self.fim_mid
-
-    @property
-    def stop_ids(self) -> frozenset[int]:
-        """<eos>, every FIM sentinel, <|file_separator|> and <end_of_turn>, marked EOG or not."""
-        ids = {getattr(self, t.name) for t in BY_NAME.values() if t.stop}
-        return frozenset(i for i in ids if i is not None) | self.extra_stops
-
-    def named(self) -> dict[str, int]:
-        """The ids found, by name (what cg's store records)."""
-        return {f.name: v for f in fields(self) if isinstance(v := getattr(self, f.name), int)}
 
 
 @dataclass(frozen=True)
@@ -77,9 +49,36 @@ class Sampling:
 
 
 @dataclass(frozen=True)
+class EngineInfo:
+    """What an engine is, described once when it is made."""
+
+    name: str  # the model as --json reports it: its file, or the model a server serves
+    label: str  # the model in messages: a file name, or MODEL at URL
+    server: str | None  # the server's URL; None for the local engine
+    n_ctx: int
+    n_vocab: int | None  # None: the server does not say (it checks token ids itself)
+    special: SpecialIds
+    bos: int
+    chat: bool  # an instruction model: prompts get Gemma's turn format
+    default_window: int  # prompt tokens evaluated when the caller does not say
+
+
+@dataclass(frozen=True)
+class Piece:
+    """What an engine produced in one step: token ids and their text (bytes from the local engine,
+    decoded here; text from a server), or the end of generation it reports. An empty piece is a
+    sign of life from a server that sends keep-alives: the caller gets to look at the clock."""
+
+    ids: tuple[int, ...] = ()
+    text: str | bytes = ""
+    stop_id: int | None = None  # generation ended on this stop id (a server's summary)
+    cached: int | None = None  # prompt tokens the server reused from its own cache
+
+
+@dataclass(frozen=True)
 class TokenEvent:
-    token: int
-    text: str  # decoded text of this token ('' for a control token or an incomplete UTF-8 byte)
+    token: int | None  # None: text without an id (a server that sends none), or a keep-alive
+    text: str  # decoded text ('' for a control token or an incomplete UTF-8 byte)
     stop: bool  # the token is a stop id; its text is never part of the output
 
 
@@ -88,59 +87,78 @@ class Timings:
     load_ms: float = 0.0
     prompt_ms: float = 0.0
     generation_ms: float = 0.0
-    cached_tokens: int = 0  # prompt tokens not evaluated: reused from memory or the prompt cache
+    cached_tokens: int = 0  # prompt tokens not evaluated: reused from memory, the disk cache or a server's cache
+    spliced_tokens: int = 0  # of those, reused after a change (moved, or after changed tokens)
+    evaluated_tokens: int | None = None  # prompt tokens evaluated (None: a server that does not say)
     disk_cache_ms: float = 0.0  # time spent loading from the on-disk prompt cache
+    reuse: str = "none"  # none, prefix (exact), splice (after a change), server
+
+    def to_json(self) -> dict[str, Any]:
+        return {f.name: round(v, 3) if isinstance(v := getattr(self, f.name), float) else v for f in fields(self)}
 
 
 class Engine(Protocol):
     """What cg needs of a place that runs the model."""
 
-    special: SpecialIds
-    load_ms: float
+    @property
+    def info(self) -> EngineInfo: ...
 
     @property
-    def name(self) -> str:
-        """The model as --json reports it: its file, or the model a server serves."""
-        ...
-
-    @property
-    def label(self) -> str:
-        """The model in messages: a file name, or MODEL at URL."""
-        ...
-
-    @property
-    def server(self) -> str | None:
-        """The server's URL, or None for the local engine."""
-        ...
-
-    @property
-    def n_ctx(self) -> int: ...
-
-    @property
-    def n_vocab(self) -> int: ...
-
-    @property
-    def is_chat(self) -> bool: ...
-
-    @property
-    def default_window(self) -> int:
-        """Prompt tokens evaluated when the caller does not say."""
-        ...
-
-    @property
-    def bos(self) -> int: ...
+    def load_ms(self) -> float: ...
 
     def tokenize_text(self, text: str) -> list[int]:
         """User text as ids, special-token parsing off: sentinel text in code stays text."""
         ...
 
-    def stream(self, prompt: Sequence[int], *, max_tokens: int, sampling: Sampling = Sampling(),
-               logit_bias: dict[int, float] | None = None, logits_processor: LogitsProcessor | None = None,
-               timings: Timings | None = None, on_prompt: PromptProgress | None = None,
-               ) -> Generator[TokenEvent, None, None]:
-        """Decode up to max_tokens after prompt; the last event is a stop token or the limit.
-        Closing the generator ends the generation (a server's stream is closed)."""
+    def generate(self, prompt: Sequence[int], *, max_tokens: int, sampling: Sampling,
+                 logit_bias: dict[int, float] | None, logits_processor: LogitsProcessor | None,
+                 timings: Timings, on_prompt: PromptProgress | None, exact: bool) -> Generator[Piece, None, None]:
+        """Generate after prompt until closed (at most max_tokens). exact: reuse only what gives
+        a fresh run's result bit for bit. Closing the generator ends the generation (a server's
+        stream is closed); the engine fills the reuse fields of timings."""
         ...
+
+
+def decode(engine: Engine, prompt: Sequence[int], *, max_tokens: int, sampling: Sampling = Sampling(),
+           logit_bias: dict[int, float] | None = None, logits_processor: LogitsProcessor | None = None,
+           timings: Timings | None = None, on_prompt: PromptProgress | None = None,
+           exact: bool = False) -> Generator[TokenEvent, None, None]:
+    """The one decode loop: up to max_tokens tokens after prompt; the last event is a stop token
+    or the limit. Closing the generator ends the generation."""
+    if logit_bias and engine.info.n_vocab is not None:
+        check_token_ids(list(logit_bias), engine.info.n_vocab, "--logit-bias")
+    timings = timings if timings is not None else Timings()
+    stops = engine.info.special.stop_ids
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    start, first, count = time.perf_counter(), None, 0
+    pieces = engine.generate(prompt, max_tokens=max_tokens, sampling=sampling, logit_bias=logit_bias,
+                             logits_processor=logits_processor, timings=timings, on_prompt=on_prompt, exact=exact)
+    try:
+        for piece in pieces:
+            now = time.perf_counter()
+            if first is None and (piece.ids or piece.text):
+                first = now
+                timings.prompt_ms = (now - start) * 1000
+            if first is not None:
+                timings.generation_ms = (now - first) * 1000
+            if piece.cached is not None:
+                timings.cached_tokens = piece.cached
+            text = decoder.decode(piece.text) if isinstance(piece.text, bytes) else piece.text
+            for i, token in enumerate(piece.ids):
+                if token in stops:
+                    yield TokenEvent(token, "", True)
+                    return
+                count += 1
+                yield TokenEvent(token, text if i == len(piece.ids) - 1 else "", False)
+                if count >= max_tokens:
+                    return
+            if not piece.ids:
+                yield TokenEvent(None, text, False)
+            if piece.stop_id is not None:
+                yield TokenEvent(piece.stop_id, "", True)
+                return
+    finally:
+        pieces.close()
 
 
 def is_instruct_name(name: str) -> bool:
@@ -167,28 +185,6 @@ def split_sentinels(text: str, tokenize: Callable[[str], list[int]], protected: 
         elif part:
             out += tokenize(part)
     return out
-
-
-def find_special_ids(from_metadata: Callable[[str], int | None], by_text: Callable[[str], int | None],
-                     recorded: dict[str, int], extra_stops: frozenset[int] = frozenset()) -> SpecialIds:
-    """Special ids from metadata keys, else the vocabulary by token text, else ids recorded in
-    cg's store (for GGUFs that lack them)."""
-    found: dict[str, int] = {}
-    for name in (f.name for f in fields(SpecialIds) if f.name in BY_NAME):
-        for key in metadata_keys(BY_NAME[name]):
-            value = from_metadata(key)
-            if value is not None and value >= 0:
-                found[name] = value
-                break
-    for token in (BY_NAME["bos"], BY_NAME["eos"], *SENTINELS):
-        if token.name not in found:
-            value = by_text(token.text)
-            if value is not None:
-                found[token.name] = value
-    for name, value in recorded.items():
-        if name in SpecialIds.__dataclass_fields__ and name not in found:
-            found[name] = int(value)
-    return SpecialIds(**found, extra_stops=extra_stops)
 
 
 def check_token_ids(ids: Sequence[int], n_vocab: int, what: str) -> None:

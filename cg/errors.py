@@ -8,35 +8,30 @@ Exit codes (documented in README.md):
   5  network unreachable
   130 interrupted
 
-quantize/ is a library with its own errors (it never imports cg); they are mapped here.
+Every error shown to a user derives from cg_core's ReportedError: cg's own (here, each with its
+exit code), quantize's (a library that never imports cg) and cg_core's; the last two are mapped here.
 """
 
 from __future__ import annotations
 
-from quantize.errors import ConversionError, DiskSpaceError, OutputExistsError, QuantizeError, QuantizerFailed
+from cg_core.errors import DiskSpaceError, NotAFileError, ReportedError
+from quantize.errors import ConversionError, OutputExistsError, QuantizeError, QuantizerFailed
 
 __all__ = [
     "AuthError", "CgError", "ConversionError", "DiskSpaceError", "HomeError", "HubNotFoundError", "InputError",
-    "ModelFileError", "ModelNotFoundError", "ModelNotServedError", "NetworkError", "NoFimError", "OutputExistsError",
-    "PromptTooLongError", "QuantizeError", "QuantizerFailed", "ReadOnlyFileError", "ServerError",
-    "ServerUnreachableError", "StaleFileError", "ToolMissingError", "UnsupportedServerError", "UsageError",
-    "WriteError", "exit_code",
+    "ModelFileError", "ModelNotFoundError", "ModelNotServedError", "NetworkError", "NoFimError", "NotAFileError",
+    "OutputExistsError", "PromptTooLongError", "QuantizeError", "QuantizerFailed", "ReadOnlyFileError",
+    "ReportedError", "ServerError", "ServerRejectedError", "ServerUnreachableError", "StaleFileError",
+    "ToolMissingError", "UnsupportedServerError", "UsageError", "WriteError", "exit_code",
 ]
-# quantize's errors -> exit codes: bad input 2, the rest 1.
-_QUANTIZE_EXIT = {ConversionError: 2, OutputExistsError: 2, DiskSpaceError: 1, QuantizerFailed: 1}
+# quantize's and cg_core's errors -> exit codes: bad input 2, the rest 1.
+_OTHER_EXIT = {ConversionError: 2, OutputExistsError: 2, NotAFileError: 2, DiskSpaceError: 1, QuantizerFailed: 1}
 
 
-
-class CgError(Exception):
+class CgError(ReportedError):
     """Base class: a message for the user, a hint for the next step, an exit code."""
 
     exit_code = 1
-    default_hint = ""
-
-    def __init__(self, message: str, hint: str | None = None):
-        super().__init__(message)
-        self.message = message
-        self.hint = self.default_hint if hint is None else hint
 
 
 class UsageError(CgError):
@@ -114,6 +109,12 @@ class ServerError(CgError):
     default_hint = "Check the server's log; run the command again once it is healthy."
 
 
+class ServerRejectedError(ServerError):
+    """A 4xx answer: the server does not take the request as cg sends it."""
+
+    default_hint = "Check the server's log for why it rejected the request."
+
+
 class ServerUnreachableError(CgError):
     exit_code = 5
     default_hint = "Check that the server runs (cg serve starts one) and the URL and port."
@@ -135,7 +136,7 @@ class ToolMissingError(CgError):
     exit_code = 2
 
 
-def exit_code(exc: CgError | QuantizeError) -> int:
+def exit_code(exc: ReportedError) -> int:
     if isinstance(exc, CgError):
         return exc.exit_code
-    return next((code for cls, code in _QUANTIZE_EXIT.items() if isinstance(exc, cls)), 1)
+    return next((code for cls, code in _OTHER_EXIT.items() if isinstance(exc, cls)), 1)

@@ -22,11 +22,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from quantize.atomic import atomic_path, check_free_space
+from cg_core.atomic import atomic_path, check_free_space
+from cg_core.tokens import FIM_AND_TURN
 from quantize.llama_quant import TYPE_NAMES, OutType
-from quantize.tokens import FIM_AND_TURN
 
-from . import store
+from . import special_ids, store
 from .errors import AuthError, CgError, DiskSpaceError, HubNotFoundError, InputError, NetworkError, OutputExistsError
 
 SHORT_NAMES = {
@@ -155,7 +155,7 @@ def download(model: str | None = None, *, quant: str | None = None, token: str |
             print(result.note(), file=sys.stderr)
     source_dir = _keep_source(local, target.with_suffix(".source")) if keep_source and plan.kind != "gguf" else ""
     record = store.ModelRecord(name=name, path=str(target), quant=quant, source=repo_id, revision=snap.commit,
-                               special_ids=recorded_ids(target, announce=plan.kind == "gguf"),
+                               special_ids=special_ids_to_record(target, announce=plan.kind == "gguf"),
                                source_dir=source_dir)
     store.register(record)
     return record
@@ -176,13 +176,14 @@ def _check_installed(name: str, repo_id: str, snap: Snapshot, force: bool) -> st
     return None
 
 
-def recorded_ids(path: Path, *, announce: bool) -> dict[str, int]:
-    """Special ids from the GGUF's metadata, else from its vocabulary by token text.
+def special_ids_to_record(path: Path, *, announce: bool) -> dict[str, int]:
+    """A GGUF's special ids (from its metadata, else its vocabulary's pieces) for cg's store.
 
     GGUFs from other converters usually lack fim_sep (and often eot); recording the ids in the
     store lets `cg complete` stop on them anyway. With `announce`, say on stderr what was missing.
     """
-    ids, from_meta = store.gguf_special_ids(path)
+    resolved, from_meta = special_ids.of_gguf(path)
+    ids = resolved.named()
     if announce:
         found = {t: ids[t.name] for t in FIM_AND_TURN if t.name not in from_meta and t.name in ids}
         if found:

@@ -94,6 +94,12 @@ class TextCutter:
             self._time_mark = len(self.text)
             self._apply(*self._scan())
 
+    def end_for_time(self) -> None:
+        """The time budget is spent and no more text is coming soon: end at the last line break
+        (a text without one is kept whole: it is a single line in progress)."""
+        if not self.done:
+            self._apply(self.text.rfind("\n") + 1 or len(self.text), "time_limit")
+
     def feed(self, piece: str) -> str:
         """Add a decoded piece; return the text that is now final."""
         if self.done:

@@ -26,9 +26,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from quantize.atomic import remove_stale_temps, temp_beside
+from cg_core.atomic import remove_stale_temps, temp_beside
 
 from .errors import UsageError
+from .reuse import common_prefix
 
 if TYPE_CHECKING:
     from typing import TypeAlias
@@ -56,16 +57,6 @@ def limit_bytes() -> int:
         raise UsageError(f"CG_PROMPT_CACHE_MB={raw!r} is not a size in MiB",
                          "Set it to a number such as 1024, or CG_PROMPT_CACHE=0 to turn the cache off.")
     return int(mb * 2**20)
-
-
-def common_prefix(a: Tokens, b: Tokens) -> int:
-    import numpy as np
-
-    n = min(len(a), len(b))
-    if n == 0:
-        return 0
-    diff = np.flatnonzero(np.asarray(a[:n], dtype=np.int64) != np.asarray(b[:n], dtype=np.int64))
-    return int(diff[0]) if diff.size else n
 
 
 class PromptCache:

@@ -25,8 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from quantize.atomic import atomic_path, remove_stale_temps, write_atomic
-from quantize.tokens import SENTINELS, SPECIAL_TOKENS, metadata_keys
+from cg_core.atomic import atomic_path, remove_stale_temps, write_atomic
 
 from .errors import HomeError, ModelNotFoundError
 
@@ -240,30 +239,13 @@ def _resolve_choice(choice: str) -> ResolvedModel:
     raise ModelNotFoundError(f"model not found: {choice}")
 
 
-def gguf_special_ids(path: Path) -> tuple[dict[str, int], set[str]]:
-    """A GGUF's special ids from its metadata, else found in its vocabulary by text (what
-    `cg download` and `cg quantize` record), and the names that came from metadata."""
-    from gguf import GGUFReader
-
-    reader = GGUFReader(path)
-    ids: dict[str, int] = {}
-    for token in SPECIAL_TOKENS:
-        for key in metadata_keys(token):
-            value = reader.fields.get(key)
-            if value is not None and int(value.contents()) >= 0:
-                ids[token.name] = int(value.contents())
-                break
-    from_meta = set(ids)
-    tokens = reader.fields.get("tokenizer.ggml.tokens")
-    if tokens is not None:
-        wanted = {t.text: t.name for t in SENTINELS if t.name not in ids}
-        for i, part in enumerate(tokens.data):
-            if not wanted:
-                break
-            text = bytes(tokens.parts[part]).decode("utf-8", "replace")
-            if text in wanted:
-                ids[wanted.pop(text)] = i
-    return {k: v for k, v in ids.items() if k not in ("pad", "unk")}, from_meta
+def recorded_ids(name: str) -> dict[str, int]:
+    """Ids recorded for the installed model of that name or file stem ({} if none): for GGUFs
+    that lack them, served by a server cg knows only by the model's name."""
+    for rec in list_models():
+        if name in (rec.name, Path(rec.path).stem):
+            return rec.special_ids
+    return {}
 
 
 def notice_once(key: str, text: str) -> None:

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from quantize.atomic import Staged, real_target, remove_stale_temps, stage
+from cg_core.atomic import Staged, real_target, remove_stale_temps, stage
 
 from .errors import InputError, ReadOnlyFileError, StaleFileError, WriteError
 

@@ -10,11 +10,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from .errors import ConversionError, OutputExistsError, QuantizeError
+from cg_core.errors import NotAFileError, ReportedError
+
+from .errors import ConversionError, OutputExistsError
 from .llama_quant import TYPE_NAMES
 
 # Bad input (as cg's table): 2; everything else: 1.
-_INPUT_ERRORS = (ConversionError, OutputExistsError)
+_INPUT_ERRORS = (ConversionError, OutputExistsError, NotAFileError)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.output or Path(f"{args.src_dir.resolve().name.lower()}-{args.type}.gguf")
     try:
         result = convert(args.src_dir, out, type=args.type, force=args.force, threads=args.threads)
-    except QuantizeError as exc:
+    except ReportedError as exc:
         print(f"Error: {exc.message}", file=sys.stderr)
         if exc.hint:
             print(f"Hint: {exc.hint}", file=sys.stderr)

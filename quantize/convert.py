@@ -15,11 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cg_core.atomic import atomic_path, check_free_space, scratch_path
+
 from . import (
     jlama,
     registry,
 )
-from .atomic import atomic_path, check_free_space, scratch_path
 from .base import Converter
 from .checkpoint import CHUNK_BYTES, Checkpoint, TensorEntry, open_checkpoint
 from .errors import ConversionError, OutputExistsError

@@ -5,16 +5,13 @@ Each carries a message for the user and a hint for the next step.
 
 from __future__ import annotations
 
+from cg_core.errors import DiskSpaceError, ReportedError
 
-class QuantizeError(Exception):
+__all__ = ["ConversionError", "DiskSpaceError", "OutputExistsError", "QuantizeError", "QuantizerFailed"]
+
+
+class QuantizeError(ReportedError):
     """Base class: a message and a hint."""
-
-    default_hint = ""
-
-    def __init__(self, message: str, hint: str | None = None):
-        super().__init__(message)
-        self.message = message
-        self.hint = self.default_hint if hint is None else hint
 
 
 class ConversionError(QuantizeError):
@@ -23,10 +20,6 @@ class ConversionError(QuantizeError):
 
 class OutputExistsError(QuantizeError):
     default_hint = "Pass --force to overwrite it, or choose another path with -o."
-
-
-class DiskSpaceError(QuantizeError):
-    default_hint = "Free some disk space or write the output elsewhere (-o, CG_HOME)."
 
 
 class QuantizerFailed(QuantizeError):

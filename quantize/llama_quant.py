@@ -9,7 +9,8 @@ from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
 
-from . import llama_log
+from cg_core import llama_log
+
 from .errors import QuantizerFailed
 
 

@@ -24,8 +24,9 @@ from typing import Any
 import gguf
 from gguf import TokenType
 
+from cg_core.tokens import BY_NAME, KEYED, SENTINELS
+
 from .errors import ConversionError
-from .tokens import BY_NAME, KEYED, SENTINELS
 
 
 @dataclass

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from cg import complete as complete_mod
+from cg import engines, prompts
 from cg.complete import RunOptions
-from quantize.synthetic import write_checkpoint
+
+from .synthetic import write_checkpoint
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -35,7 +36,7 @@ def cg_home(tmp_path_factory) -> Path:
 @pytest.fixture(autouse=True)
 def notes_once_per_test():
     """cg says some notes once per process; each test is its own run."""
-    complete_mod._noted.clear()
+    prompts._said.clear()
 
 
 @pytest.fixture(scope="session")
@@ -64,7 +65,7 @@ def tiny_opts(tiny_gguf) -> RunOptions:
 
 @pytest.fixture()
 def tiny_engine(tiny_opts):
-    return complete_mod.get_engine(tiny_opts)
+    return engines.get_engine(tiny_opts)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -73,10 +74,6 @@ def close_models_at_exit():
     yield
     import gc
 
-    from cg.local import LocalEngine
-
-    for engine in complete_mod._engines.values():
-        if isinstance(engine, LocalEngine):
-            engine.llm.close()
-    complete_mod._engines.clear()
+    engines.close_all()
+    engines.forget()
     gc.collect()

@@ -28,7 +28,8 @@ def export_checkpoint(gguf_path: Path, folder: Path) -> Path:
     import gguf
 
     from quantize.registry import lookup
-    from quantize.synthetic import save_safetensors
+
+    from .synthetic import save_safetensors
 
     reader = gguf.GGUFReader(gguf_path)
     arch = _value(reader, "general.architecture")
@@ -114,7 +115,7 @@ def _write_tokenizer(reader, folder: Path) -> None:
 
 def _template_specs() -> tuple[bytes, bytes]:
     """TrainerSpec and NormalizerSpec of a SentencePiece model trained like Gemma's."""
-    from quantize.synthetic import train_tokenizer
+    from .synthetic import train_tokenizer
 
     with tempfile.TemporaryDirectory() as tmp:
         train_tokenizer(Path(tmp))

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from quantize.tokens import SPECIAL_TOKENS
+from cg_core.tokens import SPECIAL_TOKENS
 
 # CodeGemma's ids, which the tiny fixture tokenizer shares: ID["fim_sep"] == 70.
 ID = {t.name: t.codegemma_id for t in SPECIAL_TOKENS}

@@ -12,6 +12,7 @@ import pytest
 
 from cg.cli import main
 from cg.complete import RunOptions, complete, generate
+from cg.engine import Sampling
 
 from .helpers import NO_STOPS, NO_STOPS_BIAS, run_cg
 
@@ -60,7 +61,8 @@ def test_json_output_fields(capsys, monkeypatch, tiny_gguf):
     assert code == 0 and err == ""
     assert set(data) == {"text", "stop_reason", "prompt_tokens", "completion_tokens", "timings", "model", "fim",
                          "server"}
-    assert set(data["timings"]) == {"load_ms", "prompt_ms", "generation_ms", "cached_tokens", "disk_cache_ms"}
+    assert set(data["timings"]) == {"load_ms", "prompt_ms", "generation_ms", "cached_tokens", "spliced_tokens",
+                                    "evaluated_tokens", "disk_cache_ms", "reuse"}
     assert data["stop_reason"] in {"stop_token", "max_tokens", "time_limit", "suffix_overlap", "max_lines",
                                    "end_of_block"}
     assert data["model"] == str(tiny_gguf) and data["fim"] is True and data["server"] is None
@@ -147,7 +149,7 @@ def test_bundled_is_the_default_and_announced_once(tmp_path, bundled_gguf):
 
 
 def test_same_seed_same_output(bundled_gguf):
-    opts = RunOptions(model=str(bundled_gguf), temperature=0.9, seed=7, max_tokens=16, quiet=True)
+    opts = RunOptions(model=str(bundled_gguf), sampling=Sampling(temperature=0.9, seed=7), max_tokens=16, quiet=True)
     a = generate("The best way to sort a list in Python is", opts=opts).text
     b = generate("The best way to sort a list in Python is", opts=opts).text
     assert a == b and a.strip()

@@ -1,5 +1,6 @@
-"""Facts about the code itself: imports run one way, one module touches llama-cpp-python's
-internals, and the special-token table agrees with gguf-py."""
+"""Facts about the code itself: imports run one way, few modules touch llama-cpp-python's internals,
+the layers above the engines never ask which engine they have, and the special-token table agrees
+with gguf-py."""
 
 from __future__ import annotations
 
@@ -7,36 +8,77 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("cg", "cg_core", "quantize")
+
+
+def modules(package: str) -> list[Path]:
+    return sorted((ROOT / package).rglob("*.py"))
 
 
 def imports_of(path: Path) -> set[str]:
+    """Absolute module names a file imports (relative imports resolved against its package)."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
+    package = path.relative_to(ROOT).with_suffix("").parts[:-1]
     names: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module)
+        elif isinstance(node, ast.ImportFrom):
+            base = list(package[: len(package) - node.level + 1]) if node.level else []
+            module = ".".join([*base, *([node.module] if node.module else [])])
+            names.add(module)
+            names |= {f"{module}.{alias.name}" for alias in node.names}
     return names
 
 
-def test_quantize_never_imports_cg():
-    offenders = {p.name: sorted(n for n in imports_of(p) if n == "cg" or n.startswith("cg."))
-                 for p in (ROOT / "quantize").glob("*.py")}
+def importers(package: str, wanted: tuple[str, ...]) -> dict[str, list[str]]:
+    """Files of package that import any module of wanted (or a module inside one)."""
+    out = {}
+    for path in modules(package):
+        hits = sorted(n for n in imports_of(path) if any(n == w or n.startswith(w + ".") for w in wanted))
+        if hits:
+            out[str(path.relative_to(ROOT))] = hits
+    return out
+
+
+def test_imports_run_one_way():
+    assert importers("quantize", ("cg",)) == {}
+    assert importers("cg_core", ("cg", "quantize")) == {}
+
+
+def test_quantize_is_conversion_only():
+    """cg takes its runtime helpers (atomic writes, the token table, llama.cpp's log) from cg_core,
+    and from quantize only the conversion pipeline, its output types and its errors."""
+    allowed = {"quantize.convert", "quantize.llama_quant", "quantize.errors"}
+    used = {name for names in importers("cg", ("quantize",)).values() for name in names}
+    assert {name.rsplit(".", 1)[0] if name.rsplit(".", 1)[0] in allowed else name for name in used} <= allowed
+    assert not (ROOT / "quantize" / "atomic.py").exists() and not (ROOT / "quantize" / "synthetic.py").exists()
+
+
+def test_the_layers_above_the_engines_never_import_one():
+    engines = ("cg.local", "cg.remote", "cg.kvcache")
+    above = [p for p in modules("cg") if p.name in ("complete.py", "infill.py", "prompts.py")
+             or "evaluate" in p.parts]
+    offenders = {str(p.relative_to(ROOT)): sorted(n for n in imports_of(p) if n.startswith(engines)) for p in above}
     assert {k: v for k, v in offenders.items() if v} == {}
 
 
-def test_only_the_engine_reaches_into_llama_cpp_python():
-    private = ("._ctx", "._model", "._input_ids", "._requires_eval")
-    users = sorted(str(p.relative_to(ROOT)) for p in [*(ROOT / "cg").rglob("*.py"), *(ROOT / "quantize").glob("*.py")]
-                   if any(attr in p.read_text(encoding="utf-8") for attr in private))
-    assert users == ["cg/local.py"]
+def test_only_the_local_engine_reaches_into_llama_cpp_python():
+    """llama-cpp-python's private attributes, as attribute accesses in the syntax tree."""
+    private = {"_ctx", "_model", "_batch", "_input_ids", "_requires_eval", "_stack"}
+    users = set()
+    for package in PACKAGES:
+        for path in modules(package):
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+            if any(isinstance(node, ast.Attribute) and node.attr in private for node in ast.walk(tree)):
+                users.add(str(path.relative_to(ROOT)))
+    assert users == {"cg/local.py", "cg/kvcache.py"}
 
 
 def test_the_token_table_uses_gguf_keys_and_types():
     import gguf
 
-    from quantize import tokens
+    from cg_core import tokens
 
     keys = {v for k, v in vars(gguf.Keys.Tokenizer).items() if k.isupper()}
     assert all(key in keys for t in tokens.SPECIAL_TOKENS for key in tokens.metadata_keys(t))
@@ -46,5 +88,16 @@ def test_the_token_table_uses_gguf_keys_and_types():
 
 def test_modules_stay_small():
     sizes = {str(p.relative_to(ROOT)): len(p.read_text(encoding="utf-8").splitlines())
-             for p in [*(ROOT / "cg").rglob("*.py"), *(ROOT / "quantize").glob("*.py")]}
+             for package in PACKAGES for p in modules(package)}
     assert {k: v for k, v in sizes.items() if v > 500} == {}
+
+
+def test_classes_stay_small():
+    """No class over ~150 lines: an engine or a dialect fits in a reader's head."""
+    long = {}
+    for package in PACKAGES:
+        for path in modules(package):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.ClassDef) and node.end_lineno - node.lineno + 1 > 150:
+                    long[f"{path.relative_to(ROOT)}:{node.name}"] = node.end_lineno - node.lineno + 1
+    assert long == {}

@@ -17,7 +17,7 @@ def text_ids(engine, text):
 
 
 def test_special_ids_found(tiny_engine):
-    sp = tiny_engine.special
+    sp = tiny_engine.info.special
     assert (sp.bos, sp.eos, sp.fim_pre, sp.fim_mid, sp.fim_suf, sp.fim_sep, sp.eot) == (2, 1, 67, 68, 69, 70, 107)
     assert sp.stop_ids >= set(STOP_IDS.values())
 

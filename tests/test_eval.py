@@ -14,6 +14,7 @@ from importlib import resources
 import pytest
 
 from cg.cli import main
+from cg.engine import Sampling
 from cg.evaluate import humaneval
 from cg.evaluate.humaneval import EvalOptions, evaluate, pass_at_k
 from cg.evaluate.sandbox import Limits, run_program
@@ -146,7 +147,7 @@ def test_end_to_end_through_real_decoding_and_resume(tiny_engine, tiny_opts, sin
 
 def test_several_samples_give_pass_at_k(tiny_engine, tiny_opts, single, tmp_path):
     out = tmp_path / "samples.jsonl"
-    run = dataclasses.replace(tiny_opts, max_tokens=24, temperature=0.8)
+    run = dataclasses.replace(tiny_opts, max_tokens=24, sampling=Sampling(temperature=0.8))
     eo = EvalOptions(jobs=2, out=out, n_samples=3, run=run)
     tasks = spread(single, 2)
     summary = evaluate(eo, engine=tiny_engine, tasks=tasks)

@@ -39,7 +39,7 @@ def later_gemma(tiny_ckpt, folder, arch: str) -> Path:
 
     from safetensors.numpy import load_file
 
-    from quantize.synthetic import save_safetensors
+    from .synthetic import save_safetensors
 
     shutil.copytree(tiny_ckpt, folder)
     config = json.loads((folder / "config.json").read_text())

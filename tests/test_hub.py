@@ -16,10 +16,10 @@ from cg import hub as hub_mod
 from cg import store
 from cg.cli import main
 from quantize.llama_quant import quantize_gguf
-from quantize.synthetic import Shape, write_checkpoint
 
 from .fakehub import FakeHub, Repo, folder_files
 from .helpers import NO_STOPS, variant_gguf
+from .synthetic import Shape, write_checkpoint
 
 TOKEN = "hf_accepted"
 BIG = Shape(hidden=512, ffn=1536)  # one 22 MB safetensors file: bigger than huggingface_hub's 10 MB read chunk

@@ -15,11 +15,11 @@ import pytest
 from cg import store
 from cg.cli import main
 from quantize.convert import convert
-from quantize.synthetic import write_checkpoint
 
 from . import jlama_writer
 from .fakehub import FakeHub, Repo, folder_files
 from .helpers import NO_STOPS, run_cg
+from .synthetic import write_checkpoint
 
 CODE = ("import os\n\nclass Stack:\n    def push(self, item):\n\tself.items.append(item)  # 123 ünï\n"
         "result = [x * x for x in range(100) if x % 2 == 0]\n<|fim_prefix|> [@BOS@] <unused3>\n")

@@ -15,9 +15,11 @@ import time
 import pytest
 
 from cg import complete as complete_mod
+from cg import engines
 from cg import local as engine_mod
 from cg.cli import main
 from cg.complete import RunOptions, complete
+from cg.engine import decode
 
 from .helpers import NO_STOPS, run_cg
 
@@ -53,14 +55,14 @@ def test_gpu_layers_reach_llama_cpp(tiny_gguf, monkeypatch):
     default = engine_mod.load(tiny_gguf, n_ctx=128)
     expected = 0x7FFFFFFF if llama_cpp.llama_supports_gpu_offload() else 0  # -1 is stored as "all"
     assert default.llm.model_params.n_gpu_layers == expected
-    assert default.offloaded is bool(llama_cpp.llama_supports_gpu_offload())
+    assert bool(default.gpu_layers) is bool(llama_cpp.llama_supports_gpu_offload())
     # Through the CLI, by option and by environment.
     for args, env in ((["-ngl", "7"], None), ([], "3")):
-        complete_mod._engines.clear()
+        engines.forget()
         if env:
             monkeypatch.setenv("CG_GPU_LAYERS", env)
         assert main(["complete", "-q", "-m", str(tiny_gguf), "--ctx", "128", "-n", "1", *args, "--prefix", "x"]) == 0
-        [loaded] = complete_mod._engines.values()
+        [loaded] = engines._local.values()
         assert loaded.llm.model_params.n_gpu_layers == int(args[1] if args else env)
 
 
@@ -105,9 +107,9 @@ def test_prompt_evaluation_in_batches_reports_progress_and_changes_nothing(bundl
     import llama_cpp
 
     eng = engine_mod.load(bundled_gguf, n_ctx=2048, n_threads=2)
-    prompt = [eng.special.bos or 2, *eng.tokenize_text(long_file(90)[0])][:700]
+    prompt = [eng.info.bos, *eng.tokenize_text(long_file(90)[0])][:700]
     seen: list[tuple[int, int]] = []
-    ours = [e.token for e in eng.stream(prompt, max_tokens=12, on_prompt=lambda d, t: seen.append((d, t)))]
+    ours = [e.token for e in decode(eng, prompt, max_tokens=12, on_prompt=lambda d, t: seen.append((d, t)))]
     assert seen == [(128 * k, len(prompt)) for k in range(1, (len(prompt) - 1) // 128 + 1)]
     direct = llama_cpp.Llama(model_path=str(bundled_gguf), n_ctx=2048, n_threads=2, n_ubatch=128, verbose=False)
     theirs = []

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from cg.prompt_cache import common_prefix
+from cg.reuse import common_prefix
 
 from .helpers import NO_STOPS
 

@@ -10,10 +10,10 @@ import pytest
 
 from cg.errors import ConversionError, OutputExistsError
 from quantize.convert import convert
-from quantize.synthetic import Shape, write_checkpoint
 
 from . import gemma_reference as ref
 from .helpers import PROMPT_TEXT, llama_logits
+from .synthetic import Shape, write_checkpoint
 
 
 def greedy(path, tokens, n=8):

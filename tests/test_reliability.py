@@ -90,7 +90,7 @@ def test_default_ranking_prefers_base_fim_models(tmp_path, monkeypatch):
 def test_instruction_models_are_told_by_a_whole_word(tmp_path, tiny_gguf, name, chat):
     path = tmp_path / name
     os.link(tiny_gguf, path)
-    assert engine_mod.load(path, n_ctx=128).is_chat is chat
+    assert engine_mod.load(path, n_ctx=128).info.chat is chat
 
 
 # ---------------------------------------------------------------- the prompt cache

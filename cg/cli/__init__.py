@@ -11,9 +11,7 @@ import sys
 
 import typer
 
-from quantize.errors import QuantizeError
-
-from ..errors import CgError, exit_code
+from ..errors import ReportedError, exit_code
 from . import generation, manage  # noqa: F401  (defining the commands registers them)
 from .app import PipeClosed, app
 
@@ -54,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     except PipeClosed:
         _silence_stdout()
         return 0
-    except (CgError, QuantizeError) as exc:
+    except ReportedError as exc:
         if os.environ.get("CG_DEBUG") == "1":
             raise
         return _fail(exc.message, exc.hint, exit_code(exc))

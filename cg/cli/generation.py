@@ -1,52 +1,36 @@
-"""Commands that run a model: complete, generate, infill."""
+"""Commands that run a model: complete, generate, infill; and check, which finds the markers
+infill fills without running anything."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from ..complete import DEFAULT_CTX, DEFAULT_MAX_TOKENS, GENERATE_MAX_TOKENS
-from ..engine import Sampling
 from ..errors import UsageError
-from .app import (
-    ApiKeyOpt,
-    BiasOpt,
+from ..options import GENERATE_MAX_TOKENS, RunOptions
+from .app import app, emit, read_stdin, read_text, through, write_result
+from .options import (
     BlockStopOpt,
-    ContextOpt,
-    CtxOpt,
-    GpuLayersOpt,
-    JsonOpt,
+    ContextFilesOpt,
     MaxLinesOpt,
-    MaxTimeOpt,
-    MaxTokensOpt,
-    ModelOpt,
-    QuietOpt,
-    SeedOpt,
-    ServerApiOpt,
-    ServerOpt,
+    RequireFimOpt,
     SingleLineOpt,
     StopOpt,
-    TempOpt,
-    ThreadsOpt,
-    TopKOpt,
-    TopPOpt,
-    VerboseOpt,
-    WindowOpt,
-    app,
-    emit,
-    read_stdin,
-    read_text,
-    run_options,
-    through,
-    write_result,
+    model_options,
 )
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object with text, stop reason, counts and "
+                                                      "timings.")]
+MarkerOpt = Annotated[str, typer.Option("--marker", help="Marker comment text.")]
+EncodingOpt = Annotated[str, typer.Option("--encoding", help="Source file encoding.")]
 
 
 @app.command()
+@model_options
 def complete(
     prefix: Annotated[str | None, typer.Option("--prefix", help="Text before the cursor.")] = None,
     suffix: Annotated[str | None, typer.Option("--suffix", help="Text after the cursor.")] = None,
@@ -54,31 +38,16 @@ def complete(
     suffix_file: Annotated[Path | None, typer.Option("--suffix-file")] = None,
     marker: Annotated[str, typer.Option("--marker", help="Splits standard input into prefix and suffix.")] = "<CURSOR>",
     path: Annotated[str | None, typer.Option("--path", help="File path sent as the header line.")] = None,
-    context: ContextOpt = None,
+    context: ContextFilesOpt = None,
     spm: Annotated[bool, typer.Option("--spm", help="Suffix-prefix-middle order instead of PSM.")] = False,
     max_lines: MaxLinesOpt = None,
     single_line: SingleLineOpt = False,
-    require_fim: Annotated[bool, typer.Option("--require-fim", help="Fail on a model without FIM tokens.")] = False,
+    require_fim: RequireFimOpt = False,
     block_stop: BlockStopOpt = True,
     stop: StopOpt = None,
-    logit_bias: BiasOpt = None,
     as_json: JsonOpt = False,
-    model: ModelOpt = None,
-    ctx: CtxOpt = DEFAULT_CTX,
-    threads: ThreadsOpt = None,
-    gpu_layers: GpuLayersOpt = None,
-    max_prompt_tokens: WindowOpt = None,
-    server: ServerOpt = None,
-    server_api: ServerApiOpt = None,
-    api_key: ApiKeyOpt = None,
-    seed: SeedOpt = 0,
-    temperature: TempOpt = Sampling.temperature,
-    top_p: TopPOpt = Sampling.top_p,
-    top_k: TopKOpt = Sampling.top_k,
-    max_tokens: MaxTokensOpt = DEFAULT_MAX_TOKENS,
-    max_time: MaxTimeOpt = None,
-    verbose: VerboseOpt = False,
-    quiet: QuietOpt = False,
+    *,
+    run: RunOptions,
 ) -> None:
     """Fill in the middle. Input: --prefix/--suffix, files, or stdin split at <CURSOR>.
 
@@ -88,11 +57,7 @@ def complete(
 
     pre, suf = _complete_input(prefix, suffix, prefix_file, suffix_file, marker)
     ctx_files = [(str(p), read_text(p, "context file")) for p in context or []]
-    opts = run_options(model=model, ctx=ctx, threads=threads, seed=seed, temperature=temperature, top_p=top_p,
-                        top_k=top_k, max_tokens=max_tokens, max_time=max_time, verbose=verbose, quiet=quiet,
-                        gpu_layers=gpu_layers, max_prompt_tokens=max_prompt_tokens, logit_bias=logit_bias,
-                        as_json=as_json, server=server, server_api=server_api, api_key=api_key)
-    events = stream_complete(pre, suf, opts=opts, path=path, context=ctx_files, spm=spm, max_lines=max_lines,
+    events = stream_complete(pre, suf, opts=run, path=path, context=ctx_files, spm=spm, max_lines=max_lines,
                              single_line=single_line, require_fim=require_fim, stop=stop or (), block_stop=block_stop)
     emit(events, as_json)
 
@@ -114,44 +79,27 @@ def _complete_input(prefix: str | None, suffix: str | None, prefix_file: Path | 
 
 
 @app.command()
+@model_options
 def generate(
     prompt: Annotated[str | None, typer.Argument(help="The prompt (default: standard input).")] = None,
     raw: Annotated[bool, typer.Option("--raw", help="Keep a fenced code block as it is.")] = False,
     chat: Annotated[bool | None, typer.Option("--chat/--no-chat",
                                                  help="Force the instruction turn format on or off.")] = None,
     stop: StopOpt = None,
-    logit_bias: BiasOpt = None,
     as_json: JsonOpt = False,
-    model: ModelOpt = None,
-    ctx: CtxOpt = DEFAULT_CTX,
-    threads: ThreadsOpt = None,
-    gpu_layers: GpuLayersOpt = None,
-    max_prompt_tokens: WindowOpt = None,
-    server: ServerOpt = None,
-    server_api: ServerApiOpt = None,
-    api_key: ApiKeyOpt = None,
-    seed: SeedOpt = 0,
-    temperature: TempOpt = Sampling.temperature,
-    top_p: TopPOpt = Sampling.top_p,
-    top_k: TopKOpt = Sampling.top_k,
     max_tokens: Annotated[int | None, typer.Option(
         "--max-tokens", "-n", min=1, help=f"Most tokens to generate (default {GENERATE_MAX_TOKENS}; given, the answer "
                                           "no longer ends after one definition).")] = None,
-    max_time: MaxTimeOpt = None,
-    verbose: VerboseOpt = False,
-    quiet: QuietOpt = False,
+    *,
+    run: RunOptions,
 ) -> None:
     """Generate code from a prompt (instruction models answer it, base models continue it)."""
     from ..complete import stream_generate
     from ..postprocess import FenceStream
 
     text = prompt if prompt is not None else read_stdin()
-    opts = run_options(model=model, ctx=ctx, threads=threads, seed=seed, temperature=temperature, top_p=top_p,
-                        top_k=top_k, max_tokens=max_tokens or GENERATE_MAX_TOKENS, max_time=max_time, verbose=verbose,
-                        quiet=quiet,
-                        gpu_layers=gpu_layers, max_prompt_tokens=max_prompt_tokens, logit_bias=logit_bias,
-                        as_json=as_json, server=server, server_api=server_api, api_key=api_key)
-    events = stream_generate(text, opts=opts, chat=chat, stop=stop or (),
+    run = dataclasses.replace(run, max_tokens=max_tokens or GENERATE_MAX_TOKENS)
+    events = stream_generate(text, opts=run, chat=chat, stop=stop or (),
                              one_definition=None if max_tokens is None else False)
     if not raw:
         events = through(events, FenceStream())
@@ -159,61 +107,41 @@ def generate(
 
 
 @app.command()
+@model_options
 def infill(
     targets: Annotated[list[str], typer.Argument(
-        help="FILE:LINE[:COL] positions, or FILEs whose marker lines to fill.")],
+        metavar="FILE[:LINE[:COL]]...", help="FILE:LINE[:COL] positions, or FILEs whose marker lines to fill.")],
     write: Annotated[bool, typer.Option("--write", "-w", help="Insert the completions into the files.")] = False,
     diff: Annotated[bool, typer.Option("--diff", help="Print a unified diff (for git apply / patch -p1).")] = False,
-    check: Annotated[bool, typer.Option(
-        "--check", help="Exit 1 if any marker remains (lists them); writes nothing.")] = False,
-    null: Annotated[bool, typer.Option("--null", "-z", help="With --check: list each marked FILE once, "
-                                                            "NUL-terminated (for xargs -0, mapfile -d '').")] = False,
+    check_only: Annotated[bool, typer.Option("--check", hidden=True, help="The same as `cg check`.")] = False,
+    null: Annotated[bool, typer.Option("--null", "-z", hidden=True, help="With --check: as `cg check -z`.")] = False,
     force: Annotated[bool, typer.Option("--force", help="With --write: replace read-only files too.")] = False,
-    marker: Annotated[str, typer.Option("--marker", help="Marker comment text.")] = "cg: fill",
-    encoding: Annotated[str, typer.Option("--encoding", help="Source file encoding.")] = "utf-8",
+    marker: MarkerOpt = "cg: fill",
+    encoding: EncodingOpt = "utf-8",
     context: Annotated[list[str] | None, typer.Option(
         "--context", "-c", help="Context FILE (repeatable), or 'auto' for the local imports.")] = None,
     max_lines: MaxLinesOpt = None,
     single_line: SingleLineOpt = False,
+    require_fim: RequireFimOpt = False,
     block_stop: BlockStopOpt = True,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per target.")] = False,
-    model: ModelOpt = None,
-    ctx: CtxOpt = DEFAULT_CTX,
-    threads: ThreadsOpt = None,
-    gpu_layers: GpuLayersOpt = None,
-    max_prompt_tokens: WindowOpt = None,
-    server: ServerOpt = None,
-    server_api: ServerApiOpt = None,
-    api_key: ApiKeyOpt = None,
-    seed: SeedOpt = 0,
-    temperature: TempOpt = Sampling.temperature,
-    top_p: TopPOpt = Sampling.top_p,
-    top_k: TopKOpt = Sampling.top_k,
-    max_tokens: MaxTokensOpt = DEFAULT_MAX_TOKENS,
-    max_time: MaxTimeOpt = None,
-    logit_bias: BiasOpt = None,
-    verbose: VerboseOpt = False,
-    quiet: QuietOpt = False,
+    *,
+    run: RunOptions,
 ) -> None:
-    """Fill positions or marker comments (`# cg: fill`) in files; for scripts and git hooks."""
+    """Fill positions or marker comments (`# cg: fill`) in files; for scripts and git hooks.
+
+    FILE:LINE[:COL] fills at the end of LINE (or at column COL, 1-based); a bare FILE fills its
+    marker lines. Prints the completions, or writes them (--write), or a diff (--diff).
+    """
     from .. import infill as infill_mod
 
-    if check:
-        left = infill_mod.check(targets, marker, encoding)
-        if null:
-            write_result("".join(f"{path}\0" for path in dict.fromkeys(str(p) for p, _ in left)))
-        else:
-            write_result("".join(f"{path}:{line}\n" for path, line in left))
-        if left:
-            raise typer.Exit(1)
+    if check_only:  # `cg infill --check` from before `cg check` existed
+        check(targets, null=null, marker=marker, encoding=encoding)
         return
-    opts = run_options(model=model, ctx=ctx, threads=threads, seed=seed, temperature=temperature, top_p=top_p,
-                        top_k=top_k, max_tokens=max_tokens, max_time=max_time, verbose=verbose, quiet=quiet,
-                        gpu_layers=gpu_layers, max_prompt_tokens=max_prompt_tokens, logit_bias=logit_bias,
-                        as_json=as_json, server=server, server_api=server_api, api_key=api_key)
     ctx_arg = "auto" if context == ["auto"] else [Path(c) for c in context or []]
-    results = infill_mod.infill(targets, opts=opts, write=write, force=force, marker=marker, encoding=encoding,
-                                context=ctx_arg, max_lines=max_lines, single_line=single_line, block_stop=block_stop)
+    results = infill_mod.infill(targets, opts=run, write=write, force=force, marker=marker, encoding=encoding,
+                                context=ctx_arg, max_lines=max_lines, single_line=single_line, block_stop=block_stop,
+                                require_fim=require_fim)
     filled = [f for r in results for f in r.filled]
     if as_json:
         for f in filled:
@@ -225,28 +153,22 @@ def infill(
         write_result("\n".join(f.completion.text for f in filled))
 
 
-
-
 @app.command()
-def serve(
-    model: Annotated[str | None, typer.Argument(
-        help="Installed model name or GGUF path (default: as complete).")] = None,
-    ctx: CtxOpt = DEFAULT_CTX,
-    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Parallel slots (for cg eval --jobs).")] = 1,
-    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 8080,
-    threads: ThreadsOpt = None,
-    gpu_layers: GpuLayersOpt = None,
-    api_key: ApiKeyOpt = None,
-    verbose: VerboseOpt = False,
+def check(
+    files: Annotated[list[str], typer.Argument(metavar="FILE...", help="Files to look for marker lines in.")],
+    null: Annotated[bool, typer.Option("--null", "-z", help="List each marked FILE once, NUL-terminated (for "
+                                                            "xargs -0, mapfile -d '').")] = False,
+    marker: MarkerOpt = "cg: fill",
+    encoding: EncodingOpt = "utf-8",
 ) -> None:
-    """Start llama.cpp's llama-server for a model, with the flags cg needs; Ctrl-C stops it."""
-    from ..serve import ServeOptions
-    from ..serve import serve as run_server
+    """Exit 1 and list FILE:LINE for every marker comment left (`# cg: fill`); loads no model,
+    writes nothing. For git hooks: `cg check $(git ls-files '*.py')`."""
+    from .. import infill as infill_mod
 
-    def ready(url: str) -> None:
-        write_result(f"{url}\nexport CG_SERVER={url}\n")
-        print(f"llama-server is serving {model or 'the default model'} at {url}; Ctrl-C stops it.", file=sys.stderr)
-
-    run_server(ServeOptions(model=model, ctx=ctx, jobs=jobs, host=host, port=port, threads=threads,
-                            gpu_layers=gpu_layers, api_key=api_key, verbose=verbose), ready)
+    left = infill_mod.check(files, marker, encoding)
+    if null:
+        write_result("".join(f"{path}\0" for path in dict.fromkeys(str(p) for p, _ in left)))
+    else:
+        write_result("".join(f"{path}:{line}\n" for path, line in left))
+    if left:
+        raise typer.Exit(1)

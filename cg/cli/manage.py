@@ -1,4 +1,5 @@
-"""Commands that manage models and measure them: quantize, download, models, eval."""
+"""Commands that manage models, measure them and serve them: quantize, download, models, eval,
+serve, doctor."""
 
 from __future__ import annotations
 
@@ -11,28 +12,11 @@ import typer
 
 from quantize.llama_quant import OutType
 
-from ..complete import DEFAULT_CTX, EVAL_MAX_TOKENS, RunOptions
-from ..engine import Sampling
 from ..errors import UsageError
 from ..evaluate.tasks import Benchmark
-from .app import (
-    ApiKeyOpt,
-    CtxOpt,
-    JsonOpt,
-    MaxTokensOpt,
-    ModelOpt,
-    SeedOpt,
-    ServerApiOpt,
-    ServerOpt,
-    TempOpt,
-    ThreadsOpt,
-    TopKOpt,
-    TopPOpt,
-    app,
-    eval_app,
-    models_app,
-    write_result,
-)
+from ..options import DEFAULT_CTX, EVAL_MAX_TOKENS, RunOptions
+from .app import app, eval_app, models_app, write_result
+from .options import ApiKeyOpt, CtxOpt, GpuLayersOpt, ModelOpt, ThreadsOpt, VerboseOpt, model_options
 
 
 def default_model_name(src_dir: Path, out_type: OutType) -> str:
@@ -66,9 +50,11 @@ def quantize(
     if result.note():
         print(result.note(), file=sys.stderr)
     if output is None:
-        ids, _ = store.gguf_special_ids(result.path)
+        from ..hub import special_ids_to_record
+
         store.register(store.ModelRecord(name=model_name, path=str(result.path), quant=out_type.value,
-                                         source=result.source, special_ids=ids))
+                                         source=result.source, special_ids=special_ids_to_record(result.path,
+                                                                                                 announce=False)))
     write_result(f"{result.path}\n")
 
 
@@ -98,20 +84,20 @@ def download(
     write_result(f"{record.name}\n")
 
 
+BenchmarkOpt = Annotated[Benchmark, typer.Option(
+    "--benchmark", "-b", help="single-line 1033 tasks, multi-line 5815, random-span 1640, random-span-light 164.")]
+LimitOpt = Annotated[int | None, typer.Option("--limit", min=1, help="Run N tasks spread evenly over the set.")]
+
+
 @eval_app.command("humaneval-infill")
+@model_options
 def eval_humaneval_infill(
-    benchmark: Annotated[Benchmark, typer.Option(
-        "--benchmark", "-b", help="single-line 1033 tasks, multi-line 5815, random-span 1640, random-span-light 164."
-    )] = Benchmark.SINGLE_LINE,
-    model: ModelOpt = None,
-    limit: Annotated[int | None, typer.Option("--limit", min=1, help="Run N tasks spread evenly over the set.")] = None,
+    benchmark: BenchmarkOpt = Benchmark.SINGLE_LINE,
+    limit: LimitOpt = None,
     jobs: Annotated[int | None, typer.Option(
         "--jobs", "-j", min=1,
         help="Programs scored at once (default: cores-1, at most 4); with --server, completions in flight too.",
     )] = None,
-    server: ServerOpt = None,
-    server_api: ServerApiOpt = None,
-    api_key: ApiKeyOpt = None,
     out: Annotated[Path | None, typer.Option("--out", "-o",
                                              help="Per-task results as JSON lines (- for stdout).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted --out file.")] = False,
@@ -124,41 +110,34 @@ def eval_humaneval_infill(
         "--repair-newline", help="Not the official scoring: add the line break a whole-line answer lacks.")] = False,
     n_samples: Annotated[int, typer.Option(
         "--n-samples", min=1, help="Samples per task (with --temperature > 0): reports pass@k too.")] = 1,
-    export: Annotated[Path | None, typer.Option(
-        "--export", help="Write the benchmark's tasks in the published schema to FILE and stop.")] = None,
-    temperature: TempOpt = Sampling.temperature,
-    top_p: TopPOpt = Sampling.top_p,
-    top_k: TopKOpt = Sampling.top_k,
-    seed: SeedOpt = 0,
+    export: Annotated[Path | None, typer.Option("--export", hidden=True, help="The same as `cg eval export`.")] = None,
     timeout: Annotated[float, typer.Option("--timeout", min=0.1, help="Seconds each test program may run.")] = 10.0,
     memory: Annotated[int, typer.Option("--memory-mb", min=64, help="Memory limit of each test program.")] = 1024,
-    max_tokens: MaxTokensOpt = EVAL_MAX_TOKENS,
-    ctx: CtxOpt = DEFAULT_CTX,
-    threads: ThreadsOpt = None,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", "-n", min=1, help="Most tokens to generate.")]
+    = EVAL_MAX_TOKENS,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    *,
+    run: RunOptions,
 ) -> None:
     """HumanEval infilling pass@1 (pass@k) through the same path as `cg complete`, scored as the
     official harness scores it (tests run sandboxed)."""
+    from dataclasses import replace
+
     from ..evaluate.humaneval import EvalOptions, default_jobs, evaluate
     from ..evaluate.sandbox import Limits
-    from ..evaluate.tasks import export_lines, load, spread
 
-    if export is not None:
-        from quantize.atomic import write_atomic
-
-        write_atomic(export, export_lines(spread(load(benchmark), limit)))
+    if export is not None:  # `--export` from before `cg eval export` existed
+        eval_export(export, benchmark=benchmark, limit=limit)
         return
     if resume and force:
         raise UsageError("--resume and --force contradict each other", "Pass one of them.")
     if (resume or force) and out is None:
         raise UsageError("--resume and --force need --out FILE")
-    eo = EvalOptions(benchmark=benchmark, limit=limit, jobs=jobs or default_jobs(), out=out, resume=resume,
-                     force=force, self_check=self_check, stop_words=stop_words, repair_newline=repair_newline,
-                     n_samples=n_samples, limits=Limits(timeout=timeout, memory_mb=memory),
-                     gen_jobs=(jobs or default_jobs()) if server else 1,
-                     run=RunOptions(model=model, n_ctx=ctx, threads=threads, max_tokens=max_tokens, quiet=True,
-                                    temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
-                                    server=server or None, server_api=server_api, api_key=api_key))
+    width = jobs or default_jobs()
+    eo = EvalOptions(benchmark=benchmark, limit=limit, jobs=width, out=out, resume=resume, force=force,
+                     self_check=self_check, stop_words=stop_words, repair_newline=repair_newline, n_samples=n_samples,
+                     limits=Limits(timeout=timeout, memory_mb=memory), gen_jobs=width if run.server else 1,
+                     run=replace(run, max_tokens=max_tokens))
     summary = evaluate(eo)
     text = json.dumps(summary.to_json()) + "\n" if as_json else summary.table()
     if out is not None and str(out) == "-":
@@ -167,8 +146,27 @@ def eval_humaneval_infill(
         write_result(text)
 
 
+@eval_app.command("export")
+def eval_export(
+    file: Annotated[Path, typer.Argument(metavar="FILE", help="Where to write the tasks (- for stdout).")],
+    benchmark: BenchmarkOpt = Benchmark.SINGLE_LINE,
+    limit: LimitOpt = None,
+) -> None:
+    """Write a benchmark's tasks in the published schema (identical to the published file)."""
+    from cg_core.atomic import write_atomic
+
+    from ..evaluate.tasks import export_lines, load, spread
+
+    data = export_lines(spread(load(benchmark), limit))
+    if str(file) == "-":
+        write_result(data)
+    else:
+        write_atomic(file, data)
+
+
 @models_app.callback()
-def models_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+def models_list(ctx: typer.Context, as_json: Annotated[bool, typer.Option(
+        "--json", help="Print the installed models as a JSON list.")] = False) -> None:
     """List installed models (* marks the one used by default)."""
     if ctx.invoked_subcommand is not None:
         return
@@ -211,6 +209,36 @@ def models_default(name: str) -> None:
     print(f"Default model: {name}", file=sys.stderr)
 
 
+
+
+@app.command()
+def serve(
+    model: Annotated[str | None, typer.Argument(
+        metavar="[MODEL]", help="Installed model name or GGUF path (default: as complete).")] = None,
+    model_opt: ModelOpt = None,
+    ctx: CtxOpt = DEFAULT_CTX,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Parallel slots (for cg eval --jobs).")] = 1,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 8080,
+    threads: ThreadsOpt = None,
+    gpu_layers: GpuLayersOpt = None,
+    api_key: ApiKeyOpt = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Start llama.cpp's llama-server for a model, with the flags cg needs; Ctrl-C stops it."""
+    from ..llama_server import ServeOptions
+    from ..llama_server import serve as run_server
+
+    if model and model_opt and model != model_opt:
+        raise UsageError(f"two models given: {model} and --model {model_opt}", "Pass one of them.")
+    chosen = model or model_opt
+
+    def ready(url: str) -> None:
+        write_result(f"{url}\nexport CG_SERVER={url}\n")
+        print(f"llama-server is serving {chosen or 'the default model'} at {url}; Ctrl-C stops it.", file=sys.stderr)
+
+    run_server(ServeOptions(model=chosen, ctx=ctx, jobs=jobs, host=host, port=port, threads=threads,
+                            gpu_layers=gpu_layers, api_key=api_key, verbose=verbose), ready)
 
 
 @app.command()

@@ -102,7 +102,7 @@ def evaluate(eo: EvalOptions, *, engine: Engine | None = None,
              processor_for: Callable[[Task], LogitsProcessor] | None = None,
              tasks: list[Task] | None = None) -> Summary:
     """Run the benchmark; `processor_for(task)` may add a logits processor per task (tests, sampling hooks)."""
-    if eo.n_samples > 1 and eo.run.temperature == 0 and not eo.self_check:
+    if eo.n_samples > 1 and eo.run.sampling.temperature == 0 and not eo.self_check:
         raise UsageError("--n-samples above 1 needs --temperature above 0 (greedy samples are all alike)",
                          "Add e.g. --temperature 0.8, or drop --n-samples.")
     start = time.perf_counter()
@@ -113,13 +113,14 @@ def evaluate(eo: EvalOptions, *, engine: Engine | None = None,
     model = "canonical solutions (--self-check)"
     if not eo.self_check:
         engine = engine or get_engine(eo.run)
-        model = engine.label
+        model = engine.info.label
 
     def generate(task: Task, sample: int) -> tuple[str, Record, float]:
         if eo.self_check:
             return task.canonical_solution, {"completion_tokens": 0, "stop_reason": "canonical"}, 0.0
         t0 = time.perf_counter()
-        opts = replace(eo.run, seed=eo.run.seed + sample) if sample else eo.run
+        # Exact reuse only: a task's result must not depend on the tasks before it.
+        opts = replace(eo.run, exact=True, sampling=replace(eo.run.sampling, seed=eo.run.sampling.seed + sample))
         result = complete(task.prompt, task.suffix, opts=opts, engine=engine, require_fim=True,
                           stop=STOP_WORDS if eo.stop_words else (),
                           logits_processor=processor_for(task) if processor_for else None)

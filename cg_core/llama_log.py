@@ -1,6 +1,8 @@
 """llama.cpp's log, captured: shown on stderr only with --verbose, kept so errors can quote it.
 
-llama.cpp reports why a model failed to load or quantize only through its log callback.
+llama.cpp reports why a model failed to load or quantize only through its log callback. The
+callback runs inside interrupts.deferred(): a Ctrl-C that lands there is raised when the capture
+ends, after the C call returned, instead of being lost inside ctypes.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
+
+from . import interrupts
 
 _ERROR_LEVEL = 3
 _CONT_LEVEL = 5
@@ -50,11 +54,12 @@ def _install() -> None:
 
     @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]  # a ctypes CFUNCTYPE
     def callback(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
-        message = text.decode("utf-8", errors="replace")
-        if _active:
-            _active[-1].add(level, message)
-        elif level == _ERROR_LEVEL:
-            sys.stderr.write(message)
+        with interrupts.deferred():
+            message = text.decode("utf-8", errors="replace")
+            if _active:
+                _active[-1].add(level, message)
+            elif level == _ERROR_LEVEL:
+                sys.stderr.write(message)
 
     _callback = callback
     llama_cpp.llama_log_set(_callback, ctypes.c_void_p(0))
@@ -69,3 +74,4 @@ def capture(echo: bool = False, on_text: Callable[[str], None] | None = None) ->
         yield buf
     finally:
         _active.remove(buf)
+    interrupts.check()  # a Ctrl-C that arrived while llama.cpp was calling back

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .tokens import SENTINELS, SPECIAL_TOKENS
+from cg_core.tokens import SENTINELS, SPECIAL_TOKENS
 
 # The sentinels at CodeGemma's ids (<pad>/<eos>/<bos>/<unk> are SentencePiece's own, 0-3).
 CODEGEMMA_IDS = {t.text: t.codegemma_id for t in SENTINELS}

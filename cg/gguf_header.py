@@ -1,0 +1,150 @@
+"""A GGUF file's metadata and vocabulary pieces, read straight from its header (no gguf-py, which
+parses the whole vocabulary into numpy objects first).
+
+Used to find special tokens by their exact piece: a GGUF from llama.cpp's converter may type
+`<|file_separator|>` as a NORMAL token, and then tokenizing its text does not give its id back,
+while the piece is right there in `tokenizer.ggml.tokens`.
+
+Format (GGUF v2/v3, little-endian): magic, version u32, tensor count u64, key-value count u64,
+then per key a string key (u64 length + bytes), a u32 type and the value; arrays are an element
+type u32, a count u64 and the elements.
+"""
+
+from __future__ import annotations
+
+import mmap
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+_STRING, _ARRAY = 8, 9
+_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+_FORMATS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+TOKENS_KEY = "tokenizer.ggml.tokens"
+
+
+class GGUFHeaderError(ValueError):
+    """Not a GGUF file cg can read the header of (truncated, another version, garbage)."""
+
+
+@dataclass(frozen=True)
+class _Value:
+    key: str
+    type: int
+    offset: int  # where the value starts (for an array: its element type)
+
+
+class GGUFHeader:
+    """The key-value section of one GGUF file, walked lazily."""
+
+    def __init__(self, data: bytes | mmap.mmap):
+        self.data = data
+        if data[:4] != b"GGUF":
+            raise GGUFHeaderError("not a GGUF file")
+        (version,) = self._unpack("<I", 4)
+        if version < 2:
+            raise GGUFHeaderError(f"GGUF version {version} is not supported")
+        self.n_kv = self._unpack("<Q", 16)[0]
+
+    def _unpack(self, fmt: str, offset: int) -> tuple[int, ...]:
+        try:
+            return struct.unpack_from(fmt, self.data, offset)
+        except struct.error:
+            raise GGUFHeaderError("the header is truncated") from None
+
+    def _string(self, offset: int) -> tuple[bytes, int]:
+        (n,) = self._unpack("<Q", offset)
+        end = offset + 8 + n
+        if end > len(self.data):
+            raise GGUFHeaderError("the header is truncated")
+        return bytes(self.data[offset + 8:end]), end
+
+    def _skip(self, kind: int, offset: int) -> int:
+        if kind == _STRING:
+            return self._string(offset)[1]
+        if kind == _ARRAY:
+            element, count = self._unpack("<IQ", offset)
+            offset += 12
+            if element in _SIZES:
+                return offset + count * _SIZES[element]
+            for _ in range(count):
+                offset = self._skip(element, offset)
+            return offset
+        if kind not in _SIZES:
+            raise GGUFHeaderError(f"unknown value type {kind}")
+        return offset + _SIZES[kind]
+
+    def values(self) -> Iterator[_Value]:
+        offset = 24
+        for _ in range(self.n_kv):
+            key, offset = self._string(offset)
+            (kind,) = self._unpack("<I", offset)
+            value = _Value(key.decode("utf-8", "replace"), kind, offset + 4)
+            yield value
+            offset = self._skip(kind, value.offset)
+
+    def scalars(self) -> dict[str, int | float | bool | str]:
+        """Every scalar value by key (arrays left out)."""
+        out: dict[str, int | float | bool | str] = {}
+        for v in self.values():
+            if v.type == _STRING:
+                out[v.key] = self._string(v.offset)[0].decode("utf-8", "replace")
+            elif v.type in _FORMATS:
+                out[v.key] = self._unpack(_FORMATS[v.type], v.offset)[0]
+        return out
+
+    def find_pieces(self, texts: list[str]) -> dict[str, int]:
+        """The ids of the vocabulary pieces exactly equal to each text (those found)."""
+        array = next((v for v in self.values() if v.key == TOKENS_KEY), None)
+        if array is None or array.type != _ARRAY:
+            return {}
+        element, count = self._unpack("<IQ", array.offset)
+        if element != _STRING:
+            return {}
+        start = array.offset + 12
+        end = self._array_end_bound(start)
+        found = {}
+        for text in texts:
+            raw = text.encode("utf-8")
+            needle = struct.pack("<Q", len(raw)) + raw
+            hit = self.data.find(needle, start, end)
+            while hit >= 0:  # a hit that is not an entry's start (or lies past the array) is no piece
+                index = self._index_at(start, count, hit)
+                if index is not None:
+                    found[text] = index
+                    break
+                hit = self.data.find(needle, hit + 1, end)
+        return found
+
+    def _array_end_bound(self, start: int) -> int:
+        """Where the search for a piece may stop: the next tokenizer key's name lies past the
+        array (no piece holds that text), so absent pieces cost a scan of the vocabulary, not of
+        the whole model file. Without such a key: the end of the file."""
+        hint = self.data.find(b"tokenizer.ggml.", start)
+        return hint if hint >= 0 else len(self.data)
+
+    def _index_at(self, start: int, count: int, target: int) -> int | None:
+        """The index of the array entry starting at byte `target`, walking entries up to it."""
+        offset = start
+        for i in range(count):
+            if offset == target:
+                return i
+            if offset > target:
+                return None
+            offset += 8 + self._unpack("<Q", offset)[0]
+        return None
+
+
+def open_header(path: Path | str) -> tuple[GGUFHeader, mmap.mmap]:
+    """The header of the GGUF at path and the map it reads (close it when done)."""
+    with open(path, "rb") as f:
+        try:
+            data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except ValueError:
+            raise GGUFHeaderError("the file is empty") from None
+    try:
+        return GGUFHeader(data), data
+    except GGUFHeaderError:
+        data.close()
+        raise

@@ -1,0 +1,36 @@
+"""How to load and run the model: the options every model-running command and library call
+shares, and their defaults, declared once (the CLI builds its options from these)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .engine import Sampling
+
+DEFAULT_CTX = 4096  # not the model's 8192: keeps memory and the CPU prompt cost modest
+DEFAULT_MAX_TOKENS = 128  # complete / infill
+GENERATE_MAX_TOKENS = 256
+EVAL_MAX_TOKENS = 256
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Where the model runs, how it samples, and the limits of one completion."""
+
+    model: str | None = None  # a GGUF path or installed name (None: the default model)
+    n_ctx: int = DEFAULT_CTX
+    threads: int | None = None
+    verbose: bool = False  # llama.cpp's log on stderr
+    gpu_layers: int | None = None  # None: every layer when llama.cpp has a GPU backend, else none
+    server: str | None = None  # run on this llama-server or OpenAI-compatible server instead
+    server_api: str | None = None  # "llama" or "openai"; None: found from the URL
+    api_key: str | None = None
+    sampling: Sampling = Sampling()
+    max_tokens: int = DEFAULT_MAX_TOKENS
+    max_time: float | None = None  # seconds; then the completion ends at the next newline
+    max_prompt_tokens: int | None = None  # None: the engine's default window (2048 on CPU, else the context)
+    logit_bias: dict[int, float] | None = None
+    quiet: bool = False  # no warnings or notes on stderr
+    prompt_cache: bool = False  # share evaluated prompts across processes (cg/prompt_cache.py); the CLI turns it on
+    progress: bool = False  # show prompt evaluation on stderr (the CLI, on a terminal)
+    exact: bool = False  # reuse computed prompts only where the result is bit for bit a fresh run's

@@ -1,0 +1,91 @@
+"""Prompts as token ids, within the engine's window: FIM (PSM/SPM, file header, context files),
+prefix continuation and chat turns. The layouts themselves are fim.py's; this module tokenizes
+through the engine, decides what fits, and says once per process what was left out.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from . import fim
+from .engine import Engine
+from .errors import PromptTooLongError
+from .options import RunOptions
+
+_said: set[str] = set()  # notes given once per process
+
+
+def warn(opts: RunOptions, message: str) -> None:
+    if not opts.quiet:
+        print(f"Warning: {message}", file=sys.stderr)
+
+
+def note_once(opts: RunOptions, key: str, message: str) -> None:
+    if not opts.quiet and key not in _said:
+        _said.add(key)
+        print(f"Note: {message}", file=sys.stderr)
+
+
+def fim_prompt(engine: Engine, prefix: str, suffix: str, opts: RunOptions, *, path: str | None = None,
+               context: Sequence[tuple[str, str]] = (), spm: bool = False) -> list[int]:
+    sp = engine.info.special
+    header = engine.tokenize_text(path + "\n") if path else []
+    budget, limit = prompt_budget(engine, opts, 4 + len(header))  # BOS and three sentinels
+    trimmed = fim.trim_to_budget(engine.tokenize_text(prefix), engine.tokenize_text(suffix), budget)
+    chunks = []
+    if context and sp.fim_sep is None:
+        warn(opts, "the model has no <|file_separator|> token: --context files are ignored")
+    elif context and sp.fim_sep is not None:
+        chunks = [fim.context_chunk(engine.tokenize_text(f"{p}\n{c}"), sp.fim_sep) for p, c in context]
+    room = budget - len(trimmed.prefix) - len(trimmed.suffix)
+    kept, dropped = fim.pack_context(chunks, room)
+    _left_out(opts, limit, trimmed.dropped_prefix, trimmed.dropped_suffix, dropped)
+    pre, suf, mid = sp.fim_triple()
+    ids = fim.FimIds(engine.info.bos, pre, suf, mid, sp.fim_sep)
+    return fim.layout(ids, trimmed.prefix, trimmed.suffix, header=header, context=kept, spm=spm)
+
+
+def prefix_prompt(engine: Engine, prefix: str, opts: RunOptions) -> list[int]:
+    budget, limit = prompt_budget(engine, opts, 1)
+    ids = engine.tokenize_text(prefix)
+    if len(ids) > budget:
+        _left_out(opts, limit, len(ids) - budget, 0, 0)
+        ids = ids[len(ids) - budget:]
+    return [engine.info.bos, *ids]
+
+
+def chat_prompt(engine: Engine, message: str, opts: RunOptions, start_turn: int, end_turn: int) -> list[int]:
+    tok = engine.tokenize_text
+    prompt = fim.chat_turns(engine.info.bos, start_turn, end_turn, tok("user\n" + message), tok("\n"),
+                            tok("model\n"))
+    n_ctx = engine.info.n_ctx
+    if len(prompt) + opts.max_tokens > n_ctx:
+        raise PromptTooLongError(f"the prompt ({len(prompt)} tokens) and --max-tokens {opts.max_tokens} "
+                                 f"do not fit in a {n_ctx}-token context")
+    return prompt
+
+
+def prompt_budget(engine: Engine, opts: RunOptions, overhead: int) -> tuple[int, str]:
+    """Tokens the prompt's text may take, and what limits them: "the prompt window" (--max-prompt-tokens,
+    2048 on the CPU) or "the context" (--ctx less --max-tokens)."""
+    n_ctx = engine.info.n_ctx
+    room = n_ctx - opts.max_tokens
+    if room - overhead <= 0:
+        raise PromptTooLongError(
+            f"--max-tokens {opts.max_tokens} leaves no room for the prompt in a {n_ctx}-token context")
+    window = opts.max_prompt_tokens or engine.info.default_window
+    if window < room:
+        return max(0, window - overhead), f"the {window}-token prompt window"
+    return room - overhead, f"the {n_ctx}-token context"
+
+
+def _left_out(opts: RunOptions, limit: str, before: int, after: int, files: int) -> None:
+    """Say once per process (not with -q) what did not fit, and how to make room."""
+    if not (before or after or files):
+        return
+    parts = [f"{before} tokens before the cursor" if before else "", f"{after} after it" if after else "",
+             f"{files} context file(s)" if files else ""]
+    widen = ("widen it with --max-prompt-tokens N (or CG_MAX_PROMPT_TOKENS)" if "window" in limit
+             else "raise --ctx or lower --max-tokens")
+    note_once(opts, "left_out", f"{limit} left out " + ", ".join(p for p in parts if p) + f"; {widen}.")
