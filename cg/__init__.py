@@ -1,3 +1,2 @@
-"""cg: CodeGemma in the terminal. The library API is in cg.complete (complete, generate)."""
-
-__version__ = "0.1.0"
+"""cg: CodeGemma in the terminal. The library API is in cg.complete (complete, generate);
+the version is the installed package's (`cg --version`)."""

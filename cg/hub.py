@@ -116,18 +116,12 @@ def download(model: str | None = None, *, quant: str | None = None, token: str |
     hub = _Hub(token)
     snap = hub.snapshot(repo_id, revision)
     plan = choose(snap.files, (quant or OutType.Q4_K_M).lower())
-    if quant is None and name is None and plan.kind == "checkpoint":
-        same = [r for r in store.list_models() if r.source == repo_id and r.revision == snap.commit
-                and Path(r.path).exists()]
-        if same and not force:
-            print(f"{same[0].name} is already installed ({repo_id}@{snap.commit[:10]})", file=sys.stderr)
-            return same[0]
-    if quant is not None or plan.kind == "gguf":
-        quant = (quant or OutType.Q4_K_M).lower()
-        name = name or f"{base}-{quant}"
-        existing = _check_installed(name, repo_id, snap, force)
-        if existing is not None:
-            return existing
+    # The quant is known now, except for a checkpoint converted to its default type: a Jlama
+    # checkpoint's own quantization decides, and only its files tell.
+    quant = (quant or (OutType.Q4_K_M if plan.kind == "gguf" else "")).lower() or None
+    installed = _installed(repo_id, snap, name or (f"{base}-{quant}" if quant else None), force)
+    if installed is not None:
+        return installed
     hub.check_space(snap, plan)
     with hub.progress():
         local = {f: hub.fetch(snap, f) for f in plan.files}
@@ -135,11 +129,10 @@ def download(model: str | None = None, *, quant: str | None = None, token: str |
         from quantize.convert import default_type
 
         quant = default_type(local["config.json"].parent).value
-        name = name or f"{base}-{quant}"
-        existing = _check_installed(name, repo_id, snap, force)
-        if existing is not None:
-            return existing
-    assert name is not None
+        installed = _installed(repo_id, snap, name or f"{base}-{quant}", force)
+        if installed is not None:
+            return installed
+    name = name or f"{base}-{quant}"
     target = store.ensure_dir(store.models_dir()) / f"{name}.gguf"
     if plan.kind == "gguf":
         _place(local[plan.files[0]], target)
@@ -161,14 +154,18 @@ def download(model: str | None = None, *, quant: str | None = None, token: str |
     return record
 
 
-def _check_installed(name: str, repo_id: str, snap: Snapshot, force: bool) -> store.ModelRecord | None:
-    """The installed record when this very revision is installed under name; an error when name
-    holds something else (unless force)."""
-    existing = store.get(name)
-    if existing and Path(existing.path).exists() and not force:
-        if existing.revision == snap.commit and existing.source == repo_id:
-            print(f"{name} is already installed ({repo_id}@{snap.commit[:10]})", file=sys.stderr)
-            return existing
+def _installed(repo_id: str, snap: Snapshot, name: str | None, force: bool) -> store.ModelRecord | None:
+    """The installed record of this very revision (under `name`, or any name while the name is
+    not decided yet), or None to go on; an error when `name` holds something else (unless force)."""
+    if force:
+        return None
+    records = [store.get(name)] if name else store.list_models()
+    for rec in records:
+        if rec is not None and rec.source == repo_id and rec.revision == snap.commit and Path(rec.path).exists():
+            print(f"{rec.name} is already installed ({repo_id}@{snap.commit[:10]})", file=sys.stderr)
+            return rec
+    existing = store.get(name) if name else None
+    if existing is not None and Path(existing.path).exists():
         origin = (f"another revision of {repo_id} ({existing.revision[:10]})" if existing.source == repo_id
                   else f"{existing.source or 'a local file'}")
         raise OutputExistsError(f"{name} is already installed from {origin}",

@@ -19,8 +19,6 @@ from .complete import Completion, RunOptions, complete
 from .errors import InputError, ReadOnlyFileError
 from .textfile import Edit, SourceFile, read_source, scan_text, write_sources
 
-__all__ = ["FileResult", "Target", "check", "fill_file", "infill", "read_source", "write_sources"]
-
 DEFAULT_MARKER = "cg: fill"
 _TARGET = re.compile(r"^(?P<file>.+?):(?P<line>[^:]*)(?::(?P<col>[^:]*))?$")
 _COMMENT = r"(?:#|//|--|;|/\*|<!--)"
@@ -45,10 +43,6 @@ class FileResult:
     source: SourceFile
     edits: list[Edit] = field(default_factory=list)
     filled: list[Filled] = field(default_factory=list)
-
-    @property
-    def new_text(self) -> str:
-        return self.source.apply(self.edits)
 
     def diff(self) -> bytes:
         """A unified diff that `git apply` and `patch -p1` take: a/ and b/ paths (relative to the

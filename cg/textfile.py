@@ -199,8 +199,3 @@ def _check_writable(src: SourceFile, force: bool) -> None:
         raise StaleFileError(f"{src.path} changed on disk since cg read it; nothing was written")
     if src.read_only and not force:
         raise ReadOnlyFileError(f"{src.path} is read-only; nothing was written")
-
-
-def write_source(src: SourceFile, edits: Sequence[Edit], *, force: bool = False) -> None:
-    write_sources([(src, edits)], force=force)
-

@@ -10,75 +10,16 @@ from __future__ import annotations
 import json
 import math
 import struct
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from . import jlama
 from .errors import ConversionError
+from .readers import READERS
+from .tensors import TensorEntry
 
-if TYPE_CHECKING:
-    import numpy as np
-
-_DTYPES = {"F32": ("<f4", 4), "F16": ("<f2", 2), "BF16": ("<u2", 2), "F64": ("<f8", 8)}
-CHUNK_BYTES = 64 * 2**20  # rows converted at a time: peak memory stays near this, not the tensor
-
-
-@dataclass(frozen=True)
-class TensorEntry:
-    name: str
-    dtype: str  # safetensors dtype: F32, F16, BF16; or Jlama's Q4, I8
-    shape: tuple[int, ...]
-    file: Path
-    offset: int  # absolute byte offset of the data in file
-    nbytes: int
-    scales: TensorEntry | None = None  # Jlama's W.qb (F32) for a Q4 / I8 tensor
-
-    @property
-    def n_elements(self) -> int:
-        return math.prod(self.shape)
-
-    @property
-    def columns(self) -> int:
-        """The last dimension: values per row (1 for a scalar)."""
-        return self.shape[-1] if self.shape else 1
-
-    def rows(self) -> Iterator[np.ndarray]:
-        """The tensor as float32 blocks of whole rows, read block by block.
-
-        Plain reads, not a memory map: mapped pages count toward the process's resident memory
-        until unmapped, so a mapped 2 GB embedding would show as 2 GB of RSS.
-        """
-        import numpy as np
-
-        if self.dtype in jlama.QUANTIZED:
-            yield from jlama.dequantized_rows(self, CHUNK_BYTES)
-            return
-        np_dtype, size = _DTYPES[self.dtype]
-        row = self.columns
-        n_rows = max(1, self.n_elements // row)
-        step = max(1, CHUNK_BYTES // (row * size))
-        with open(self.file, "rb") as f:
-            for start in range(0, n_rows, step):
-                count = (min(n_rows, start + step) - start) * row
-                f.seek(self.offset + start * row * size)
-                block = np.fromfile(f, dtype=np_dtype, count=count)
-                if block.size != count:
-                    raise ConversionError(f"{self.file.name} ended inside tensor {self.name}",
-                                          "Download it again (an interrupted download leaves a short file).")
-                block = _to_f32(block, self.dtype)
-                yield block.reshape(-1, *self.shape[1:]) if len(self.shape) > 1 else block
-
-
-def _to_f32(block: np.ndarray, dtype: str) -> np.ndarray:
-    import numpy as np
-
-    if dtype == "BF16":
-        # bf16 is the top half of an IEEE float32.
-        return (block.astype(np.uint32) << 16).view(np.float32)
-    return block.astype(np.float32)
-
+__all__ = ["Checkpoint", "TensorEntry", "open_checkpoint", "read_header", "read_json"]
 
 @dataclass
 class Checkpoint:
@@ -89,7 +30,7 @@ class Checkpoint:
     @property
     def jlama(self) -> str | None:
         """"Q4" or "I8" for a Jlama-quantized checkpoint, else None."""
-        kinds = {t.dtype for t in self.tensors.values() if t.dtype in jlama.QUANTIZED}
+        kinds = {t.dtype for t in self.tensors.values() if READERS[t.dtype].quantized}
         return "Q4" if "Q4" in kinds else kinds.pop() if kinds else None
 
     @property
@@ -169,10 +110,9 @@ def read_header(path: Path) -> list[TensorEntry]:
         except (KeyError, TypeError, ValueError):
             raise ConversionError(f"tensor {name} in {path.name} has a malformed header entry",
                                   "Download the file again.") from None
-        if dtype not in _DTYPES and dtype not in jlama.QUANTIZED:
+        if dtype not in READERS:
             raise ConversionError(f"tensor {name} in {path.name} has unsupported dtype {dtype}")
-        n = math.prod(shape)
-        expected = jlama.data_bytes(dtype, n) if dtype in jlama.QUANTIZED else n * _DTYPES[dtype][1]
+        expected = READERS[dtype].data_bytes(math.prod(shape))
         if end - start != expected:
             raise ConversionError(f"tensor {name} in {path.name} holds {end - start} bytes, its {dtype} shape "
                                   f"{list(shape)} needs {expected}", "Download the file again.")

@@ -22,9 +22,11 @@ from . import (
     registry,
 )
 from .base import Converter
-from .checkpoint import CHUNK_BYTES, Checkpoint, TensorEntry, open_checkpoint
+from .checkpoint import Checkpoint, open_checkpoint
 from .errors import ConversionError, OutputExistsError
 from .llama_quant import OutType, quantize_gguf
+from .readers import CHUNK_BYTES, READERS, rows
+from .tensors import TensorEntry
 from .vocab import Vocab, load_vocab, write_vocab
 
 if TYPE_CHECKING:
@@ -215,6 +217,8 @@ def _write_tensors(writer: gguf.GGUFWriter, converter: Converter, plan: list[Pla
                    types: list[gguf.GGMLQuantizationType], file_type: OutType, progress: Progress) -> _Written:
     import gguf
 
+    # gguf-py has no public call to stream one tensor's data in pieces: its writer's file
+    # (pyproject bounds gguf to the versions where `fout` is this list; a test checks it).
     fout = writer.fout[0]  # type: ignore[index]
     total = sum(p.entry.n_elements for p in plan)
     stats = _Written()
@@ -222,8 +226,9 @@ def _write_tensors(writer: gguf.GGUFWriter, converter: Converter, plan: list[Pla
         for p, t in zip(plan, types, strict=True):
             writer.write_padding(fout, fout.tell())
             written = 0
-            if t == gguf.GGMLQuantizationType.Q4_0 and jlama.copyable_as_q4_0(p.entry):
-                for data, rounded in jlama.q4_0_blocks(p.entry, CHUNK_BYTES):
+            copy = READERS[p.entry.dtype].q4_0_blocks  # Jlama Q4: the same blocks as ggml's Q4_0
+            if t == gguf.GGMLQuantizationType.Q4_0 and copy is not None:
+                for data, rounded in copy(p.entry, CHUNK_BYTES):
                     data.tofile(fout)
                     written += data.nbytes
                     blocks = data.nbytes // jlama.Q4_0_BLOCK_BYTES
@@ -231,7 +236,7 @@ def _write_tensors(writer: gguf.GGUFWriter, converter: Converter, plan: list[Pla
                     stats.rounded_blocks += rounded
                     advance(blocks * jlama.Q4_BLOCK)
             else:
-                for block in p.entry.rows():
+                for block in rows(p.entry):
                     data = gguf.quants.quantize(converter.transform(p.name, block), t)
                     data.tofile(fout)
                     written += data.nbytes

@@ -23,16 +23,11 @@ from .errors import ConversionError
 if TYPE_CHECKING:
     import numpy as np
 
-    from .checkpoint import TensorEntry
+    from .tensors import TensorEntry
 
-QUANTIZED = ("Q4", "I8")
 Q4_BLOCK = 32
 Q4_0_BLOCK_BYTES = 2 + Q4_BLOCK // 2  # ggml's block_q4_0: an f16 scale, then 16 bytes of nibbles
 SCALES_SUFFIX = ".qb"
-
-
-def data_bytes(dtype: str, n_elements: int) -> int:
-    return n_elements // 2 if dtype == "Q4" else n_elements
 
 
 def block_size(entry: TensorEntry) -> int:
@@ -52,7 +47,7 @@ def link_scales(tensors: dict[str, TensorEntry]) -> dict[str, TensorEntry]:
                 raise ConversionError(f"scales {name} have no tensor {name[: -len(SCALES_SUFFIX)]}",
                                       "The Jlama checkpoint is incomplete; download it again.")
             continue
-        if entry.dtype in QUANTIZED:
+        if entry.dtype in ("Q4", "I8"):
             scales = tensors.get(name + SCALES_SUFFIX)
             if scales is None:
                 raise ConversionError(f"{entry.dtype} tensor {name} has no {name}{SCALES_SUFFIX} scales",
@@ -74,7 +69,7 @@ def _row_blocks(entry: TensorEntry, rows_per_step: int) -> Iterator[tuple[np.nda
 
     assert entry.scales is not None
     n_rows = max(1, entry.n_elements // entry.columns)
-    row_bytes = data_bytes(entry.dtype, entry.columns)
+    row_bytes = entry.columns // 2 if entry.dtype == "Q4" else entry.columns
     blocks = entry.scales.columns
     with open(entry.file, "rb") as data, open(entry.scales.file, "rb") as scales:
         for start in range(0, n_rows, rows_per_step):
@@ -103,10 +98,6 @@ def dequantized_rows(entry: TensorEntry, chunk_bytes: int) -> Iterator[np.ndarra
             values = q.reshape(q.shape[0], -1, bs).astype(np.float32) * s[..., None]
         values = values.reshape(q.shape[0], columns).astype(np.float32)
         yield values.reshape(-1, *entry.shape[1:]) if len(entry.shape) > 1 else values.reshape(-1)
-
-
-def copyable_as_q4_0(entry: TensorEntry) -> bool:
-    return entry.dtype == "Q4"  # whose scales link_scales found per Q4_BLOCK values
 
 
 def q4_0_blocks(entry: TensorEntry, chunk_bytes: int) -> Iterator[tuple[np.ndarray, int]]:

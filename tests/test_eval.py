@@ -15,7 +15,7 @@ import pytest
 
 from cg.cli import main
 from cg.engine import Sampling
-from cg.evaluate import humaneval
+from cg.errors import OutputExistsError, UsageError
 from cg.evaluate.humaneval import EvalOptions, evaluate, pass_at_k
 from cg.evaluate.sandbox import Limits, run_program
 from cg.evaluate.tasks import BENCHMARKS, Task, load, raw_lines, spread
@@ -137,7 +137,7 @@ def test_end_to_end_through_real_decoding_and_resume(tiny_engine, tiny_opts, sin
     assert all(r["stop_reason"] == "stop_token" and r["completion_tokens"] > 0 for r in records)
     # Interrupted in the middle of writing line 2: --resume keeps line 1 and redoes the rest.
     out.write_text(out.read_text().splitlines(keepends=True)[0] + '{"task_id": "Single')
-    with pytest.raises(Exception, match="already exists"):
+    with pytest.raises(OutputExistsError, match="already exists"):
         evaluate(eo, engine=tiny_engine, tasks=tasks)
     eo.resume = True
     summary = evaluate(eo, engine=tiny_engine, processor_for=canonical_forcer(tiny_engine), tasks=tasks)
@@ -154,7 +154,7 @@ def test_several_samples_give_pass_at_k(tiny_engine, tiny_opts, single, tmp_path
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert [(r["task_id"], r["sample"]) for r in records] == [(t.task_id, s) for t in tasks for s in range(3)]
     assert summary.samples == 3 and set(summary.pass_at_k) == {"pass@1"} and summary.passed == 0
-    with pytest.raises(Exception, match="needs --temperature above 0"):
+    with pytest.raises(UsageError, match="needs --temperature above 0"):
         evaluate(dataclasses.replace(eo, run=tiny_opts, out=None), engine=tiny_engine, tasks=tasks)
 
 
@@ -178,5 +178,24 @@ def test_a_model_without_fim_is_refused(capsys, bundled_gguf):
     assert code == 2 and "has no fill-in-the-middle tokens" in capsys.readouterr().err
 
 
-def test_stop_words_are_the_usual_ones():
-    assert humaneval.STOP_WORDS == ("\nclass", "\ndef", "\n#", "\nif")
+@pytest.mark.parametrize("word", ["class", "def", "#", "if"])
+def test_stop_words_end_a_completion_at_each_usual_word(tiny_engine, tiny_opts, single, tmp_path, word):
+    """--stop-words: the canonical answer, then a new line starting with one of HumanEval's usual
+    stop words (through real decoding): the completion ends before that line, on the word."""
+    task = single[0]
+    rest = f"\n{word} x = 1\n"
+
+    def forcer(t):
+        return forcing([*tiny_engine.tokenize_text(t.canonical_solution.rstrip("\n") + rest), ID["fim_sep"]])
+
+    run = dataclasses.replace(tiny_opts, max_tokens=96)
+    with_words = evaluate(EvalOptions(jobs=1, out=tmp_path / "a.jsonl", stop_words=True, run=run),
+                          engine=tiny_engine, processor_for=forcer, tasks=[task])
+    plain = evaluate(EvalOptions(jobs=1, out=tmp_path / "b.jsonl", run=run), engine=tiny_engine,
+                     processor_for=forcer, tasks=[task])
+    stopped = json.loads((tmp_path / "a.jsonl").read_text())
+    ran_on = json.loads((tmp_path / "b.jsonl").read_text())
+    assert stopped["completion"].rstrip("\n") == task.canonical_solution.rstrip("\n")
+    # Without them, the block rule ends it at the same line: the stop word is what ended the first.
+    assert stopped["stop_reason"] == "stop_token" and ran_on["stop_reason"] == "end_of_block"
+    assert with_words.tasks == plain.tasks == 1

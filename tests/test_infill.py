@@ -7,6 +7,7 @@ import os
 import pytest
 
 from cg import infill as infill_mod
+from cg import textfile
 from cg.cli import main
 from cg.complete import RunOptions
 from cg.errors import InputError, StaleFileError, WriteError
@@ -131,12 +132,12 @@ def test_failure_during_generation_leaves_file_untouched(tmp_path, tiny_opts, ti
 def test_file_changed_on_disk_is_refused(tmp_path, run, tiny_engine, tiny_opts):
     f = tmp_path / "a.py"
     f.write_text("a = \n")
-    src = infill_mod.read_source(f)
+    src = textfile.read_source(f)
     result = infill_mod.fill_file(src, [infill_mod.Target(f, 1)], tiny_opts,
                                   logits_processor=scripted(tiny_engine, "1"))
     f.write_text("a = 'edited meanwhile'\n")
     with pytest.raises(StaleFileError):
-        infill_mod.write_sources([(result.source, result.edits)])
+        textfile.write_sources([(result.source, result.edits)])
     assert f.read_text() == "a = 'edited meanwhile'\n"
 
 

@@ -211,3 +211,22 @@ def test_cli_quantize_registers_in_store(tiny_ckpt, capsys):
     assert capsys.readouterr().err.startswith("Error: ")
     assert main(["models", "rm", "codegemma-tiny-q8_0"]) == 0
     assert store.get("codegemma-tiny-q8_0") is None
+
+
+def test_the_gguf_writer_attribute_convert_streams_through(tmp_path):
+    """convert.py writes tensor data itself through GGUFWriter.fout[0]: pyproject bounds gguf to the
+    versions where that is the open output file, after the header and before the tensors."""
+    import gguf
+
+    writer = gguf.GGUFWriter(None, "gemma")
+    writer.add_tensor_info("t", (4,), np.dtype(np.float32), 16, raw_dtype=gguf.GGMLQuantizationType.F32)
+    writer.write_header_to_file(tmp_path / "x.gguf")
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    fout = writer.fout[0]
+    before = fout.tell()
+    writer.write_padding(fout, fout.tell())
+    np.zeros(4, np.float32).tofile(fout)
+    assert fout.tell() > before and fout.name == str(tmp_path / "x.gguf")
+    writer.close()
+    assert [t.name for t in gguf.GGUFReader(tmp_path / "x.gguf").tensors] == ["t"]
