@@ -14,14 +14,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import repo_context
+from . import blocks, repo_context
+from .blocks import Language
 from .complete import Completion, RunOptions, complete
-from .errors import InputError, ReadOnlyFileError
-from .textfile import Edit, SourceFile, read_source, scan_text, write_sources
+from .errors import InputError, UsageError
+from .prompts import note
+from .textfile import Edit, SourceFile, check_replaceable, read_source, scan_text, write_sources
 
 DEFAULT_MARKER = "cg: fill"
 _TARGET = re.compile(r"^(?P<file>.+?):(?P<line>[^:]*)(?::(?P<col>[^:]*))?$")
-_COMMENT = r"(?:#|//|--|;|/\*|<!--)"
+# The comments that can hold a marker: each language's own, any of them where cg does not know it.
+_COMMENTS = {Language.PYTHON: ("#",), Language.SHELL: ("#",), Language.C_LIKE: ("//", "/*"),
+             Language.GENERIC: ("#", "//", "--", ";", "/*", "<!--")}
 
 
 @dataclass
@@ -57,7 +61,8 @@ class FileResult:
         out = bytearray()
         for i, line in enumerate(difflib.unified_diff(old, new, f"a/{name}{end}", f"b/{name}{end}")):
             header = i < 2 or line.startswith("@@")  # content lines start with " ", "-" or "+"
-            out += line.encode("utf-8" if header else src.codec)
+            # A file name's own bytes, as git writes them (surrogateescape: names need not be UTF-8).
+            out += line.encode("utf-8", "surrogateescape") if header else line.encode(src.codec)
             if not line.endswith("\n"):
                 out += b"\n\\ No newline at end of file\n"
         return bytes(out)
@@ -86,10 +91,27 @@ def parse_target(spec: str) -> tuple[Path, int | None, int | None]:
     return Path(match["file"]), line, col
 
 
-def marker_lines(text: str, marker: str = DEFAULT_MARKER) -> list[int]:
-    """1-based numbers of the lines that are a comment holding the marker."""
-    pattern = re.compile(rf"^\s*{_COMMENT}\s*{re.escape(marker)}\b")
-    return [i for i, line in enumerate(text.split("\n"), start=1) if pattern.match(line)]
+def check_marker(marker: str) -> None:
+    if not marker.strip():
+        raise UsageError("--marker must not be empty", "Give the marker text, e.g. --marker 'cg: fill'.")
+
+
+def marker_lines(text: str, marker: str = DEFAULT_MARKER, path: Path | str | None = None) -> list[int]:
+    """1-based numbers of the lines that are a comment holding the marker: a comment of the
+    file's language (from path) that starts in code, not inside a string or a docstring."""
+    check_marker(marker)
+    language = blocks.language_of(str(path) if path is not None else None)
+    leaders = "|".join(re.escape(c) for c in _COMMENTS[language])
+    pattern = re.compile(rf"^\s*(?:{leaders})\s*{re.escape(marker)}\b")
+    lexer = blocks.Lexer(language) if language != Language.GENERIC else None
+    found = []
+    for i, line in enumerate(text.split("\n"), start=1):
+        in_code = lexer is None or lexer.state.inside == ""
+        if in_code and pattern.match(line):
+            found.append(i)
+        if lexer is not None:
+            lexer.feed(line + "\n")
+    return found
 
 
 def cursor(text: str, target: Target) -> tuple[int, int, str]:
@@ -114,9 +136,11 @@ def cursor(text: str, target: Target) -> tuple[int, int, str]:
 
 
 def header_path(path: Path) -> str:
-    """The path the model sees in the header line: relative to the git root, else the file name."""
+    """The path the model sees in the header line: relative to the git root, else the file name
+    (a name's bytes that are not UTF-8 become U+FFFD: the model reads text)."""
     root = repo_context.git_root(path)
-    return repo_context.relative_to_root(path, root) if root else path.name
+    name = repo_context.relative_to_root(path, root) if root else path.name
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def diff_path(path: Path) -> str:
@@ -141,26 +165,39 @@ def fill_file(src: SourceFile, targets: list[Target], opts: RunOptions, *, conte
     text = src.text
     spans = sorted(((cursor(src.text, t), t) for t in targets), key=lambda x: x[0][0], reverse=True)
     result = FileResult(src)
-    ctx_files = _context_files(src.path, context)
+    ctx_files = _context_files(src, context, opts)
     for (start, end, indent), target in spans:
         suffix = text[end:]
         done = complete_fn(text[:start] + indent, suffix, opts=opts, path=header_path(src.path), context=ctx_files,
                            **kwargs)
-        text = text[:start] + indent + done.text + suffix
-        result.edits.append(Edit(start, end, indent + done.text))
+        inserted = indent + done.text
+        if start == len(text) and text.endswith("\n") and inserted and not inserted.endswith("\n"):
+            inserted += "\n"  # appended to a file that ends with a line break: it still does
+        text = text[:start] + inserted + suffix
+        result.edits.append(Edit(start, end, inserted))
         result.filled.append(Filled(target, done))
     result.filled.reverse()
     return result
 
 
-def _context_files(path: Path, context: Sequence[Path] | str) -> list[tuple[str, str]]:
-    files = repo_context.local_imports(path) if context == "auto" else [Path(c) for c in context]
-    return [(header_path(f), read_source(f).text) for f in files]
+def _context_files(src: SourceFile, context: Sequence[Path] | str, opts: RunOptions) -> list[tuple[str, str]]:
+    """--context FILE... (the user's choice, read as given), or the local imports (confined to the
+    repository; what is skipped is said on stderr)."""
+    if context != "auto":
+        return [(header_path(Path(c)), read_source(Path(c)).text) for c in context]
+    skipped = repo_context.Skipped()
+    files = repo_context.read_context(repo_context.local_imports(src.path, src.text, skipped), skipped)
+    for path, why in skipped.items:
+        note(opts, f"--context auto skipped {path}: {why}")
+    return [(header_path(f), text) for f, text in files]
 
 
 def collect_targets(specs: Sequence[str], marker: str, encoding: str) -> dict[Path, tuple[SourceFile, list[Target]]]:
-    """Group targets by file, reading each file once. A bare FILE contributes its marker lines;
-    one without a marker is skipped unread (binary and other-encoding files pass through)."""
+    """Group targets by file (by its resolved path), reading each file once. A bare FILE
+    contributes its marker lines; one without a marker is skipped unread (binary and
+    other-encoding files pass through). The same target given twice (`a.py ./a.py`, `a.py:2
+    a.py:2`) counts once; two that overlap (a marker line and a position on it) are refused."""
+    check_marker(marker)
     files: dict[Path, tuple[SourceFile, list[Target]]] = {}
     for spec in specs:
         path, line, col = parse_target(spec)
@@ -170,11 +207,29 @@ def collect_targets(specs: Sequence[str], marker: str, encoding: str) -> dict[Pa
         if key not in files:
             files[key] = (read_source(path, encoding), [])
         src, targets = files[key]
-        if line is None:
-            targets += [Target(path, n, None, True) for n in marker_lines(src.text, marker)]
-        else:
-            targets.append(Target(path, line, col))
+        new = [Target(path, n, None, True) for n in marker_lines(src.text, marker, path)] if line is None \
+            else [Target(path, line, col)]
+        for target in new:
+            _add_target(src, targets, target)
     return files
+
+
+def _add_target(src: SourceFile, targets: list[Target], target: Target) -> None:
+    start, end, _ = cursor(src.text, target)
+    for other in targets:
+        o_start, o_end, _ = cursor(src.text, other)
+        if (o_start, o_end) == (start, end) and other.marker == target.marker:
+            return  # the same target again
+        # A marker's line is replaced whole: nothing else may touch it. Insertion points never overlap.
+        if (target.marker or other.marker) and start <= o_end and o_start <= end:
+            raise UsageError(f"targets overlap: {_shown(other)} and {_shown(target)}",
+                             "Give each place once: a marker line is replaced whole.")
+    targets.append(target)
+
+
+def _shown(target: Target) -> str:
+    where = f"{target.path}:{target.line}" + (f":{target.col}" if target.col else "")
+    return f"{where} (marker)" if target.marker else where
 
 
 def infill(specs: Sequence[str], *, opts: RunOptions = RunOptions(), write: bool = False, force: bool = False,
@@ -182,12 +237,11 @@ def infill(specs: Sequence[str], *, opts: RunOptions = RunOptions(), write: bool
            **kwargs: Any) -> list[FileResult]:
     """Fill the targets; with write=True replace the files once every completion is known.
 
-    A read-only file is refused before any model runs, unless force."""
+    A file cg would not replace without force (read-only, hard-linked) is refused before any
+    model runs."""
     files = [(src, targets) for src, targets in collect_targets(specs, marker, encoding).values() if targets]
-    if write and not force:
-        for src, _ in files:
-            if src.read_only:
-                raise ReadOnlyFileError(f"{src.path} is read-only; nothing was written")
+    if write:
+        check_replaceable([(src, []) for src, _ in files], force)
     # The model loads once: get_engine keeps it for every target and file.
     results = [fill_file(src, targets, opts, context=context, **kwargs) for src, targets in files]
     if write:
@@ -197,7 +251,7 @@ def infill(specs: Sequence[str], *, opts: RunOptions = RunOptions(), write: bool
 
 def _marker_lines_in(path: Path, marker: str, encoding: str) -> list[int]:
     text = scan_text(path, encoding)
-    return [] if text is None else marker_lines(text, marker)
+    return [] if text is None else marker_lines(text, marker, path)
 
 
 def check(specs: Sequence[str], marker: str = DEFAULT_MARKER, encoding: str = "utf-8") -> list[tuple[Path, int]]:

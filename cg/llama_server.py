@@ -1,5 +1,5 @@
 """`cg serve`: llama.cpp's llama-server for an installed model (or a GGUF path), with the flags cg
-needs, until Ctrl-C.
+needs, until Ctrl-C, SIGTERM or SIGHUP (exit 130 / 143 / 129), never leaving it behind.
 
 The flags: the model, a context per slot (`-c` is shared by the slots, so it is ctx x jobs),
 parallel slots for `cg eval --jobs`, host and port, threads, GPU layers, an API key. Stops on
@@ -8,9 +8,11 @@ the server's side are not needed: cg stops on the stop ids itself and closes the
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -22,8 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from cg_core import interrupts
+
 from . import store
-from .errors import ServerError, ToolMissingError
+from .errors import ServerError, ToolMissingError, UsageError
 
 START_TIMEOUT = 600.0  # a big model from a cold disk takes a while to load
 HOW_TO_GET = ("Install llama.cpp (brew install llama.cpp, or a release archive from "
@@ -68,32 +72,77 @@ def command(binary: str, model: Path, opts: ServeOptions) -> list[str]:
 
 
 def serve(opts: ServeOptions, on_ready: Callable[[str], None]) -> None:
-    """Start llama-server, call on_ready(url) once it answers, run until it ends or Ctrl-C."""
+    """Start llama-server, call on_ready(url) once it answers, run until it ends or cg is told to
+    stop. Whatever ends cg (Ctrl-C, SIGTERM, SIGHUP, an error, even SIGKILL on Linux) ends
+    llama-server too: no orphan keeps the port."""
     binary = llama_server_binary()
     model = store.resolve(opts.model).path
     url = f"http://{opts.host}:{opts.port}"
+    _check_port(opts.host, opts.port)
     with tempfile.TemporaryFile() as log:
         out = None if opts.verbose else log
         proc = subprocess.Popen(command(binary, model, opts), stdout=out, stderr=subprocess.STDOUT if out else None,
-                                start_new_session=True)
+                                start_new_session=True,
+                                preexec_fn=_die_with_parent(os.getpid()))  # noqa: PLW1509 - no threads run here
         try:
-            _wait_healthy(proc, url, opts.api_key, log)
+            _wait_healthy(proc, url, opts, log)
             on_ready(url)
             proc.wait()
-            raise ServerError(f"llama-server stopped by itself (exit {proc.returncode})" + _tail(log))
-        except KeyboardInterrupt:
+            raise ServerError(f"llama-server stopped by itself (exit {proc.returncode})" + _tail(log),
+                              "Run with --verbose to see its whole log.")
+        except (KeyboardInterrupt, interrupts.Terminated):
             _stop(proc)
             print("Stopped llama-server.", file=sys.stderr)
+            raise
         finally:
             if proc.poll() is None:
                 _stop(proc)
 
 
-def _wait_healthy(proc: subprocess.Popen[bytes], url: str, api_key: str | None, log: IO[bytes]) -> None:
+def _check_port(host: str, port: int) -> None:
+    """A port another program listens on is a clear error now, not llama-server's exit later."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise UsageError(f"cannot listen on {host}: {exc.strerror or exc}", "Check --host.") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as llama-server does: only a listener blocks
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise UsageError(f"port {port} on {host} is taken by another program",
+                                 f"Pick a free port with --port, or stop what listens on {port}.") from None
+            raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}", "Check --host and --port.") \
+                from None
+
+
+def _die_with_parent(parent: int) -> Callable[[], None] | None:
+    """Linux: the child gets SIGTERM when cg dies, however it dies (prctl PR_SET_PDEATHSIG)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)  # loaded here: the child only calls it
+
+    def child() -> None:
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # cg died before the prctl took effect
+            os._exit(1)
+
+    return child
+
+
+def _wait_healthy(proc: subprocess.Popen[bytes], url: str, opts: ServeOptions, log: IO[bytes]) -> None:
     deadline = time.monotonic() + START_TIMEOUT
-    request = urllib.request.Request(url + "/health", headers={"Authorization": f"Bearer {api_key}"} if api_key else {})
+    headers = {"Authorization": f"Bearer {opts.api_key}"} if opts.api_key else {}
+    request = urllib.request.Request(url + "/health", headers=headers)
     while time.monotonic() < deadline:
         if proc.poll() is not None:
+            if "bind" in _tail(log).lower() or "address already in use" in _tail(log).lower():
+                raise UsageError(f"port {opts.port} on {opts.host} is taken by another program",
+                                 f"Pick a free port with --port, or stop what listens on {opts.port}.")
             raise ServerError(f"llama-server exited ({proc.returncode}) while starting" + _tail(log),
                               "Run with --verbose to see its whole log.")
         try:
@@ -106,21 +155,26 @@ def _wait_healthy(proc: subprocess.Popen[bytes], url: str, api_key: str | None, 
     raise ServerError(f"llama-server did not answer at {url} within {START_TIMEOUT:.0f} s" + _tail(log))
 
 
-def _tail(log: IO[bytes]) -> str:
+def _tail(log: IO[bytes], lines: int = 5) -> str:
+    """The last lines of llama-server's log, for an error message."""
     try:
         log.seek(0)
-        lines = [line for line in log.read().decode("utf-8", "replace").splitlines() if line.strip()]
+        text = [line.strip() for line in log.read().decode("utf-8", "replace").splitlines() if line.strip()]
     except (OSError, ValueError):
         return ""
-    return (": " + lines[-1][:300]) if lines else ""
+    return (":\n  " + "\n  ".join(t[:300] for t in text[-lines:])) if text else ""
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
+def _stop(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
+    """SIGTERM to llama-server's process group, SIGKILL after a short grace."""
     try:
         os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=15)
+        proc.wait(timeout=grace)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         proc.wait()
     except ProcessLookupError:
         pass

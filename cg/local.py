@@ -28,7 +28,7 @@ from .engine import (
     is_instruct_name,
     split_sentinels,
 )
-from .errors import ModelFileError, ModelNotFoundError
+from .errors import ModelFileError, ModelNotFoundError, PromptTooLongError
 from .kvcache import KvCache
 
 if TYPE_CHECKING:
@@ -137,6 +137,9 @@ def load(path: Path | str, *, n_ctx: int = 4096, n_threads: int | None = None, s
                                   verbose=verbose)
         except (ValueError, RuntimeError) as exc:
             reason = log.last_error() or str(exc)
+            if "context" in str(exc).lower():  # the model loaded; its context (--ctx) could not be made
+                raise PromptTooLongError(f"cannot make a {n_ctx}-token context for {path.name}: {reason}",
+                                         "Lower --ctx (CodeGemma was trained for 8192 tokens).") from None
             raise ModelFileError(f"cannot load {path}: {reason}",
                                  "The file may be truncated or corrupt; download or convert it again.") from None
     load_ms = (time.perf_counter() - start) * 1000

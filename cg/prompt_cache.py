@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import math
 import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -53,7 +54,7 @@ def limit_bytes() -> int:
         mb = float(raw)
     except ValueError:
         mb = -1.0
-    if not mb >= 0:  # also NaN
+    if not (mb >= 0 and math.isfinite(mb)):  # also NaN, inf
         raise UsageError(f"CG_PROMPT_CACHE_MB={raw!r} is not a size in MiB",
                          "Set it to a number such as 1024, or CG_PROMPT_CACHE=0 to turn the cache off.")
     return int(mb * 2**20)

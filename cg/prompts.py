@@ -21,6 +21,11 @@ def warn(opts: RunOptions, message: str) -> None:
         print(f"Warning: {message}", file=sys.stderr)
 
 
+def note(opts: RunOptions, message: str) -> None:
+    if not opts.quiet:
+        print(f"Note: {message}", file=sys.stderr)
+
+
 def note_once(opts: RunOptions, key: str, message: str) -> None:
     if not opts.quiet and key not in _said:
         _said.add(key)

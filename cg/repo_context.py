@@ -2,13 +2,77 @@
 
 Python, JavaScript/TypeScript (relative imports and requires), C/C++ (`#include "..."`) and
 Rust (`mod name;`). Read with regular expressions, not parsers: the file being completed is
-half-written and rarely parses."""
+half-written and rarely parses.
+
+Confined: an imported file is used only if it resolves (symlinks included) inside the git root,
+or the target's folder outside git, and is a regular file. An import that climbs out of the
+repository (`#include "../../../../etc/passwd"`, `from ...outside import x`, a symlink to a file
+elsewhere), a FIFO, a device, a file that is not UTF-8 or is too large is skipped, with the reason,
+and never read: what cg reads goes to the model, a server and the prompt cache.
+"""
 
 from __future__ import annotations
 
 import os
 import re
+import stat
+from dataclasses import dataclass, field
 from pathlib import Path
+
+MAX_CONTEXT_BYTES = 1 << 20  # an imported file larger than this is not source worth a prompt
+
+
+@dataclass
+class Skipped:
+    """Imports found but not used, with why (said on stderr by the caller)."""
+
+    items: list[tuple[Path, str]] = field(default_factory=list)
+
+    def add(self, path: Path, why: str) -> None:
+        if all(p != path for p, _ in self.items):
+            self.items.append((path, why))
+
+
+def confinement(path: Path) -> Path:
+    """The folder imports of path must resolve inside: the git root, else path's own folder."""
+    root = git_root(path)
+    return Path(os.path.realpath(root if root is not None else Path(os.path.abspath(path)).parent))
+
+
+def _allowed(candidate: Path, root: Path, skipped: Skipped) -> bool:
+    real = Path(os.path.realpath(candidate))
+    if not real.is_relative_to(root):
+        skipped.add(candidate, "outside the repository")
+        return False
+    try:
+        mode = os.stat(real).st_mode
+    except OSError as exc:
+        skipped.add(candidate, exc.strerror or "cannot be read")
+        return False
+    if not stat.S_ISREG(mode):
+        skipped.add(candidate, "not a regular file")
+        return False
+    return True
+
+
+def read_context(files: list[Path], skipped: Skipped) -> list[tuple[Path, str]]:
+    """The UTF-8 text of each file (already confined); the others are skipped with why."""
+    out = []
+    for f in files:
+        try:
+            with open(f, "rb") as handle:
+                data = handle.read(MAX_CONTEXT_BYTES + 1)
+        except OSError as exc:
+            skipped.add(f, exc.strerror or "cannot be read")
+            continue
+        if len(data) > MAX_CONTEXT_BYTES:
+            skipped.add(f, f"over {MAX_CONTEXT_BYTES >> 20} MiB")
+            continue
+        try:
+            out.append((f, data.decode("utf-8").replace("\r\n", "\n")))
+        except UnicodeDecodeError:
+            skipped.add(f, "not UTF-8 text")
+    return out
 
 
 def git_root(path: Path) -> Path | None:
@@ -35,8 +99,10 @@ _C_INCLUDE = re.compile(r'^\s*#\s*include\s*"(?P<spec>[^"\n]+)"', re.M)
 _RUST_MOD = re.compile(r"^\s*(?:pub(?:\([\w:]+\))?\s+)?mod\s+(?P<name>\w+)\s*;", re.M)
 
 
-def local_imports(path: Path) -> list[Path]:
-    """Files of the repository that `path` imports, in import order (nearest first).
+def local_imports(path: Path, text: str | None = None, skipped: Skipped | None = None) -> list[Path]:
+    """Files of the repository that `path` imports, in import order (nearest first), confined
+    (see the module's doc; skipped ones land in `skipped`). text: the file's decoded text
+    (default: read as UTF-8).
 
     Python: `import a.b` and `from a.b import c` resolve to a/b.py or a/b/__init__.py (and
     a/b/c.py) under the file's folder or the repository root; relative imports from the file's
@@ -45,19 +111,24 @@ def local_imports(path: Path) -> list[Path]:
     from the file's folder, then the repository root. Rust: `mod name;` as name.rs or name/mod.rs
     beside the file (or in the folder named after it).
     """
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
-        return []
+    skipped = skipped if skipped is not None else Skipped()
+    if text is None:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            return []
+    jail = confinement(path)
     if path.suffix in _JS_SUFFIXES:
-        return _existing(path, [_js_files(path.parent, m["spec"]) for m in _JS_IMPORT.finditer(text)])
+        groups = [_js_files(path.parent, m["spec"]) for m in _JS_IMPORT.finditer(text)]
+        return _existing(path, groups, jail, skipped)
     if path.suffix in _C_SUFFIXES:
         root = git_root(path) or path.parent
-        return _existing(path, [[path.parent / m["spec"], root / m["spec"]] for m in _C_INCLUDE.finditer(text)])
+        groups = [[path.parent / m["spec"], root / m["spec"]] for m in _C_INCLUDE.finditer(text)]
+        return _existing(path, groups, jail, skipped)
     if path.suffix == ".rs":
         folder = path.parent if path.stem in ("main", "lib", "mod") else path.parent / path.stem
         return _existing(path, [[folder / f"{m['name']}.rs", folder / m["name"] / "mod.rs"]
-                                for m in _RUST_MOD.finditer(text)])
+                                for m in _RUST_MOD.finditer(text)], jail, skipped)
     if path.suffix != ".py":
         return []
     me = path.resolve()
@@ -79,8 +150,10 @@ def local_imports(path: Path) -> list[Path]:
     for _, bases, dotted in sorted(modules, key=lambda x: x[0]):
         for base in bases:
             for candidate in _module_files(base, dotted):
+                if not os.path.lexists(candidate) or not _allowed(candidate, jail, skipped):
+                    continue
                 resolved = candidate.resolve()
-                if candidate.is_file() and resolved != me and resolved not in found:
+                if resolved != me and resolved not in found:
                     found.append(resolved)
     return found
 
@@ -96,15 +169,17 @@ def _module_files(base: Path, dotted: str) -> list[Path]:
     return [target.with_suffix(".py"), target / "__init__.py"]
 
 
-def _existing(path: Path, groups: list[list[Path]]) -> list[Path]:
-    """The first existing file of each group, in order, without repeats or the file itself."""
+def _existing(path: Path, groups: list[list[Path]], jail: Path, skipped: Skipped) -> list[Path]:
+    """The first existing file of each group, in order, without repeats or the file itself (one
+    that may not be used ends its group: the import means that file)."""
     me, found = path.resolve(), []
     for candidates in groups:
         for candidate in candidates:
-            if candidate.is_file():
-                resolved = candidate.resolve()
-                if resolved != me and resolved not in found:
-                    found.append(resolved)
+            if os.path.lexists(candidate):
+                if _allowed(candidate, jail, skipped):
+                    resolved = candidate.resolve()
+                    if resolved != me and resolved not in found:
+                        found.append(resolved)
                 break
     return found
 

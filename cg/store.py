@@ -116,10 +116,42 @@ def _registry_path() -> Path:
 
 
 def _registry() -> dict[str, Any]:
-    data = read_json(_registry_path())
+    """models.json, its shape checked: a file that is JSON but not cg's registry is corrupt too."""
+    path = _registry_path()
+    data = read_json(path)
     data.setdefault("default", None)
     data.setdefault("models", {})
+    problem = _shape_problem(data)
+    if problem:
+        raise HomeError(f"{path} is corrupt ({problem})",
+                        f"Move it aside (mv {path} {path}.bad) and re-register models with `cg download` "
+                        "or `cg quantize`; model files in models/ are untouched.")
     return data
+
+
+_TEXT_FIELDS = ("name", "path", "quant", "source", "revision", "source_dir")
+
+
+def _shape_problem(data: dict[str, Any]) -> str | None:
+    if data["default"] is not None and not isinstance(data["default"], str):
+        return '"default" is not a name'
+    if not isinstance(data["models"], dict):
+        return '"models" is not an object'
+    for name, rec in data["models"].items():
+        if not isinstance(rec, dict):
+            return f"model {name!r} is not an object"
+        bad = [k for k in _TEXT_FIELDS if k in rec and not isinstance(rec[k], str)]
+        if bad or not isinstance(rec.get("path"), str):
+            return f"model {name!r} has a {bad[0] if bad else 'path'} that is not text"
+        ids = rec.get("special_ids", {})
+        if not isinstance(ids, dict) or not all(isinstance(k, str) and type(v) is int for k, v in ids.items()):
+            return f"model {name!r} has special ids that are not whole numbers"
+    return None
+
+
+def _record(name: str, rec: dict[str, Any]) -> ModelRecord:
+    known = {k: rec[k] for k in (*_TEXT_FIELDS, "special_ids") if k in rec}
+    return ModelRecord(**{"name": name, **known})
 
 
 @contextmanager
@@ -139,12 +171,12 @@ def _locked_registry() -> Iterator[dict[str, Any]]:
 
 
 def list_models() -> list[ModelRecord]:
-    return [ModelRecord(**rec) for rec in _registry()["models"].values()]
+    return [_record(name, rec) for name, rec in _registry()["models"].items()]
 
 
 def get(name: str) -> ModelRecord | None:
     rec = _registry()["models"].get(name)
-    return ModelRecord(**rec) if rec else None
+    return _record(name, rec) if rec else None
 
 
 def register(record: ModelRecord) -> None:
@@ -159,14 +191,22 @@ def remove(name: str) -> ModelRecord:
             raise ModelNotFoundError(f"no installed model named {name!r}")
         if data["default"] == name:
             data["default"] = None
-    record = ModelRecord(**rec)
+    record = _record(name, rec)
+    store = models_dir().resolve()
     path = Path(record.path)
-    if path.parent == models_dir() and path.exists():
+    if _strictly_inside(path, store) and path.is_file():
         path.unlink()
     source = Path(record.source_dir) if record.source_dir else None
-    if source is not None and source.parent == models_dir() and source.is_dir():
+    if source is not None and _strictly_inside(source, store) and source.is_dir() and not source.is_symlink():
         shutil.rmtree(source)
     return record
+
+
+def _strictly_inside(path: Path, store: Path) -> bool:
+    """path is an entry of the store folder itself (resolved: `models/..` is not; nor a link out)."""
+    if path.is_symlink():  # the link is the store's entry; what it points to is not cg's to delete
+        return Path(os.path.abspath(path)).parent.resolve() == store
+    return path.resolve().parent == store
 
 
 def set_default(name: str) -> None:
@@ -187,7 +227,7 @@ def best_installed() -> ModelRecord | None:
     """The default if one is set, else the best CodeGemma that is installed, else None."""
     data = _registry()
     if data["default"] in data["models"]:
-        return ModelRecord(**data["models"][data["default"]])
+        return _record(data["default"], data["models"][data["default"]])
     candidates = [r for r in list_models() if r.name.startswith("codegemma") and Path(r.path).exists()]
     return min(candidates, key=_rank) if candidates else None
 

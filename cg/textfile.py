@@ -12,16 +12,22 @@ from __future__ import annotations
 
 import bisect
 import codecs
+import errno
+import fcntl
 import hashlib
+import os
 import re
 import stat
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from cg_core.atomic import Staged, real_target, remove_stale_temps, stage
+from cg_core.atomic import Staged, describe_mode, real_target, remove_stale_temps, size_text, stage
 
 from .errors import InputError, ReadOnlyFileError, StaleFileError, WriteError
+
+MAX_SOURCE_BYTES = 16 * 2**20  # larger is not a source file to fill or check (a data dump, /dev/zero)
 
 _BREAK = re.compile(r"\r\n|\r|\n")
 # BOMs of the Unicode encodings whose byte order the BOM decides (UTF-32 LE before UTF-16 LE: it starts alike).
@@ -49,6 +55,8 @@ class SourceFile:
     bom: bytes
     digest: str  # of the bytes read, to refuse a file changed on disk meanwhile
     mode: int
+    owner: tuple[int, int] = (-1, -1)  # uid, gid: kept where permitted
+    links: int = 1  # hard links: replacing the file would split them
 
     @property
     def read_only(self) -> bool:
@@ -121,20 +129,37 @@ def _codec(data: bytes, encoding: str) -> tuple[str, bytes]:
     return name, b""
 
 
-def _read_bytes(path: Path) -> bytes:
+def read_bytes(path: Path, what: str = "file") -> tuple[bytes, os.stat_result]:
+    """A regular file's bytes (up to MAX_SOURCE_BYTES) and its status. A FIFO, a device or a
+    folder is refused before it is read (a FIFO would block, /dev/zero never ends)."""
     try:
-        return path.read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
-        raise InputError(f"file not found: {path}", "Check the path.") from None
+        raise InputError(f"{what} not found: {path}", "Check the path.") from None
     except IsADirectoryError:
         raise InputError(f"{path} is a directory", "Pass a source file.") from None
     except PermissionError:
         raise InputError(f"cannot read {path}: permission denied", "Check the file's permissions.") from None
+    except OSError as exc:
+        why = "a symlink loop" if exc.errno == errno.ELOOP else exc.strerror or str(exc)
+        raise InputError(f"cannot read {path}: {why}", "Pass a regular source file.") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise InputError(f"{path} is a directory", "Pass a source file.")
+        raise InputError(f"{path} is {describe_mode(st.st_mode)}, not a regular file", "Pass a source file.")
+    with os.fdopen(fd, "rb") as f:
+        data = f.read(MAX_SOURCE_BYTES + 1)
+    if len(data) > MAX_SOURCE_BYTES:
+        raise InputError(f"{path} is over {size_text(MAX_SOURCE_BYTES)}: not a source file cg reads",
+                         "Pass a source file (cg reads files up to 16 MiB).")
+    return data, st
 
 
 def read_source(path: Path | str, encoding: str = "utf-8") -> SourceFile:
     path = Path(path)
-    data = _read_bytes(path)
+    data, st = read_bytes(path)
     codec, bom = _codec(data, encoding)
     try:
         raw = data[len(bom):].decode(codec)
@@ -144,13 +169,13 @@ def read_source(path: Path | str, encoding: str = "utf-8") -> SourceFile:
     if "\0" in raw:  # after decoding: UTF-16 text is full of NUL bytes, and none of NUL characters
         raise InputError(f"{path} looks like a binary file", "cg fills text source files only.")
     return SourceFile(path, raw, _BREAK.sub("\n", raw), codec, bom, hashlib.sha256(data).hexdigest(),
-                      path.stat().st_mode)
+                      st.st_mode, (st.st_uid, st.st_gid), st.st_nlink)
 
 
 def scan_text(path: Path, encoding: str = "utf-8") -> str | None:
     """The file's text for looking at it only (--check): a BOM decides the encoding, undecodable
     bytes pass through as stand-ins, and binary files (NUL characters) give None."""
-    data = _read_bytes(path)
+    data, _ = read_bytes(path)
     codec, bom = next(((c, b) for b, c in _SNIFF if data.startswith(b)), None) or _codec(data, encoding)
     text = data[len(bom):].decode(codec, errors="replace")
     return None if "\0" in text else _BREAK.sub("\n", text)
@@ -159,43 +184,77 @@ def scan_text(path: Path, encoding: str = "utf-8") -> str | None:
 def write_sources(changes: Sequence[tuple[SourceFile, Sequence[Edit]]], *, force: bool = False) -> None:
     """Replace every changed file, all or nothing as far as the file system allows.
 
-    Phase one writes and flushes a temp file beside each target (nothing is replaced yet, so a
-    failure leaves every file as it was); phase two renames them in. Only a failure during the
-    renames can leave some files replaced, and the error then names them.
+    Each file is locked (flock on the file itself, in a fixed order) while cg checks that it is
+    still what was read and renames the new one in: a second cg writing the same file waits, then
+    finds it changed and writes nothing, so no edit is ever silently lost. Phase one writes and
+    flushes a temp file beside each target (nothing is replaced yet, so a failure leaves every file
+    as it was); phase two renames them in. Only a failure during the renames can leave some files
+    replaced, and the error then names them.
     """
     changes = [(src, edits) for src, edits in changes if src.apply(edits) != src.text]
-    for src, _ in changes:
-        _check_writable(src, force)
-    staged: list[Staged] = []
-    try:
-        for src, edits in changes:
-            remove_stale_temps(real_target(src.path).parent)
-            staged.append(stage(src.path, src.render(edits), mode=src.mode))
-        done: list[Path] = []
-        for (src, _), item in zip(changes, staged, strict=True):
+    check_replaceable(changes, force)
+    with _locked([src.path for src, _ in changes]):
+        for src, _ in changes:
+            _check_unchanged(src)
+        staged: list[Staged] = []
+        try:
+            for src, edits in changes:
+                remove_stale_temps(real_target(src.path).parent)
+                staged.append(stage(src.path, src.render(edits), mode=src.mode, owner=src.owner))
+            _commit(changes, staged)
+        except OSError as exc:
+            raise WriteError(f"could not write {exc.filename or 'a temp file'}: {exc.strerror or exc}; "
+                             "no file was changed", "Check free disk space and the folder's permissions.") from None
+        finally:
+            for item in staged:
+                item.discard()
+
+
+def _commit(changes: Sequence[tuple[SourceFile, Sequence[Edit]]], staged: list[Staged]) -> None:
+    done: list[Path] = []
+    for (src, _), item in zip(changes, staged, strict=True):
+        try:
+            item.commit()
+        except OSError as exc:
+            rest = [str(s.path) for s, _ in changes[len(done):]]
+            raise WriteError(f"could not replace {src.path}: {exc.strerror or exc}; "
+                             + (f"already written: {', '.join(map(str, done))}; " if done else "")
+                             + f"left as they were: {', '.join(rest)}",
+                             "Check the disk and the folder's permissions, then run again.") from None
+        done.append(src.path)
+
+
+@contextmanager
+def _locked(paths: list[Path]) -> Iterator[None]:
+    """An exclusive flock on each file (the file itself: no lock files left beside sources)."""
+    with ExitStack() as stack:
+        for real in sorted({Path(os.path.realpath(p)) for p in paths}):
             try:
-                item.commit()
-            except OSError as exc:
-                rest = [str(s.path) for s, _ in changes[len(done):]]
-                raise WriteError(f"could not replace {src.path}: {exc.strerror or exc}; "
-                                 + (f"already written: {', '.join(map(str, done))}; " if done else "")
-                                 + f"left as they were: {', '.join(rest)}",
-                                 "Check the disk and the folder's permissions, then run again.") from None
-            done.append(src.path)
-    except OSError as exc:
-        raise WriteError(f"could not write {exc.filename or 'a temp file'}: {exc.strerror or exc}; no file was changed",
-                         "Check free disk space and the folder's permissions.") from None
-    finally:
-        for item in staged:
-            item.discard()
+                fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+            except OSError:
+                raise StaleFileError(f"{real} cannot be read any more; nothing was written") from None
+            stack.callback(os.close, fd)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            stack.callback(fcntl.flock, fd, fcntl.LOCK_UN)
+        yield
 
 
-def _check_writable(src: SourceFile, force: bool) -> None:
+def check_replaceable(changes: Sequence[tuple[SourceFile, Sequence[Edit]]], force: bool) -> None:
+    """Refuse, before anything is written (or any model runs), a file cg would not replace
+    without --force: read-only, or with other hard links (replacing it splits them)."""
+    for src, _ in changes:
+        if src.read_only and not force:
+            raise ReadOnlyFileError(f"{src.path} is read-only; nothing was written")
+        if src.links > 1 and not force:
+            raise ReadOnlyFileError(f"{src.path} has {src.links} hard links; replacing it would leave the other "
+                                    "names with the old text; nothing was written",
+                                    "Pass --force to replace it anyway (only this name gets the new text).")
+
+
+def _check_unchanged(src: SourceFile) -> None:
     try:
         current = src.path.read_bytes()
     except OSError:
         raise StaleFileError(f"{src.path} cannot be read any more; nothing was written") from None
     if hashlib.sha256(current).hexdigest() != src.digest:
         raise StaleFileError(f"{src.path} changed on disk since cg read it; nothing was written")
-    if src.read_only and not force:
-        raise ReadOnlyFileError(f"{src.path} is read-only; nothing was written")

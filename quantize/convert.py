@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cg_core.atomic import atomic_path, check_free_space, scratch_path
+from cg_core.atomic import atomic_path, check_free_space, check_replaceable, scratch_path
 
 from . import (
     jlama,
@@ -112,6 +112,7 @@ def convert(src_dir: Path | str, out: Path | str, *, type: OutType | str | None 
     vocab = load_vocab(ckpt.folder, ckpt.config.get("vocab_size"))
     plan = plan_tensors(ckpt, converter)
     target = Path(out)
+    check_replaceable(target)  # a device or FIFO is never replaced, --force or not
     if target.exists() and not force:
         raise OutputExistsError(f"{target} already exists")
     target.parent.mkdir(parents=True, exist_ok=True)

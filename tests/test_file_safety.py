@@ -66,11 +66,15 @@ def source_files(draw):
 
 def expected_bytes(bom, codec, lines, k, col, append, completion) -> bytes:
     """The oracle: the original bytes with the completion inserted, its line breaks taking the
-    ending of the line it goes into (or the nearest one above when that line has none)."""
+    ending of the line it goes into (or the nearest one above when that line has none). A file
+    that ended with a line break still does (the completion went at its very end)."""
     lines = [list(x) for x in lines]
     target = len(lines) if append else k
     ending = next((e for _, e in reversed(lines[:target]) if e), "\n")
     inserted = completion.replace("\n", ending)
+    at_the_end = not append and k == len(lines) > 1 and lines[-1] == ["", ""]
+    if at_the_end and completion and not completion.endswith("\n"):
+        inserted += ending
     if append:
         lines[-1][1] = ending
         lines.append([inserted, ""])
@@ -223,7 +227,7 @@ def test_check_reads_any_encoding_and_skips_binary(tmp_path, capsys):
     latin = tmp_path / "latin.py"
     latin.write_bytes("# caf\xe9\n# cg: fill\n".encode("latin-1"))
     utf16 = tmp_path / "wide.py"
-    utf16.write_bytes("x = 1\n// cg: fill\n".encode("utf-16"))
+    utf16.write_bytes("x = 1\n# cg: fill\n".encode("utf-16"))
     binary = tmp_path / "blob.bin"
     binary.write_bytes(b"\x00\x01# cg: fill\n")
     assert main(["infill", "--check", str(latin), str(utf16), str(binary)]) == 1

@@ -62,7 +62,7 @@ def test_several_targets_in_one_file_fill_bottom_up(tmp_path, run):
 
 
 def test_marker_mode_keeps_indentation(tmp_path, run):
-    f = tmp_path / "a.py"
+    f = tmp_path / "notes.txt"  # a language cg does not know: any comment style holds a marker
     f.write_bytes(b"def f(a):\n    # cg: fill\n    return a\n\n// cg: fill something\n")
     run([str(f)], text="a += 1", write=True)
     assert f.read_bytes() == b"def f(a):\n    a += 1\n    return a\n\na += 1\n"

@@ -339,9 +339,96 @@ def test_cg_serve_starts_llama_server_with_the_flags_cg_needs(tiny_gguf, tmp_pat
         _, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
-    assert proc.returncode == 0 and "Stopped llama-server." in err
+    assert proc.returncode == 130 and "Stopped llama-server." in err
     with pytest.raises(OSError):
         urllib.request.urlopen(url + "/health", timeout=5)
+
+
+def _alive(pid: int) -> bool:
+    """A process that runs (a zombie waiting for a parent that never reaps it does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+def _serving(tiny_gguf, tmp_path, port: int) -> tuple[subprocess.Popen, int]:
+    """`cg serve` on port, once llama-server answers; (cg serve, llama-server's pid)."""
+    env = {**os.environ, "CG_LLAMA_SERVER": llama_server_binary(), "CG_HOME": str(tmp_path)}
+    proc = subprocess.Popen([sys.executable, "-m", "cg", "serve", "-m", str(tiny_gguf), "--port", str(port), "--ctx",
+                             "256"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    assert proc.stdout.readline().strip() == f"http://127.0.0.1:{port}"
+    [child] = [int(c) for c in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=30) as resp:
+        assert resp.status == 200
+    return proc, child
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as a server binds it (TIME_WAIT is free)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+@pytest.mark.parametrize("sig, code, said", [(signal.SIGTERM, 143, "terminated"), (signal.SIGHUP, 129, "hung up"),
+                                             (signal.SIGINT, 130, "interrupted")])
+def test_cg_serve_stopped_by_a_signal_leaves_no_llama_server(tiny_gguf, tmp_path, sig, code, said):
+    """What a supervisor sends (SIGTERM), a closed terminal (SIGHUP) or Ctrl-C to cg serve alone
+    (not to its process group): llama-server goes with it and the port is free."""
+    port = free_port()
+    proc, child = _serving(tiny_gguf, tmp_path, port)
+    try:
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        if _alive(child):
+            os.kill(child, signal.SIGKILL)
+    assert proc.returncode == code and "Stopped llama-server." in err and f"Error: {said}" in err
+    assert not _alive(child) and _port_free(port)
+
+
+def test_cg_serve_killed_outright_takes_llama_server_with_it(tiny_gguf, tmp_path):
+    port = free_port()
+    proc, child = _serving(tiny_gguf, tmp_path, port)
+    try:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 10
+        while _alive(child) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(child)  # the parent-death signal stopped it
+    finally:
+        if _alive(child):
+            os.kill(child, signal.SIGKILL)
+
+
+def test_cg_serve_on_a_taken_port_is_a_clean_error(tiny_gguf, tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = run_cg("serve", "-m", str(tiny_gguf), "--port", str(port),
+                      env={"CG_LLAMA_SERVER": llama_server_binary(), "CG_HOME": str(tmp_path)})
+    assert proc.returncode == 2 and proc.stderr.startswith(f"Error: port {port} on 127.0.0.1 is taken"), proc.stderr
+    assert "--port" in proc.stderr
+
+
+def test_cg_serve_reports_a_llama_server_that_dies(tiny_gguf, tmp_path):
+    """llama-server gone by itself after starting: cg serve exits non-zero with its log's last lines."""
+    port = free_port()
+    proc, child = _serving(tiny_gguf, tmp_path, port)
+    try:
+        os.kill(child, signal.SIGKILL)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1 and err.count("Error: llama-server stopped by itself") == 1
+    assert len(err.split("stopped by itself", 1)[1].splitlines()) >= 2  # its log's last lines follow
 
 
 def test_cg_serve_without_llama_server_says_how_to_get_it(tmp_path):

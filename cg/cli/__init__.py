@@ -7,10 +7,15 @@ stays instant.
 from __future__ import annotations
 
 import os
+import re
 import sys
 
+import click
 import typer
 
+from cg_core import interrupts
+
+from ..entry import report_signal
 from ..errors import ReportedError, exit_code
 from . import generation, manage  # noqa: F401  (defining the commands registers them)
 from .app import PipeClosed, app
@@ -37,14 +42,38 @@ def _silence_stdout() -> None:
         pass
 
 
+def _one_line(message: str) -> str:
+    """Click's message on one line, each sentence once (Typer and Click both add "Did you mean")."""
+    sentences: list[str] = []
+    for part in re.split(r"(?<=[.?!])\s+", " ".join(message.split())):
+        if part and part not in sentences:
+            sentences.append(part)
+    return " ".join(sentences)
+
+
+def _command_path(exc: click.UsageError, root: click.Command, args: list[str]) -> str:
+    """The command whose --help helps: the one the arguments name, as deep as they go (Click
+    reports some parse errors against the group that called it)."""
+    path, command = ["cg"], root
+    for arg in args:
+        if not isinstance(command, click.Group) or arg.startswith("-"):
+            break
+        sub = command.get_command(exc.ctx or click.Context(command), arg)
+        if sub is None:
+            break
+        path.append(arg)
+        command = sub
+    found = " ".join(path)
+    reported = exc.ctx.command_path if exc.ctx else "cg"
+    return found if len(found) > len(reported) else reported
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app, map every failure to `Error:` + `Hint:` and an exit code."""
-    import click
-
-    command = typer.main.get_command(app)
     # Click 8.2+ raises NoArgsIsHelpError for a bare group; older Clicks show the help themselves.
     no_args_is_help: type[BaseException] = getattr(click.exceptions, "NoArgsIsHelpError", _NeverRaised)
     try:
+        command = typer.main.get_command(app)
         rc = command.main(args=argv, prog_name="cg", standalone_mode=False)
         if rc == 130:  # Typer turns Ctrl-C into a silent Exit(130)
             return _fail("interrupted", "", 130)
@@ -61,21 +90,17 @@ def main(argv: list[str] | None = None) -> int:
         print(ctx.get_help() if ctx else "", file=sys.stderr)
         return 2
     except click.UsageError as exc:
-        cmd = exc.ctx.command_path if exc.ctx else "cg"
-        return _fail(exc.format_message().splitlines()[0], f"Run `{cmd} --help` to see the options.", 2)
+        cmd = _command_path(exc, command, sys.argv[1:] if argv is None else argv)
+        return _fail(_one_line(exc.format_message()), f"Run `{cmd} --help` to see the options.", 2)
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except (KeyboardInterrupt, click.exceptions.Abort):
         return _fail("interrupted", "", 130)
+    except interrupts.Terminated as exc:
+        return report_signal(exc)
     except Exception as exc:  # the funnel: no traceback unless asked for
         if os.environ.get("CG_DEBUG") == "1":
             raise
         return _fail(f"{type(exc).__name__}: {exc}", "Run again with CG_DEBUG=1 for the traceback.", 1)
 
 
-def run() -> None:
-    sys.exit(main())
-
-
-if __name__ == "__main__":
-    run()

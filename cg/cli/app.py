@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from ..errors import InputError
+from ..errors import InputError, UsageError
 
 if TYPE_CHECKING:
     from ..complete import Event
@@ -57,36 +57,39 @@ class PipeClosed(Exception):
 
 
 def write_result(text: str | bytes) -> None:
-    """Write a result to stdout now (stdout carries results only)."""
+    """Write a result to stdout now (stdout carries results only). Text goes out as UTF-8, a file
+    name that is not UTF-8 as its own bytes (surrogateescape, as Python read it from argv)."""
+    if sys.stdout is None:
+        raise UsageError("standard output is closed: cg has nowhere to print its result",
+                         "Redirect it instead of closing it, e.g. > out.txt or > /dev/null.")
+    data = text if isinstance(text, bytes) else text.encode("utf-8", "surrogateescape")
     try:
-        if isinstance(text, bytes):
-            sys.stdout.flush()
-            sys.stdout.buffer.write(text)
-            sys.stdout.buffer.flush()
-        else:
-            sys.stdout.write(text)
-            sys.stdout.flush()
+        sys.stdout.flush()
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
     except BrokenPipeError:
         raise PipeClosed from None
 
 
 def read_text(path: Path, what: str) -> str:
+    """A UTF-8 file the user named (--prefix-file, --context): a regular file, of source size."""
+    from ..textfile import read_bytes
+
+    data, _ = read_bytes(path, what)
     try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError(f"{what} not found: {path}", "Check the path.") from None
-    except IsADirectoryError:
-        raise InputError(f"{what} is a directory: {path}", "Pass a file.") from None
-    except PermissionError:
-        raise InputError(f"cannot read {what} {path}: permission denied", "Check the file's permissions.") from None
+        return data.decode("utf-8")
     except UnicodeDecodeError:
         raise InputError(f"{what} is not UTF-8 text: {path}", "cg reads UTF-8 source files.") from None
 
 
 def read_stdin() -> str:
+    from ..textfile import MAX_SOURCE_BYTES
+
     if sys.stdin is None or sys.stdin.isatty():
         return ""
-    data = sys.stdin.buffer.read()
+    data = sys.stdin.buffer.read(MAX_SOURCE_BYTES + 1)
+    if len(data) > MAX_SOURCE_BYTES:
+        raise InputError("standard input is over 16 MiB: not source code", "Pipe a source file into cg.")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:

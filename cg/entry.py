@@ -1,0 +1,29 @@
+"""The `cg` program's first lines: signals become exceptions before anything heavy is imported,
+so a Ctrl-C (or SIGTERM, SIGHUP) at any instant ends cg with its exit code and no traceback."""
+
+from __future__ import annotations
+
+import sys
+
+from cg_core import interrupts
+
+
+def run() -> None:
+    interrupts.install()
+    try:
+        from .cli import main
+
+        code = main()
+    except (KeyboardInterrupt, interrupts.Terminated) as exc:  # before main() could take over
+        code = report_signal(exc)
+    sys.exit(code)
+
+
+def report_signal(exc: BaseException) -> int:
+    """`Error: interrupted` (terminated, hung up) on stderr; the exit code a shell expects."""
+    what = {143: "terminated (SIGTERM)", 129: "hung up (SIGHUP)"}.get(interrupts.exit_code(exc), "interrupted")
+    try:
+        print(f"Error: {what}", file=sys.stderr)
+    except (OSError, ValueError):
+        pass
+    return interrupts.exit_code(exc)
