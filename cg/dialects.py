@@ -44,9 +44,9 @@ def _token_ids(http: Http, value: object) -> tuple[int, ...]:
     return tuple(ids)  # type: ignore[arg-type]
 
 
-def _text(http: Http, value: object) -> str:
-    if value is None or value == "":
-        return ""
+def _text(http: Http, event: dict[str, Any], key: str) -> str:
+    """event[key] as text: absent is empty, anything but a string (null included) is malformed."""
+    value = event.get(key, "")
     if not isinstance(value, str):
         raise _bad(http, "text that is not a string", value)
     return value
@@ -94,7 +94,7 @@ class LlamaServerApi:
 
     def piece(self, http: Http, event: dict[str, Any], special: SpecialIds) -> tuple[Piece, bool]:
         """(what the event says, whether it is the last one)."""
-        ids, text = _token_ids(http, event.get("tokens")), _text(http, event.get("content"))
+        ids, text = _token_ids(http, event.get("tokens")), _text(http, event, "content")
         if not event.get("stop"):
             return Piece(ids, text), False
         timings = _object(http, event.get("timings"), "timings")
@@ -137,7 +137,7 @@ class OpenAIApi:
         if not choices:
             return Piece(cached=cached), False
         choice = _object(http, choices[0], "a choice")
-        ids, text = self._ids(http, choice), _text(http, choice.get("text"))
+        ids, text = self._ids(http, choice), _text(http, choice, "text")
         finish = choice.get("finish_reason")
         if finish is None:
             return Piece(ids, text), False

@@ -3,6 +3,8 @@ so a Ctrl-C (or SIGTERM, SIGHUP) at any instant ends cg with its exit code and n
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 
 from cg_core import interrupts
@@ -16,7 +18,16 @@ def run() -> None:
         code = main()
     except (KeyboardInterrupt, interrupts.Terminated) as exc:  # before main() could take over
         code = report_signal(exc)
-    sys.exit(code)
+    # The work is done (or refused) and said: a signal now changes nothing, and must not kill the
+    # interpreter mid-shutdown (it restores the default handlers, which end the process silently).
+    signal.pthread_sigmask(signal.SIG_BLOCK, interrupts.HANDLED)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
 
 
 def report_signal(exc: BaseException) -> int:

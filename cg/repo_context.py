@@ -89,7 +89,9 @@ def relative_to_root(path: Path, root: Path) -> str:
 
 
 _IMPORT = re.compile(r"^\s*import\s+(?P<names>[\w.]+(?:\s+as\s+\w+)?(?:\s*,\s*[\w.]+(?:\s+as\s+\w+)?)*)", re.M)
-_FROM = re.compile(r"^\s*from\s+(?P<dots>\.*)(?P<module>[\w.]*)\s+import\s+\(?(?P<names>[\w\s,]+)", re.M)
+# The imported names: in parentheses (over several lines), else up to the end of the line only.
+_FROM = re.compile(r"^[ \t]*from[ \t]+(?P<dots>\.*)(?P<module>[\w.]*)[ \t]+import[ \t]+"
+                   r"(?:\((?P<paren>[\w\s,]*)|(?P<line>[\w \t,]+))", re.M)
 
 
 _JS_SUFFIXES = (".js", ".jsx", ".ts", ".tsx", ".mjs", ".cjs", ".mts", ".cts")
@@ -143,7 +145,7 @@ def local_imports(path: Path, text: str | None = None, skipped: Skipped | None =
         prefix = m["module"]
         if prefix:
             modules.append((m.start(), bases, prefix))
-        for name in m["names"].replace("\n", " ").split(","):
+        for name in (m["paren"] or m["line"] or "").replace("\n", " ").split(","):
             if name.split():
                 modules.append((m.start(), bases, f"{prefix}.{name.split()[0]}" if prefix else name.split()[0]))
     found: list[Path] = []

@@ -436,3 +436,11 @@ def test_cg_serve_without_llama_server_says_how_to_get_it(tmp_path):
     assert proc.returncode == 2 and proc.stderr.startswith("Error: llama-server is not installed")
     assert "llama-cpp-python sdist" in proc.stderr
 
+
+
+def test_a_corrupt_store_is_a_clear_error_through_a_server_too(llama_server, tmp_path):
+    """The ids cg recorded for a served model come from the store: a corrupt one is the usual
+    error, never silently dropped (completions would run past <|file_separator|>)."""
+    (tmp_path / "models.json").write_text('{"models": {"a": ')
+    proc = run_cg("complete", "--server", llama_server.url, "--prefix", "x", env={"CG_HOME": str(tmp_path)})
+    assert proc.returncode == 2 and proc.stderr.startswith(f"Error: {tmp_path / 'models.json'} is corrupt")
