@@ -9,8 +9,10 @@ Exactly one BOS, at the very start; sentinels go in as ids, never as text.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+
+STRETCH = 16  # lines: the window's top and bottom stay put while the cursor moves within a stretch
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,47 @@ def trim_to_budget(prefix: list[int], suffix: list[int], budget: int) -> Trimmed
     kept_prefix = list(prefix[len(prefix) - keep_prefix:]) if keep_prefix else []
     return Trimmed(kept_prefix, list(suffix[:keep_suffix]),
                    len(prefix) - keep_prefix, len(suffix) - keep_suffix)
+
+
+def stable_window(prefix: str, suffix: str, budget: int, count: Callable[[str], int]) -> tuple[str, str]:
+    """The text around the cursor to keep when it does not all fit `budget` tokens: from a top
+    line to a bottom line, both on a grid of STRETCH lines, chosen from the cursor's stretch
+    (not the cursor itself). So while the cursor moves within a stretch the prompt keeps its head
+    and its tail token for token, and a cache of the last prompt is reused around the change.
+
+    The split is trim_to_budget's (the prefix keeps three quarters when both sides are long), over
+    whole stretches: the cursor's stretch counts on both sides, so the window holds both for any
+    cursor in it. count(text) gives a text's tokens; the result may still need trim_to_budget
+    (a stretch longer than the budget, or tokens that count differently once joined).
+    """
+    before, after = prefix.split("\n"), suffix.split("\n")
+    cursor = len(before) - 1  # the cursor's line, counting from the first line of the prefix
+    lines = before[:-1] + [before[-1] + after[0]] + after[1:]
+    top0 = cursor // STRETCH * STRETCH
+    sizes: dict[int, int] = {}
+
+    def size(start: int) -> int:
+        if start not in sizes:
+            sizes[start] = count("\n".join(lines[start:start + STRETCH]) + "\n")
+        return sizes[start]
+
+    def reach(direction: int, limit: int) -> tuple[int, int]:
+        """(tokens, the grid line it stops at) walking whole stretches away from the cursor's."""
+        used, edge = size(top0), top0 if direction < 0 else top0 + STRETCH
+        while True:
+            nxt = edge - STRETCH if direction < 0 else edge
+            if nxt < 0 or nxt >= len(lines) or used + size(nxt) > limit:
+                return used, edge
+            used += size(nxt)
+            edge = nxt if direction < 0 else edge + STRETCH
+
+    above, _ = reach(-1, budget)
+    below, _ = reach(+1, budget)
+    suffix_budget = min(below, max(budget // 4, budget - above))
+    _, top = reach(-1, budget - suffix_budget)
+    _, bottom = reach(+1, suffix_budget)
+    kept_after = after[: max(1, bottom - cursor)]
+    return "\n".join(before[top:]), "\n".join(kept_after) + ("\n" if len(kept_after) < len(after) else "")
 
 
 def pack_context(chunks: list[list[int]], budget: int) -> tuple[list[list[int]], int]:

@@ -26,17 +26,10 @@ from cg_core.atomic import atomic_path, check_free_space
 from cg_core.tokens import FIM_AND_TURN
 from quantize.llama_quant import TYPE_NAMES, OutType
 
-from . import special_ids, store
+from . import catalogue, special_ids, store
 from .errors import AuthError, CgError, DiskSpaceError, HubNotFoundError, InputError, NetworkError, OutputExistsError
 
-SHORT_NAMES = {
-    "codegemma-2b": "google/codegemma-2b",
-    "codegemma-1.1-2b": "google/codegemma-1.1-2b",
-    "codegemma-7b": "google/codegemma-7b",
-    "codegemma-7b-it": "google/codegemma-7b-it",
-    "codegemma-1.1-7b-it": "google/codegemma-1.1-7b-it",
-}
-DEFAULT_MODEL = "codegemma-2b"
+SHORT_NAMES = {m.name: m.repo for m in catalogue.MODELS}
 # What conversion reads; nothing else is fetched (no *.bin, *.pt, *.msgpack, *.h5 ...).
 CHECKPOINT_FILES = {"config.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
                     "generation_config.json", "model.safetensors.index.json"}
@@ -62,7 +55,7 @@ class Plan:
 
 def repo_for(model: str | None) -> tuple[str, str]:
     """(repo id, base name for the store) from a short name or any `owner/name` repo id."""
-    model = model or DEFAULT_MODEL
+    model = model or catalogue.DEFAULT
     if model in SHORT_NAMES:
         return SHORT_NAMES[model], model
     if re.fullmatch(r"[\w.-]+/[\w.-]+", model):

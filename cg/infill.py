@@ -192,7 +192,8 @@ def _context_files(src: SourceFile, context: Sequence[Path] | str, opts: RunOpti
     return [(header_path(f), text) for f, text in files]
 
 
-def collect_targets(specs: Sequence[str], marker: str, encoding: str) -> dict[Path, tuple[SourceFile, list[Target]]]:
+def collect_targets(specs: Sequence[str], marker: str, encoding: str, on_note: Callable[[str], None] | None = None
+                    ) -> dict[Path, tuple[SourceFile, list[Target]]]:
     """Group targets by file (by its resolved path), reading each file once. A bare FILE
     contributes its marker lines; one without a marker is skipped unread (binary and
     other-encoding files pass through). The same target given twice (`a.py ./a.py`, `a.py:2
@@ -202,6 +203,8 @@ def collect_targets(specs: Sequence[str], marker: str, encoding: str) -> dict[Pa
     for spec in specs:
         path, line, col = parse_target(spec)
         if line is None and not _marker_lines_in(path, marker, encoding):
+            if on_note is not None:
+                on_note(f"no `{marker}` markers in {path}")
             continue
         key = path.resolve()
         if key not in files:
@@ -239,7 +242,8 @@ def infill(specs: Sequence[str], *, opts: RunOptions = RunOptions(), write: bool
 
     A file cg would not replace without force (read-only, hard-linked) is refused before any
     model runs."""
-    files = [(src, targets) for src, targets in collect_targets(specs, marker, encoding).values() if targets]
+    found = collect_targets(specs, marker, encoding, lambda message: note(opts, message))
+    files = [(src, targets) for src, targets in found.values() if targets]
     if write:
         check_replaceable([(src, []) for src, _ in files], force)
     # The model loads once: get_engine keeps it for every target and file.

@@ -1,10 +1,18 @@
 """The local engine's KV cache: what a new prompt reuses of what is already computed, in this
-process or in the on-disk prompt cache, and the prompt evaluated in llama.cpp's physical batches.
+process or in the on-disk prompt cache, and the rest evaluated.
 
-What to reuse is decided in reuse.py (pure functions on token lists); this module carries it
-out on the llama.cpp context: removing cells, loading and saving sequence states. Invariant
-between two calls: sequence 0 holds exactly the last prompt (generated tokens are dropped), and
-llm.input_ids[:llm.n_tokens] says which tokens.
+What to reuse is reuse.py's (pure functions on token lists); this module carries it out on the
+llama.cpp context. Invariant between two calls: sequence 0 holds exactly the last prompt (the
+generated tokens are dropped), llm.input_ids[:llm.n_tokens] says which tokens, and `exact_upto`
+how many of the first of them hold what a fresh evaluation would (all of them, unless the last
+prompt was spliced: then up to its first change).
+
+A splice moves runs of cells to new positions while the tokens before them are evaluated. The
+batch check of llama.cpp wants a sequence's new tokens to follow its last cell, so the runs wait
+in sequence 1 (a parking place: the context has two sequences sharing one cache), are shifted to
+their new positions there (llama_memory_seq_add; the keys' RoPE rotation is redone), and join
+sequence 0 again just before the tokens after them are evaluated. A model whose cache cannot be
+shifted (llama_memory_can_shift) reuses the exact prefix only.
 """
 
 from __future__ import annotations
@@ -12,7 +20,7 @@ from __future__ import annotations
 import ctypes
 import time
 from collections.abc import Sequence
-from pathlib import Path
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from . import reuse
@@ -22,14 +30,35 @@ if TYPE_CHECKING:
     import numpy as np
     from llama_cpp import Llama
 
-    from .prompt_cache import PromptCache
+    from .prompt_cache import Entry, PromptCache
+
+PARKING = 1  # the sequence moved runs wait in
+_FAR = 1 << 24  # positions beyond any prompt: runs are moved there first, so no two ever overlap
+
+
+@dataclass(frozen=True)
+class Source:
+    """What a plan reuses: the cells in memory, or a disk entry to load first."""
+
+    tokens: np.ndarray
+    entry: Entry | None = None
 
 
 class KvCache:
     """The KV cache of one loaded model (shared by every engine made from it)."""
 
     def __init__(self, llm: Llama):
+        import llama_cpp
+
         self.llm = llm
+        self.exact_upto = 0
+        self.can_shift = bool(llama_cpp.llama_memory_can_shift(self._memory))
+
+    @property
+    def _memory(self) -> int:
+        import llama_cpp
+
+        return llama_cpp.llama_get_memory(self.llm._ctx.ctx)  # type: ignore[no-any-return]
 
     @property
     def ubatch(self) -> int:
@@ -41,47 +70,124 @@ class KvCache:
         return self.llm.input_ids[: self.llm.n_tokens]
 
     def prepare(self, prompt: Sequence[int], timings: Timings, on_prompt: PromptProgress | None,
-                cache: PromptCache | None) -> None:
-        """Reuse what can be reused, then evaluate the prompt up to its last physical batch
-        (generate() evaluates the rest and samples)."""
-        timings.cached_tokens = self._reuse(prompt, timings, cache)
-        timings.evaluated_tokens = len(prompt) - timings.cached_tokens
-        timings.reuse = "prefix" if timings.cached_tokens else "none"
-        self._prefill(prompt, timings.cached_tokens, on_prompt)
+                cache: PromptCache | None, *, exact: bool) -> None:
+        """Reuse what can be reused and evaluate the rest of the prompt but its last token (the
+        sampler's own call evaluates that one and samples)."""
+        splice = not exact and self.can_shift
+        plan, source = self._choose(prompt, timings, cache, splice)
+        if source.entry is not None and not self._load(source, cache):
+            plan, source = reuse.Plan(0, (), len(prompt)), Source(self.held[:0])
+        try:
+            self._carry_out(prompt, plan, on_prompt)
+        except RuntimeError:  # llama.cpp refused a step (no room for the cells): start afresh
+            self._clear()
+            plan = reuse.Plan(0, (), len(prompt))
+            self._carry_out(prompt, plan, on_prompt)
+        self.exact_upto = len(prompt) if not plan.runs else plan.prefix
+        timings.cached_tokens, timings.spliced_tokens, timings.evaluated_tokens = \
+            plan.reused, plan.spliced, plan.evaluated
+        timings.reuse = "splice" if plan.runs else "prefix" if plan.prefix else "none"
 
     def finish(self, prompt: Sequence[int], timings: Timings, cache: PromptCache | None) -> None:
-        """After generation: keep only the prompt's KV, and offer it to the disk cache."""
+        """After generation: keep only the prompt's KV, and offer it to the disk cache when it is
+        what a fresh run computes."""
         self._forget_generated(len(prompt))
-        from .prompt_cache import MIN_GAIN, MIN_TOKENS
+        from .prompt_cache import MIN_TOKENS
 
-        if cache is not None and len(prompt) >= MIN_TOKENS and len(prompt) - timings.cached_tokens >= MIN_GAIN:
-            cache.save(self.held, self._save_state)
+        computed = len(prompt) - timings.cached_tokens
+        if cache is not None and len(prompt) >= MIN_TOKENS and computed >= reuse.MIN_GAIN \
+                and self.exact_upto >= len(prompt) == self.llm.n_tokens:
+            state = self._state()
+            if state is not None:
+                cache.save(self.held, state)
 
-    def _reuse(self, prompt: Sequence[int], timings: Timings, cache: PromptCache | None) -> int:
-        """Prompt tokens whose KV is already there: from the last call in this process, or
-        loaded from the on-disk prompt cache when that saves more."""
+    def _choose(self, prompt: Sequence[int], timings: Timings, cache: PromptCache | None, splice: bool
+                ) -> tuple[reuse.Plan, Source]:
+        """The plan that evaluates least: from memory, or from a disk entry when that saves
+        MIN_GAIN more. Spliced states are never spliced again (only exact cells are moved)."""
         from .prompt_cache import MIN_GAIN
 
-        in_memory = reuse.exact_prefix(self.held, prompt, self.ubatch)
-        reused = in_memory
-        if cache is not None and len(prompt) - in_memory >= MIN_GAIN:
-            t0 = time.perf_counter()
-            best = cache.best(prompt)
-            if best is not None and reuse.aligned(best[1], len(prompt), self.ubatch) >= in_memory + MIN_GAIN:
-                loaded = self._load_state(best[0])
-                if loaded:
-                    cache.touch(best[0])
-                reused = reuse.exact_prefix(self.held, prompt, self.ubatch) if loaded else 0
-            timings.disk_cache_ms = (time.perf_counter() - t0) * 1000
-        # llama-cpp-python reuses the longest prefix of what it holds: hold just the reused part.
-        self.llm.n_tokens = min(self.llm.n_tokens, reused)
-        return reused
+        def plan(tokens: np.ndarray) -> reuse.Plan:
+            if splice:
+                return reuse.splice(tokens, prompt, self.ubatch, fresh=reuse.FRESH)
+            return reuse.exact(tokens, prompt, self.ubatch)
 
-    def _prefill(self, prompt: Sequence[int], start: int, on_prompt: PromptProgress | None) -> None:
-        """Evaluate the prompt up to its last physical batch, one batch per call, reporting
-        progress. The batches are the ones one call would make (they start at `start`, a
-        multiple of n_ubatch), so the logits are the same bit for bit; generate() then sees
-        this part in the KV cache and evaluates the last batch itself."""
+        in_memory = Source(self.held[: self.exact_upto])
+        best, source = plan(in_memory.tokens), in_memory
+        if cache is not None and best.evaluated >= MIN_GAIN:
+            t0 = time.perf_counter()
+            for entry in cache.entries():
+                candidate = plan(entry.tokens)
+                if candidate.evaluated + MIN_GAIN <= best.evaluated:
+                    best, source = candidate, Source(entry.tokens, entry)
+            timings.disk_cache_ms = (time.perf_counter() - t0) * 1000
+        return best, source
+
+    def _load(self, source: Source, cache: PromptCache | None) -> bool:
+        """A disk entry into sequence 0 (checked against its hash first); False if it failed."""
+        import llama_cpp
+        import numpy as np
+
+        assert source.entry is not None and cache is not None
+        data = cache.read_state(source.entry)
+        self._clear()
+        if data is None:
+            return False
+        buffer = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+        if not llama_cpp.llama_state_seq_set_data(self.llm._ctx.ctx, buffer, len(data), 0):
+            self._clear()
+            cache.warn_once("an entry did not load into llama.cpp; evaluating the prompt fresh")
+            return False
+        n = len(source.tokens)
+        self.llm.input_ids[:n] = np.asarray(source.tokens, dtype=np.intc)
+        self.llm.n_tokens = n
+        self.llm._requires_eval = True  # logits must come from a live decode
+        self.exact_upto = n
+        return True
+
+    def _carry_out(self, prompt: Sequence[int], plan: reuse.Plan, on_prompt: PromptProgress | None) -> None:
+        if not plan.runs:
+            self._exact(prompt, plan.prefix, on_prompt)
+            return
+        import llama_cpp
+
+        memory = self._memory
+        llama_cpp.llama_memory_seq_rm(memory, PARKING, -1, -1)
+        for run in plan.runs:
+            llama_cpp.llama_memory_seq_cp(memory, 0, PARKING, run.old, run.old + run.length)
+        llama_cpp.llama_memory_seq_rm(memory, 0, plan.prefix, -1)
+        # Every run far away first, then each to its place: the ranges never overlap on the way.
+        llama_cpp.llama_memory_seq_add(memory, PARKING, -1, -1, _FAR)
+        for run in plan.runs:
+            llama_cpp.llama_memory_seq_add(memory, PARKING, run.old + _FAR, run.old + run.length + _FAR,
+                                           run.shift - _FAR)
+        self.llm.n_tokens = plan.prefix
+        after: list[reuse.Run | None] = [*plan.runs, None]
+        for (start, end), joining in zip(plan.spans(), after, strict=True):
+            self._decode(prompt, start, end, on_prompt)
+            if joining is not None:  # the run after these tokens joins sequence 0 again
+                llama_cpp.llama_memory_seq_cp(memory, PARKING, 0, joining.new, joining.new + joining.length)
+                llama_cpp.llama_memory_seq_rm(memory, PARKING, joining.new, joining.new + joining.length)
+        self.llm.input_ids[: len(prompt) - 1] = list(prompt[: len(prompt) - 1])
+        self.llm.n_tokens = len(prompt) - 1
+        self.llm._requires_eval = True
+
+    def _decode(self, prompt: Sequence[int], start: int, end: int, on_prompt: PromptProgress | None) -> None:
+        """Prompt tokens [start, end) at their positions, in sequence 0."""
+        step = max(1, int(self.llm.n_batch))
+        for at in range(start, end, step):
+            batch = list(prompt[at:min(end, at + step)])
+            self.llm._batch.set_batch(batch=batch, n_past=at, logits_all=False)
+            self.llm._ctx.decode(self.llm._batch)
+            if on_prompt is not None:
+                on_prompt(at + len(batch), len(prompt))
+
+    def _exact(self, prompt: Sequence[int], start: int, on_prompt: PromptProgress | None) -> None:
+        """Keep [0, start), then evaluate up to the prompt's last physical batch, one batch per
+        call, reporting progress. The batches are the ones one call would make (they start at
+        `start`, a multiple of n_ubatch), so the logits are the same bit for bit; generate()
+        then sees this part in the KV cache and evaluates the last batch itself."""
+        self.llm.n_tokens = min(self.llm.n_tokens, start)  # llama-cpp-python reuses what it holds
         step = self.ubatch
         end = reuse.aligned(len(prompt), len(prompt), step)
         for at in range(start, end, step):
@@ -97,35 +203,22 @@ class KvCache:
         if self.llm.n_tokens > prompt_len:
             import llama_cpp
 
-            llama_cpp.llama_memory_seq_rm(llama_cpp.llama_get_memory(self.llm._ctx.ctx), -1, prompt_len, -1)
+            llama_cpp.llama_memory_seq_rm(self._memory, -1, prompt_len, -1)
             self.llm.n_tokens = prompt_len
 
-    def _save_state(self, path: Path) -> bool:
-        """Sequence 0 (its KV cache and tokens) to llama.cpp's state file at path."""
+    def _clear(self) -> None:
         import llama_cpp
 
-        n = self.llm.n_tokens
-        tokens = (llama_cpp.llama_token * n)(*self.llm.input_ids[:n].tolist())
-        return bool(llama_cpp.llama_state_seq_save_file(self.llm._ctx.ctx, str(path).encode(), 0, tokens, n))
-
-    def _load_state(self, path: Path) -> int:
-        """Load a state file into sequence 0; return the tokens now in the KV cache (0: failed)."""
-        import llama_cpp
-        import numpy as np
-
-        capacity = int(self.llm.n_ctx())
-        tokens = (llama_cpp.llama_token * capacity)()
-        count = ctypes.c_size_t(0)
-        ctx = self.llm._ctx.ctx
-        memory = llama_cpp.llama_get_memory(ctx)
-        llama_cpp.llama_memory_seq_rm(memory, 0, -1, -1)
+        llama_cpp.llama_memory_seq_rm(self._memory, -1, -1, -1)
         self.llm.n_tokens = 0
-        read = llama_cpp.llama_state_seq_load_file(ctx, str(path).encode(), 0, tokens, capacity, ctypes.byref(count))
-        if not read:
-            llama_cpp.llama_memory_seq_rm(memory, 0, -1, -1)
-            return 0
-        n = int(count.value)
-        self.llm.input_ids[:n] = np.ctypeslib.as_array(tokens)[:n]
-        self.llm.n_tokens = n
-        self.llm._requires_eval = True  # logits must come from a live decode
-        return n
+        self.exact_upto = 0
+
+    def _state(self) -> bytes | None:
+        """Sequence 0's state (its cells and their positions), for the disk cache."""
+        import llama_cpp
+
+        ctx = self.llm._ctx.ctx
+        size = int(llama_cpp.llama_state_seq_get_size(ctx, 0))
+        buffer = (ctypes.c_uint8 * size)()
+        written = int(llama_cpp.llama_state_seq_get_data(ctx, buffer, size, 0))
+        return bytes(buffer)[:written] if written else None

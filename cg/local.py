@@ -88,7 +88,7 @@ class LocalEngine:
         import llama_cpp
 
         self.llm.set_seed(sampling.seed)
-        self.kv.prepare(prompt, timings, on_prompt, self.prompt_cache)
+        self.kv.prepare(prompt, timings, on_prompt, self.prompt_cache, exact=exact)
         chain = [p for p in (logit_bias_processor(logit_bias) if logit_bias else None, logits_processor) if p]
         gen = self.llm.generate(list(prompt), temp=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p,
                                 min_p=sampling.min_p, repeat_penalty=sampling.repeat_penalty,
@@ -118,9 +118,13 @@ def check_gguf_file(path: Path) -> None:
 
 
 def load(path: Path | str, *, n_ctx: int = 4096, n_threads: int | None = None, seed: int = 0, verbose: bool = False,
-         recorded_ids: dict[str, int] | None = None, gpu_layers: int | None = None) -> LocalEngine:
+         recorded_ids: dict[str, int] | None = None, gpu_layers: int | None = None, swa_full: bool = True
+         ) -> LocalEngine:
     """Load a GGUF. gpu_layers: layers to offload (-1 all); None: all where llama.cpp was built
-    with a GPU backend (Metal, CUDA, Vulkan...), else none (llama-cpp-python's own default is 0)."""
+    with a GPU backend (Metal, CUDA, Vulkan...), else none (llama-cpp-python's own default is 0).
+    swa_full: a full-size cache for sliding-window layers (Gemma 2/3), without which llama.cpp
+    drops the cells a window has passed, so a reused prefix would lack them and cells cannot be
+    moved; the window itself still applies. It costs memory only on such models."""
     path = Path(path)
     check_gguf_file(path)
     threads = n_threads or os.cpu_count() or 1
@@ -134,7 +138,8 @@ def load(path: Path | str, *, n_ctx: int = 4096, n_threads: int | None = None, s
         try:
             llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
                                   n_ubatch=GPU_UBATCH if offloaded else UBATCH, n_gpu_layers=layers, seed=seed,
-                                  verbose=verbose)
+                                  verbose=verbose, swa_full=swa_full)
+            _with_parking(llm, verbose)
         except (ValueError, RuntimeError) as exc:
             reason = log.last_error() or str(exc)
             if "context" in str(exc).lower():  # the model loaded; its context (--ctx) could not be made
@@ -146,6 +151,20 @@ def load(path: Path | str, *, n_ctx: int = 4096, n_threads: int | None = None, s
     info = _describe(llm, path, recorded_ids or {}, offloaded)
     protected = {token: llm._model.token_get_text(token) for token in info.special.sentinel_ids()}
     return LocalEngine(llm, path, info, load_ms, KvCache(llm), protected, gpu_layers=layers if offloaded else 0)
+
+
+def _with_parking(llm: Llama, verbose: bool) -> None:
+    """The context again, with a second sequence sharing the one cache (kvcache.py parks moved
+    cells there). llama-cpp-python's Llama takes no sequence count for a completion model."""
+    import contextlib
+
+    from llama_cpp import _internals
+
+    llm._ctx.close()  # type: ignore[no-untyped-call]
+    llm.context_params.n_seq_max = 2
+    llm.context_params.kv_unified = True  # both sequences in one cache of n_ctx cells, not half each
+    llm._ctx = llm._stack.enter_context(contextlib.closing(
+        _internals.LlamaContext(model=llm._model, params=llm.context_params, verbose=verbose)))
 
 
 def _describe(llm: Llama, path: Path, recorded: dict[str, int], offloaded: bool) -> EngineInfo:

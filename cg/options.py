@@ -11,6 +11,9 @@ DEFAULT_CTX = 4096  # not the model's 8192: keeps memory and the CPU prompt cost
 DEFAULT_MAX_TOKENS = 128  # complete / infill
 GENERATE_MAX_TOKENS = 256
 EVAL_MAX_TOKENS = 256
+# Reuse after a change (splicing, reuse.py) by default? Decided by measurement on real weights:
+# benchmarks/README.md, "Prompt reuse after a change: quality".
+SPLICE_BY_DEFAULT = True
 
 
 @dataclass(frozen=True)
@@ -33,4 +36,4 @@ class RunOptions:
     quiet: bool = False  # no warnings or notes on stderr
     prompt_cache: bool = False  # share evaluated prompts across processes (cg/prompt_cache.py); the CLI turns it on
     progress: bool = False  # show prompt evaluation on stderr (the CLI, on a terminal)
-    exact: bool = False  # reuse computed prompts only where the result is bit for bit a fresh run's
+    exact: bool = not SPLICE_BY_DEFAULT  # reuse computed prompts only where the result is a fresh run's bit for bit

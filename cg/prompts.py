@@ -37,7 +37,7 @@ def fim_prompt(engine: Engine, prefix: str, suffix: str, opts: RunOptions, *, pa
     sp = engine.info.special
     header = engine.tokenize_text(path + "\n") if path else []
     budget, limit = prompt_budget(engine, opts, 4 + len(header))  # BOS and three sentinels
-    trimmed = fim.trim_to_budget(engine.tokenize_text(prefix), engine.tokenize_text(suffix), budget)
+    trimmed = _window(engine, prefix, suffix, budget)
     chunks = []
     if context and sp.fim_sep is None:
         warn(opts, "the model has no <|file_separator|> token: --context files are ignored")
@@ -49,6 +49,17 @@ def fim_prompt(engine: Engine, prefix: str, suffix: str, opts: RunOptions, *, pa
     pre, suf, mid = sp.fim_triple()
     ids = fim.FimIds(engine.info.bos, pre, suf, mid, sp.fim_sep)
     return fim.layout(ids, trimmed.prefix, trimmed.suffix, header=header, context=kept, spm=spm)
+
+
+def _window(engine: Engine, prefix: str, suffix: str, budget: int) -> fim.Trimmed:
+    """The prefix and suffix tokens that fit: all of them, else a stable window of whole lines
+    (fim.stable_window), trimmed to the token if need be."""
+    pre, suf = engine.tokenize_text(prefix), engine.tokenize_text(suffix)
+    if len(pre) + len(suf) <= budget:
+        return fim.Trimmed(pre, suf)
+    kept_prefix, kept_suffix = fim.stable_window(prefix, suffix, budget, lambda text: len(engine.tokenize_text(text)))
+    trimmed = fim.trim_to_budget(engine.tokenize_text(kept_prefix), engine.tokenize_text(kept_suffix), budget)
+    return fim.Trimmed(trimmed.prefix, trimmed.suffix, len(pre) - len(trimmed.prefix), len(suf) - len(trimmed.suffix))
 
 
 def prefix_prompt(engine: Engine, prefix: str, opts: RunOptions) -> list[int]:

@@ -14,6 +14,7 @@ so `--model FILE` works whatever CG_HOME is. Writing into an unusable home is a 
 
 from __future__ import annotations
 
+import difflib
 import fcntl
 import json
 import os
@@ -27,13 +28,11 @@ from typing import Any
 
 from cg_core.atomic import atomic_path, remove_stale_temps, write_atomic
 
+from . import catalogue
 from .errors import HomeError, ModelNotFoundError
 
 BUNDLED_NAME = "gemma3-270m"
-# Preference when nothing is chosen: FIM-trained base models first (the -it models are poor at
-# FIM), newer before older, bigger before smaller, better quantization first. A name belongs to
-# the longest family it starts with: codegemma-7b-it-q4_k_m is codegemma-7b-it, not codegemma-7b.
-_FAMILY_RANK = ["codegemma-7b", "codegemma-1.1-2b", "codegemma-2b", "codegemma-1.1-7b-it", "codegemma-7b-it"]
+# Preference among quantizations of one model when nothing is chosen (catalogue.PREFERENCE ranks the models).
 _QUANT_RANK = ["f32", "bf16", "f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0", "q4_k_s"]
 
 
@@ -188,7 +187,7 @@ def remove(name: str) -> ModelRecord:
     with _locked_registry() as data:
         rec = data["models"].pop(name, None)
         if rec is None:
-            raise ModelNotFoundError(f"no installed model named {name!r}")
+            raise _not_installed(name, "rm", "to remove a file, delete it")
         if data["default"] == name:
             data["default"] = None
     record = _record(name, rec)
@@ -209,16 +208,22 @@ def _strictly_inside(path: Path, store: Path) -> bool:
     return path.resolve().parent == store
 
 
+def _not_installed(name: str, command: str, for_a_file: str) -> ModelNotFoundError:
+    what = "a path" if os.sep in name or name.endswith(".gguf") else "a name no installed model has"
+    return ModelNotFoundError(f"no installed model named {name!r} ({what}): `cg models {command}` takes the name of "
+                              "an installed model", f"See their names with `cg models`; {for_a_file}.")
+
+
 def set_default(name: str) -> None:
     with _locked_registry() as data:
         if name not in data["models"]:
-            raise ModelNotFoundError(f"no installed model named {name!r}")
+            raise _not_installed(name, "default", f"to run a GGUF file by default, set CG_MODEL={name}")
         data["default"] = name
 
 
 def _rank(rec: ModelRecord) -> tuple[int, int]:
-    families = [f for f in _FAMILY_RANK if rec.name == f or rec.name.startswith(f + "-")]
-    family = _FAMILY_RANK.index(max(families, key=len)) if families else len(_FAMILY_RANK)
+    known = catalogue.family(rec.name)
+    family = catalogue.PREFERENCE.index(known) if known else len(catalogue.PREFERENCE)
     quant = _QUANT_RANK.index(rec.quant) if rec.quant in _QUANT_RANK else len(_QUANT_RANK)
     return family, quant
 
@@ -276,7 +281,30 @@ def _resolve_choice(choice: str) -> ResolvedModel:
     if path.is_dir():
         raise ModelNotFoundError(f"{choice} is a directory, not a GGUF file",
                                  "Convert a checkpoint folder first: cg quantize " + choice)
-    raise ModelNotFoundError(f"model not found: {choice}")
+    return _by_catalogue_name(choice)
+
+
+def _by_catalogue_name(choice: str) -> ResolvedModel:
+    """`-m codegemma-2b`: the one installed quantization of a known model; else an error that
+    says what is installed, how to download it, and which name was probably meant."""
+    installed = list_models()
+    quants = [r for r in installed if catalogue.family(r.name) == choice and Path(r.path).exists()]
+    if len(quants) == 1:
+        return ResolvedModel(Path(quants[0].path), quants[0].name, quants[0])
+    names = sorted(r.name for r in installed)
+    if quants:
+        raise ModelNotFoundError(f"{choice} is installed as several models: " + ", ".join(r.name for r in quants),
+                                 "Pick one with -m NAME.")
+    hint = f"Download it: cg download {choice}" if choice in catalogue.BY_NAME else \
+        "Pass an installed model's name (cg models lists them) or a path to a .gguf file."
+    near = [] if choice in catalogue.BY_NAME else \
+        difflib.get_close_matches(choice, [*names, *catalogue.BY_NAME], n=1, cutoff=0.8)
+    if near:
+        hint = f"Did you mean {near[0]}? " + (f"(cg download {near[0]})" if near[0] in catalogue.BY_NAME
+                                              and near[0] not in names else "")
+    if names:
+        hint = hint.rstrip() + " Installed: " + ", ".join(names) + "."
+    raise ModelNotFoundError(f"model not found: {choice}", hint)
 
 
 def recorded_ids(name: str) -> dict[str, int]:

@@ -21,8 +21,10 @@ from .synthetic import write_checkpoint
 @pytest.fixture(scope="session", autouse=True)
 def cg_home(tmp_path_factory) -> Path:
     home = tmp_path_factory.mktemp("cg-home")
-    old = {k: os.environ.get(k) for k in ("CG_HOME", "CG_MODEL", "CG_DEBUG")}
+    old = {k: os.environ.get(k) for k in ("CG_HOME", "CG_MODEL", "CG_DEBUG", "PRE_COMMIT_HOME")}
     os.environ["CG_HOME"] = str(home)
+    # Nothing a test runs writes outside its temporary folders (pre-commit keeps a store in ~/.cache).
+    os.environ["PRE_COMMIT_HOME"] = str(tmp_path_factory.mktemp("pre-commit-home"))
     os.environ.pop("CG_MODEL", None)
     os.environ.pop("CG_DEBUG", None)
     yield home

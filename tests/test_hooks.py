@@ -111,6 +111,19 @@ def test_cg_fill_fills_and_stops_the_commit_for_review(tmp_path, env, hooks_clon
     assert (repo.path / "latin.py").read_bytes() == "nom = 'caf\xe9'\n".encode("latin-1")
 
 
+def test_cg_fill_refuses_a_model_without_fim(tmp_path, env, hooks_clone, bundled_gguf):
+    """No CodeGemma installed: the hook stops the commit instead of filling code with the general
+    Gemma 270M (and -q does not hide why)."""
+    env = {**env, "CG_MODEL": str(bundled_gguf)}
+    repo = Repo(precommit_repo(tmp_path, env, hooks_clone, "cg-fill").path, env)
+    repo.write("app.py", "def f(a):\n    # cg: fill\n    return a\n")
+    repo.run("git", "add", "-A")
+    stopped = repo.commit("fill")
+    out = stopped.stdout + stopped.stderr
+    assert stopped.returncode != 0 and "has no fill-in-the-middle tokens" in out and "cg download codegemma-2b" in out
+    assert (repo.path / "app.py").read_text() == "def f(a):\n    # cg: fill\n    return a\n"
+
+
 @pytest.fixture()
 def hooked(tmp_path, env) -> Repo:
     repo = new_repo(tmp_path / "plain", env)

@@ -1,50 +1,189 @@
-"""The on-disk prompt cache: separate `cg` processes reuse an evaluated prefix, with the same output."""
+"""Prompt reuse across calls and processes: the exact path (bit for bit a fresh run), splices
+after a change (close to a fresh run, far fewer tokens evaluated), the on-disk cache and its
+damaged or foreign entries, and a model whose cache cannot be shifted."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
-from cg.reuse import common_prefix
+from cg import local, reuse
+from cg.engine import Timings, decode
 
-from .helpers import NO_STOPS
+from .helpers import NO_STOPS, NO_STOPS_BIAS
 
 
-def _file(body_lines: int, cursor_line: str) -> str:
-    lines = [f"def f{i}(x):\n    return x * {i} + {i * 7 % 13}\n\n" for i in range(body_lines)]
-    return "".join(lines[:body_lines * 2 // 3]) + cursor_line + "<CURSOR>\n" + "".join(lines[body_lines * 2 // 3:])
+def _lines(n: int) -> list[str]:
+    return [f"def f{i}(x):\n    return x * {i} + {i * 7 % 13}\n\n" for i in range(n)]
+
+
+def _file(body_lines: int, cursor_line: str, at: int | None = None) -> str:
+    lines = _lines(body_lines)
+    at = body_lines * 2 // 3 if at is None else at
+    return "".join(lines[:at]) + cursor_line + "<CURSOR>\n" + "".join(lines[at:])
 
 
 @pytest.fixture()
 def run(tiny_gguf, tmp_path):
-    def complete(text: str, **env) -> dict:
+    def complete(text: str, *extra: str, **env) -> dict:
         proc = subprocess.run([sys.executable, "-m", "cg", "complete", "-m", str(tiny_gguf), "--json", "-n", "6",
-                               "--ctx", "2048", *NO_STOPS], input=text, capture_output=True, text=True, timeout=120,
-                              env={**os.environ, "CG_HOME": str(tmp_path / "home"), **env})
+                               "--ctx", "2048", *NO_STOPS, *extra], input=text, capture_output=True, text=True,
+                              timeout=120, env={**os.environ, "CG_HOME": str(tmp_path / "home"), **env})
         assert proc.returncode == 0, proc.stderr
-        return json.loads(proc.stdout)
+        data = json.loads(proc.stdout)
+        data["stderr"] = proc.stderr
+        return data
 
     return complete
 
 
-def test_a_second_process_reuses_the_prompt_and_prints_the_same(run, tmp_path):
+def test_exact_reuse_in_a_second_process_prints_the_same(run):
     text = _file(45, "")
-    first, second = run(text), run(text)
+    first, second = run(text, "--exact"), run(text, "--exact")
     assert first["prompt_tokens"] >= 256 and first["timings"]["cached_tokens"] == 0
     # Whole 128-token batches are reused (so the output is bit-for-bit a fresh run's).
     assert second["timings"]["cached_tokens"] == (second["prompt_tokens"] - 1) // 128 * 128 > 0
+    assert second["timings"]["reuse"] == "prefix" and second["timings"]["spliced_tokens"] == 0
     assert second["text"] == first["text"]
     # An infill further down the same file shares the part before the cursor.
     other = _file(45, "def g(y):\n")
-    third = run(other)
+    third = run(other, CG_EXACT="1")
     cached = third["timings"]["cached_tokens"]
     assert cached % 128 == 0 and 256 <= cached < third["prompt_tokens"] - 1
     assert third["text"] == run(other, CG_PROMPT_CACHE="0")["text"]
     assert run(other, CG_PROMPT_CACHE="0")["timings"]["cached_tokens"] == 0
+
+
+def test_a_second_process_two_lines_down_evaluates_a_few_tokens(run):
+    first = run(_file(60, "", at=30))
+    moved = run(_file(60, "", at=31), "--splice")  # one function (3 lines) further down
+    t = moved["timings"]
+    assert first["timings"]["reuse"] == "none" and t["reuse"] == "splice", moved["stderr"]
+    assert t["evaluated_tokens"] <= 3 * 12 + reuse.FRESH + 4 and t["spliced_tokens"] > 0
+    assert t["cached_tokens"] + t["evaluated_tokens"] == moved["prompt_tokens"]
+    # The exact path on the same step: bit for bit a fresh run, and pays for it.
+    exact = run(_file(60, "", at=31), "--exact")
+    assert exact["text"] == run(_file(60, "", at=31), CG_PROMPT_CACHE="0")["text"]
+    assert exact["timings"]["evaluated_tokens"] > t["evaluated_tokens"] + 100
+
+
+def _first_logits(engine, prompt: list[int], *, exact: bool) -> tuple[np.ndarray, Timings]:
+    seen: list[np.ndarray] = []
+
+    def capture(_ids, logits):
+        if not seen:
+            seen.append(np.array(logits, dtype=np.float64))
+        return logits
+
+    timings = Timings()
+    for _ in decode(engine, prompt, max_tokens=1, logits_processor=capture, timings=timings, exact=exact,
+                    logit_bias=NO_STOPS_BIAS):
+        pass
+    return seen[0], timings
+
+
+def test_logits_after_a_splice_are_close_to_a_fresh_evaluation(tiny_gguf):
+    """Real decoding on the tiny model: a line inserted above the cursor. The spliced prompt's
+    first logits are within a small tolerance of a fresh evaluation's; the exact path's equal them."""
+    engine = local.load(tiny_gguf, n_ctx=2048, n_threads=2)
+    assert engine.kv.can_shift
+    lines = _lines(70)
+    old_text = "".join(lines)
+    new_text = "".join([*lines[:20], "x = compute(1, 2)  # a new line\n", *lines[20:]])
+    old = [engine.info.bos, *engine.tokenize_text(old_text)]
+    new = [engine.info.bos, *engine.tokenize_text(new_text)]
+    engine.kv._clear()
+    fresh, _ = _first_logits(engine, new, exact=True)
+    engine.kv._clear()
+    _first_logits(engine, old, exact=True)
+    spliced, t = _first_logits(engine, new, exact=False)
+    assert t.reuse == "splice" and t.evaluated_tokens < 60 and t.spliced_tokens > 500
+    scale = np.abs(fresh).max()
+    assert 0 < np.abs(spliced - fresh).max() <= 0.05 * scale  # close, and not merely the same numbers
+    assert int(np.argmax(spliced)) == int(np.argmax(fresh))
+    engine.kv._clear()
+    _first_logits(engine, old, exact=True)
+    again, t = _first_logits(engine, new, exact=True)
+    assert t.reuse == "prefix" and np.array_equal(again, fresh)
+    engine.llm.close()
+
+
+def test_a_model_whose_cache_cannot_shift_reuses_the_prefix_only(bundled_gguf):
+    """Gemma 3 with a sliding-window cache sized to the window: llama.cpp cannot move its cells."""
+    engine = local.load(bundled_gguf, n_ctx=2048, n_threads=2, swa_full=False)
+    assert not engine.kv.can_shift
+    old = [engine.info.bos, *engine.tokenize_text("".join(_lines(40)))]
+    new = [engine.info.bos, *engine.tokenize_text("".join(["# top\n", *_lines(40)]))]
+    _first_logits(engine, [*old[:300], *old[310:]], exact=True)
+    _, t = _first_logits(engine, [*old[:300], 5, 6, *old[310:]], exact=False)
+    assert t.reuse == "prefix" and t.spliced_tokens == 0 and t.cached_tokens % 128 == 0
+    _, t = _first_logits(engine, new, exact=False)
+    assert t.reuse == "none"
+    engine.llm.close()
+
+
+def _entry(tmp_path):
+    [folder] = (tmp_path / "home" / "prompt-cache").iterdir()
+    [kv] = folder.glob("*.kv")
+    return folder, kv
+
+
+@pytest.mark.parametrize("damage", ["nan-tail", "truncated-kv", "truncated-tokens", "garbage-header"])
+def test_a_damaged_entry_is_removed_with_one_warning_and_never_used(run, tmp_path, damage):
+    text = _file(45, "")
+    fresh = run(text, CG_PROMPT_CACHE="0")
+    run(text)
+    folder, kv = _entry(tmp_path)
+    index = kv.with_suffix(".tokens")
+    data = kv.read_bytes()
+    if damage == "nan-tail":  # what made every later completion "" before
+        kv.write_bytes(data[: len(data) * 99 // 100] + b"\xff" * (len(data) - len(data) * 99 // 100))
+    elif damage == "truncated-kv":
+        kv.write_bytes(data[: len(data) // 2])
+    elif damage == "truncated-tokens":
+        index.write_bytes(index.read_bytes()[:-40])
+    else:
+        index.write_bytes(b"{not a header\n" + index.read_bytes())
+    again = run(text)
+    assert again["text"] == fresh["text"] and again["timings"]["cached_tokens"] == 0
+    assert again["stderr"].count("Warning: prompt cache: removed a damaged entry") == 1, again["stderr"]
+    # The damaged one is gone; the run saved a good one in its place, which the next run uses.
+    third = run(text)
+    assert third["stderr"] == "" and third["timings"]["cached_tokens"] > 0 and third["text"] == fresh["text"]
+    assert len(list(folder.glob("*.kv"))) == len(list(folder.glob("*.tokens"))) == 1
+
+
+def test_a_foreign_entry_is_never_used(run, tmp_path, tiny_ckpt):
+    from .helpers import variant_gguf
+
+    text = _file(45, "")
+    run(text)
+    folder, kv = _entry(tmp_path)
+    other_model = variant_gguf(tiny_ckpt, tmp_path / "other.gguf", drop=("eot",))
+    proc = subprocess.run([sys.executable, "-m", "cg", "complete", "-m", str(other_model), "--json", "-n", "2",
+                           "--ctx", "2048", *NO_STOPS], input=text, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "CG_HOME": str(tmp_path / "home")})
+    assert proc.returncode == 0
+    other_folder = next(f for f in (tmp_path / "home" / "prompt-cache").iterdir() if f != folder)
+    for p in other_folder.iterdir():
+        p.unlink()
+    shutil.copy(kv, other_folder / kv.name)  # another model's entry, dropped in this model's folder
+    shutil.copy(kv.with_suffix(".tokens"), other_folder / kv.with_suffix(".tokens").name)
+    proc = subprocess.run([sys.executable, "-m", "cg", "complete", "-m", str(other_model), "--json", "-n", "2",
+                           "--ctx", "2048", *NO_STOPS], input=text, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "CG_HOME": str(tmp_path / "home")})
+    data = json.loads(proc.stdout)
+    assert proc.returncode == 0 and data["timings"]["cached_tokens"] == 0
+    assert "removed a damaged entry (another format or another model)" in proc.stderr
+    # What is there now is this model's own entry (the run saved one), not the copy.
+    header = json.loads((other_folder / kv.with_suffix(".tokens").name).read_bytes().split(b"\n", 1)[0])
+    assert header["model"] == other_folder.name != folder.name
 
 
 def test_the_cache_stays_under_its_size_limit(run, tmp_path):
@@ -59,8 +198,3 @@ def test_the_cache_stays_under_its_size_limit(run, tmp_path):
 def test_short_prompts_are_not_cached(run, tmp_path):
     run("def f():\n    <CURSOR>\n")
     assert not list((tmp_path / "home").glob("prompt-cache/*/*.kv"))
-
-
-def test_common_prefix():
-    assert common_prefix([1, 2, 3], [1, 2, 4, 5]) == 2
-    assert common_prefix([], [1]) == 0 and common_prefix([1, 2], [1, 2]) == 2

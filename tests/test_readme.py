@@ -179,7 +179,7 @@ def _workspace(root: Path, ckpt: Path, jlama: Path) -> None:
 def _env(root: Path, home: Path, hub: FakeHub) -> dict[str, str]:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
            "CG_HOME": str(home), "HF_HOME": str(root / ".hf"), "HF_ENDPOINT": hub.url, "HF_TOKEN": "hf_ok",
-           "CG_PROMPT_CACHE": "1"}
+           "CG_PROMPT_CACHE": "1", "PRE_COMMIT_HOME": str(root / ".pre-commit")}
     env.pop("CG_MODEL", None)
     return env
 

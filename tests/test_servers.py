@@ -444,3 +444,20 @@ def test_a_corrupt_store_is_a_clear_error_through_a_server_too(llama_server, tmp
     (tmp_path / "models.json").write_text('{"models": {"a": ')
     proc = run_cg("complete", "--server", llama_server.url, "--prefix", "x", env={"CG_HOME": str(tmp_path)})
     assert proc.returncode == 2 and proc.stderr.startswith(f"Error: {tmp_path / 'models.json'} is corrupt")
+
+
+def test_the_server_keeps_its_cached_prompt_between_cg_calls(tiny_gguf, tmp_path):
+    """One slot: cg's second call finds its prompt in the slot (cg sends nothing else to the
+    slot, not even a probe), and --json reports the server's own reused-token count."""
+    server = start_llama_server(tiny_gguf, tmp_path / "log", ctx=2048, parallel=1)
+    text = "".join(f"def f{i}(x):\n    return x * {i}\n\n" for i in range(40)) + "<CURSOR>\n"
+    try:
+        args = ["complete", "--server", server.url, "--json", "-n", "3", *NO_STOPS]
+        first = json.loads(run_cg(*args, stdin=text).stdout)
+        second = json.loads(run_cg(*args, stdin=text).stdout)
+    finally:
+        server.stop()
+    assert first["timings"]["reuse"] == second["timings"]["reuse"] == "server"
+    assert first["timings"]["cached_tokens"] == 0
+    assert second["prompt_tokens"] - 4 <= second["timings"]["cached_tokens"] < second["prompt_tokens"]
+    assert second["text"] == first["text"]

@@ -5,14 +5,20 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from ..errors import UsageError
 from ..options import GENERATE_MAX_TOKENS, RunOptions
+from ..prompts import note
 from .app import app, emit, read_stdin, read_text, through, write_result
+
+if TYPE_CHECKING:
+    from ..infill import FileResult
+
 from .options import (
     BlockStopOpt,
     ContextFilesOpt,
@@ -55,7 +61,7 @@ def complete(
     """
     from ..complete import stream_complete
 
-    pre, suf = _complete_input(prefix, suffix, prefix_file, suffix_file, marker)
+    pre, suf = _complete_input(prefix, suffix, prefix_file, suffix_file, marker, run)
     ctx_files = [(str(p), read_text(p, "context file")) for p in context or []]
     events = stream_complete(pre, suf, opts=run, path=path, context=ctx_files, spm=spm, max_lines=max_lines,
                              single_line=single_line, require_fim=require_fim, stop=stop or (), block_stop=block_stop)
@@ -63,7 +69,7 @@ def complete(
 
 
 def _complete_input(prefix: str | None, suffix: str | None, prefix_file: Path | None, suffix_file: Path | None,
-                    marker: str) -> tuple[str, str]:
+                    marker: str, run: RunOptions) -> tuple[str, str]:
     if prefix is not None and prefix_file is not None:
         raise UsageError("--prefix and --prefix-file both given", "Use one of them.")
     if suffix is not None and suffix_file is not None:
@@ -74,8 +80,20 @@ def _complete_input(prefix: str | None, suffix: str | None, prefix_file: Path | 
         if not marker:
             raise UsageError("--marker must not be empty")
         text = read_stdin()
+        _say_markers(text, marker, run)
         pre, _, suf = text.partition(marker)
     return pre or "", suf or ""
+
+
+def _say_markers(text: str, marker: str, run: RunOptions) -> None:
+    """Input without the cursor marker, or with several, works: but never silently."""
+    count = text.count(marker)
+    if count == 0 and text.strip():
+        found = re.search(re.escape(marker), text, re.IGNORECASE)
+        mistyped = f" (found {found.group()!r}: the marker is case-sensitive)" if found else ""
+        note(run, f"no {marker} in the input{mistyped}: completing after the end")
+    elif count > 1:
+        note(run, f"{count} {marker} markers in the input: the first is the cursor, the others stay as text")
 
 
 @app.command()
@@ -138,6 +156,8 @@ def infill(
     if check_only:  # `cg infill --check` from before `cg check` existed
         check(targets, null=null, marker=marker, encoding=encoding)
         return
+    if diff and as_json:
+        raise UsageError("--diff and --json both given: each is a whole output", "Use one of them.")
     ctx_arg = "auto" if context == ["auto"] else [Path(c) for c in context or []]
     results = infill_mod.infill(targets, opts=run, write=write, force=force, marker=marker, encoding=encoding,
                                 context=ctx_arg, max_lines=max_lines, single_line=single_line, block_stop=block_stop,
@@ -151,6 +171,17 @@ def infill(
         write_result(b"".join(r.diff() for r in results))
     elif not write:
         write_result("\n".join(f.completion.text for f in filled))
+    if write:
+        for r in results:
+            _say_filled(r, run)
+
+
+def _say_filled(result: FileResult, run: RunOptions) -> None:
+    markers = sum(f.target.marker for f in result.filled)
+    places = [f"{result.source.path}:{f.target.line}" for f in result.filled if not f.target.marker]
+    what = ([f"{markers} marker{'s' if markers != 1 else ''} in {result.source.path}"] if markers else []) + places
+    changed = result.source.apply(result.edits) != result.source.text
+    note(run, ("filled " if changed else "nothing to write (the completions are empty): ") + ", ".join(what))
 
 
 @app.command()

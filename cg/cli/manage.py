@@ -26,8 +26,8 @@ def default_model_name(src_dir: Path, out_type: OutType) -> str:
 
 @app.command()
 def quantize(
-    src_dir: Annotated[Path, typer.Argument(help="Hugging Face checkpoint folder (config.json, *.safetensors, "
-                                                 "tokenizer.model).")],
+    src_dir: Annotated[Path, typer.Argument(
+        metavar="SRC_DIR", help="Hugging Face checkpoint folder (config.json, *.safetensors, tokenizer.model).")],
     type: Annotated[OutType | None, typer.Option(
         "--type", case_sensitive=False,
         help="Output type (default: q4_0 for Jlama Q4, lossless; q8_0 for Jlama I8; else q4_k_m).")] = None,
@@ -37,7 +37,13 @@ def quantize(
     name: Annotated[str | None, typer.Option("--name", help="Name in the model store (default: FOLDER-TYPE).")] = None,
     threads: ThreadsOpt = None,
 ) -> None:
-    """Convert a CodeGemma checkpoint (or a Jlama-quantized one) to GGUF, quantized with llama.cpp."""
+    """Convert a CodeGemma checkpoint (or a Jlama-quantized one) to GGUF, quantized with llama.cpp.
+
+    SRC_DIR: a Hugging Face checkpoint folder (config.json, *.safetensors, tokenizer.model or
+    tokenizer.json).
+
+    Example: cg quantize ./codegemma-2b --type q8_0
+    """
     from quantize.convert import convert, default_type
 
     from .. import store
@@ -61,8 +67,8 @@ def quantize(
 @app.command()
 def download(
     model: Annotated[str | None, typer.Argument(
-        help="codegemma-2b (default), codegemma-1.1-2b, codegemma-7b, codegemma-7b-it, codegemma-1.1-7b-it, "
-             "or any hub repo id.")] = None,
+        metavar="[MODEL]", help="codegemma-2b (default), codegemma-1.1-2b, codegemma-7b, codegemma-7b-it, "
+                                "codegemma-1.1-7b-it, or any hub repo id.")] = None,
     quant: Annotated[OutType | None, typer.Option(
         "--quant", case_sensitive=False,
         help="Output type (default: q4_k_m; for a Jlama checkpoint q4_0, a lossless copy, or q8_0).")] = None,
@@ -75,7 +81,13 @@ def download(
     name: Annotated[str | None, typer.Option("--name", help="Name in the model store (default: MODEL-QUANT).")] = None,
     threads: ThreadsOpt = None,
 ) -> None:
-    """Download CodeGemma from the Hugging Face hub, ready for `cg complete` (prints its name)."""
+    """Download CodeGemma from the Hugging Face hub, ready for `cg complete` (prints its name).
+
+    MODEL: codegemma-2b (default), codegemma-1.1-2b, codegemma-7b, codegemma-7b-it,
+    codegemma-1.1-7b-it, or any hub repo id (owner/name).
+
+    Example: cg download codegemma-2b --quant q8_0
+    """
     from ..hub import download as fetch
 
     record = fetch(model, quant=quant.value if quant else None, token=token, revision=revision, force=force,
@@ -187,13 +199,14 @@ def models_list(ctx: typer.Context, as_json: Annotated[bool, typer.Option(
     for row in rows:
         mark = "*" if row["default"] else " "
         size = f"{row['size'] / 2**20:.0f} MiB"
-        src = f"{row['source']}@{row['revision'][:10]}" if row["source"] else "-"
+        src = (row["source"] + (f"@{row['revision'][:10]}" if row["revision"] else "")) if row["source"] else "-"
         write_result(f"{mark} {row['name']}\t{row['quant'] or '-'}\t{size}\t{src}\t{row['path']}\n")
 
 
 @models_app.command("rm")
-def models_rm(name: str) -> None:
-    """Remove an installed model and its file."""
+def models_rm(name: Annotated[str, typer.Argument(metavar="NAME", help="An installed model's name (cg models).")]
+              ) -> None:
+    """Remove an installed model and its file. NAME: as `cg models` lists it."""
     from .. import store
 
     rec = store.remove(name)
@@ -201,8 +214,9 @@ def models_rm(name: str) -> None:
 
 
 @models_app.command("default")
-def models_default(name: str) -> None:
-    """Use NAME when no --model or CG_MODEL is given."""
+def models_default(name: Annotated[str, typer.Argument(metavar="NAME", help="An installed model's name (cg models).")]
+                   ) -> None:
+    """Use NAME when no --model or CG_MODEL is given. NAME: as `cg models` lists it."""
     from .. import store
 
     store.set_default(name)

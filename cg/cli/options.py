@@ -24,7 +24,7 @@ import typer
 from ..dialects import Api
 from ..engine import Sampling
 from ..errors import UsageError
-from ..options import DEFAULT_CTX, DEFAULT_MAX_TOKENS, RunOptions
+from ..options import DEFAULT_CTX, DEFAULT_MAX_TOKENS, SPLICE_BY_DEFAULT, RunOptions
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -123,6 +123,10 @@ SHARED = (
     Shared("exact", Annotated[bool, typer.Option(
         "--exact", envvar="CG_EXACT", help="Reuse earlier prompts only where the result is bit for bit a fresh "
                                            "run's (no reuse after a change).")], False, "exact"),
+    Shared("splice", Annotated[bool, typer.Option(
+        "--splice", envvar="CG_SPLICE", help="Also reuse what follows a change in an earlier prompt (close to a "
+                                             "fresh run, not bit for bit; see README: prompt reuse).")],
+           False, "splice"),
     Shared("verbose", VerboseOpt, False, "verbose"),
     Shared("quiet", QuietOpt, False, "quiet"),
 )
@@ -159,6 +163,10 @@ def run_options(given: dict[str, Any], *, as_json: bool = False) -> RunOptions:
         else:
             run[s.field] = value
     run["logit_bias"] = parse_bias(run.get("logit_bias") or [])
+    splice = run.pop("splice", False)
+    if splice and run.get("exact"):
+        raise UsageError("--exact and --splice contradict each other", "Pass one of them (or CG_EXACT / CG_SPLICE).")
+    run["exact"] = run.get("exact", False) or not (splice or SPLICE_BY_DEFAULT)
     run["server"] = run.get("server") or None
     run["progress"] = not run.get("quiet") and not as_json and sys.stderr.isatty()
     return RunOptions(**run, sampling=dataclasses.replace(SAMPLING, **sampling))

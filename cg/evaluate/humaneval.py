@@ -25,7 +25,7 @@ import numpy as np
 
 from ..complete import EVAL_MAX_TOKENS, RunOptions, complete, get_engine
 from ..engine import Engine, LogitsProcessor
-from ..errors import InputError, OutputExistsError, UsageError
+from ..errors import InputError, NoFimError, OutputExistsError, UsageError
 from ..progress import progress_bar
 from .sandbox import Limits, run_program
 from .tasks import BENCHMARKS, Task, load, spread
@@ -114,6 +114,9 @@ def evaluate(eo: EvalOptions, *, engine: Engine | None = None,
     if not eo.self_check:
         engine = engine or get_engine(eo.run)
         model = engine.info.label
+        if not engine.info.special.has_fim:
+            raise NoFimError(f"{model} has no fill-in-the-middle tokens: HumanEval infilling measures FIM",
+                             "Install CodeGemma (cg download codegemma-2b) or pass --model with a CodeGemma GGUF.")
 
     def generate(task: Task, sample: int) -> tuple[str, Record, float]:
         if eo.self_check:

@@ -1,0 +1,159 @@
+"""A second completion costs only what changed: prompt tokens evaluated and wall time per step, at
+codegemma-2b's shape on this machine, against cg before this work and llama-server's /infill.
+
+    python benchmarks/bench_reuse.py [--model 2b-shape-q4_k_m.gguf] [--baseline REV] [--llama-server PATH]
+
+The file is the standard library's textwrap.py + argparse.py (3,124 lines). Each step is one
+`cg complete --json -n 8` process (the on-disk prompt cache on, one cg home for the steps):
+  1. first infill at line 1500     2. cursor 2 lines down       3. cursor 12 lines up
+  4. one line inserted above the cursor                         5. cursor 100 lines down
+then 6. five `# cg: fill` markers in one file, one `cg infill --write` (a fresh home each).
+Columns: cg now (splice), cg now --exact, cg at REV (a git worktree of the commit before this
+work, the same venv), and llama-server --cache-reuse 256 (/infill, one slot, a 2048-token
+context). Stops are banned so every run generates its 8 tokens. Not a test: run by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import ROOT, WORKDIR  # noqa: E402
+
+STOPS = (1, 67, 68, 69, 70, 107)
+BAN = [a for t in STOPS for a in ("--logit-bias", f"{t}=-1000")]
+LINE = 1500
+
+
+def source_lines() -> list[str]:
+    text = Path(inspect.getsourcefile(textwrap)).read_text() + Path(inspect.getsourcefile(argparse)).read_text()
+    return text.splitlines(keepends=True)
+
+
+def steps(lines: list[str]) -> list[tuple[str, list[str], int]]:
+    """(name, file lines, cursor line index: the cursor sits at that line's start)."""
+    inserted = [*lines[: LINE - 15], "        # a line inserted above the cursor\n", *lines[LINE - 15:]]
+    return [("first infill at line 1500", lines, LINE), ("cursor 2 lines down", lines, LINE + 2),
+            ("cursor 12 lines up", lines, LINE - 10), ("one line inserted above the cursor", inserted, LINE - 9),
+            ("cursor 100 lines down", inserted, LINE + 91)]
+
+
+def cg_step(python_path: Path, model: str, home: Path, lines: list[str], cursor: int, extra: list[str]
+            ) -> tuple[int, float]:
+    text = "".join(lines[:cursor]) + "<CURSOR>" + "".join(lines[cursor:])
+    env = {**os.environ, "PYTHONPATH": str(python_path), "CG_HOME": str(home)}
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "cg", "complete", "-m", model, "--json", "-n", "8", "--path",
+                           "stdlib.py", "--no-block-stop", *BAN, *extra], input=text, capture_output=True, text=True,
+                          env=env, cwd=python_path)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(proc.stderr)
+    data = json.loads(proc.stdout)
+    t = data["timings"]
+    evaluated = t.get("evaluated_tokens")
+    return (evaluated if evaluated is not None else data["prompt_tokens"] - t["cached_tokens"]), wall
+
+
+def marker_fill(python_path: Path, model: str, lines: list[str], extra: list[str]) -> float:
+    with tempfile.TemporaryDirectory() as folder:
+        f = Path(folder) / "many.py"
+        marked = list(lines)
+        for at in (LINE + 120, LINE + 90, LINE + 60, LINE + 30, LINE):  # five markers, 30 lines apart
+            indent = marked[at][: len(marked[at]) - len(marked[at].lstrip())]
+            marked.insert(at, f"{indent}# cg: fill\n")
+        f.write_text("".join(marked))
+        env = {**os.environ, "PYTHONPATH": str(python_path), "CG_HOME": str(Path(folder) / "home")}
+        start = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "cg", "infill", str(f), "--write", "-m", model, "-n", "8",
+                               "--no-block-stop", *BAN, *extra], capture_output=True, text=True, env=env,
+                              cwd=python_path)
+        if proc.returncode != 0:
+            raise SystemExit(proc.stderr)
+        return time.perf_counter() - start
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def server_steps(binary: str, model: str, threads: int, plan: list[tuple[str, list[str], int]]) -> list[int]:
+    port = free_port()
+    proc = subprocess.Popen([binary, "-m", model, "-c", "2048", "-np", "1", "-t", str(threads), "--cache-reuse",
+                             "256", "--host", "127.0.0.1", "--port", str(port)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            try:
+                with urllib.request.urlopen(url + "/health", timeout=2):
+                    break
+            except OSError:
+                time.sleep(0.5)
+        out = []
+        for _name, lines, cursor in plan:
+            body = {"input_prefix": "".join(lines[:cursor]), "input_suffix": "".join(lines[cursor:]), "n_predict": 8,
+                    "cache_prompt": True, "temperature": 0, "logit_bias": [[t, -1000] for t in STOPS]}
+            req = urllib.request.Request(url + "/infill", json.dumps(body).encode(), {"Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=3600) as resp:
+                out.append(int(json.loads(resp.read())["timings"]["prompt_n"]))
+        return out
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default=str(WORKDIR / "codegemma-2b-shape-18l-q4_k_m.gguf"))
+    ap.add_argument("--baseline", default="dcd8c2c", help="the commit cg is compared with")
+    ap.add_argument("--llama-server", default=os.environ.get("CG_LLAMA_SERVER") or shutil.which("llama-server"))
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    args = ap.parse_args()
+    lines = source_lines()
+    plan = steps(lines)
+    baseline = Path(tempfile.mkdtemp(prefix="cg-baseline-"))
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(baseline), args.baseline], check=True,
+                   capture_output=True)
+    try:
+        columns: dict[str, list[tuple[int, float]]] = {}
+        for label, path, extra in (("cg", ROOT, ["--splice"]), ("cg --exact", ROOT, ["--exact"]),
+                                   (f"cg at {args.baseline}", baseline, [])):
+            home = Path(tempfile.mkdtemp(prefix="cg-home-"))
+            columns[label] = [cg_step(path, args.model, home, step_lines, cursor, extra)
+                              for _, step_lines, cursor in plan]
+            shutil.rmtree(home, ignore_errors=True)
+            print(f"{label}: {columns[label]}", file=sys.stderr)
+        served = server_steps(args.llama_server, args.model, args.threads, plan) if args.llama_server else []
+        fills = {"cg": marker_fill(ROOT, args.model, lines, ["--splice"]),
+                 f"cg at {args.baseline}": marker_fill(baseline, args.model, lines, [])}
+    finally:
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(baseline)], capture_output=True)
+    before = f"cg at {args.baseline}"
+    print(f"Model {Path(args.model).name}, {args.threads} threads; tokens evaluated (wall s)")
+    print("| step | cg | cg --exact | " + before + " | llama-server /infill --cache-reuse 256 | cg wall / before |")
+    print("|---|---|---|---|---|---|")
+    for i, (name, _, _) in enumerate(plan):
+        row = [f"{columns[c][i][0]} ({columns[c][i][1]:.1f} s)" for c in ("cg", "cg --exact", before)]
+        srv = str(served[i]) if served else "-"
+        print(f"| {name} | {' | '.join(row)} | {srv} | {columns['cg'][i][1] / columns[before][i][1]:.2f} |")
+    print(f"| 5 markers, one cg infill --write | {fills['cg']:.1f} s | | {fills[before]:.1f} s | | "
+          f"{fills['cg'] / fills[before]:.2f} (speed-up {fills[before] / fills['cg']:.2f}x) |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,181 @@
+"""What spliced prompt reuse costs in quality, on real weights (the bundled Gemma 3 270M, full-size
+sliding-window cache): over N edits (a line inserted, deleted or changed) in real source files
+that are not in cg's tests (the standard library's), how often the greedy continuation (first 32
+tokens) after a spliced prompt equals a fresh evaluation's, and the mean KL divergence of the
+first token's distribution, for each number K of tokens evaluated again after each splice.
+
+Each edit: the old text's prompt is evaluated fresh (its state kept), the new text's prompt is
+evaluated fresh (the reference), then for each K the old state is restored and the new prompt
+prepared by cg's own path (kvcache.prepare -> reuse.splice, K = reuse.FRESH) and decoded.
+A last row, "prefix, unaligned", reuses only the common prefix but resumes mid-batch: the same
+context as fresh, other float rounding: the noise floor every reuse that is not exact lives with.
+
+    python benchmarks/bench_reuse_quality.py --edits 200 --out /tmp/quality.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import importlib
+import inspect
+import json
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+import common  # noqa: F401,E402  (puts the repository on sys.path)
+
+from cg import local, reuse, store  # noqa: E402
+from cg.engine import Timings, decode  # noqa: E402
+
+MODULES = ["argparse", "difflib", "inspect", "json.decoder", "pathlib", "shutil", "subprocess", "tarfile",
+           "typing", "zipfile", "logging", "email.message", "http.client", "dataclasses", "ast"]
+KS = [0, 8, 32, 128]
+STEPS = 32
+
+
+def _kl(p_logits: np.ndarray, q_logits: np.ndarray) -> float:
+    p = np.exp(p_logits - p_logits.max())
+    p /= p.sum()
+    q = np.exp(q_logits - q_logits.max())
+    q /= q.sum()
+    return float(np.sum(p * (np.log(p + 1e-30) - np.log(q + 1e-30))))
+
+
+def _edit(lines: list[str], rng: random.Random, pool: list[str]) -> tuple[list[str], str]:
+    at = rng.randrange(1, len(lines) - 2)
+    kind = rng.choice(["insert", "delete", "change"])
+    out = list(lines)
+    if kind == "insert":
+        out.insert(at, rng.choice(pool))
+    elif kind == "delete":
+        del out[at]
+    else:
+        line = out[at]
+        spots = [i for i, c in enumerate(line) if c.isalnum()]
+        if not spots:
+            out[at] = line.rstrip("\n") + "  # changed\n"
+        else:
+            i = rng.choice(spots)
+            out[at] = line[:i] + rng.choice("abcdefghijklmnopqrstuvwxyz0123456789") + line[i + 1:]
+    return out, kind
+
+
+class Runner:
+    def __init__(self, threads: int, ctx: int):
+        self.eng = local.load(store.bundled_model_path(), n_ctx=ctx, n_threads=threads)
+        assert self.eng.kv.can_shift, "the bundled model's cache cannot shift (swa_full?)"
+
+    def run(self, prompt: list[int], *, exact: bool) -> tuple[list[int], np.ndarray, Timings]:
+        first: list[np.ndarray] = []
+
+        def capture(_ids: np.ndarray, logits: np.ndarray) -> np.ndarray:
+            if not first:
+                first.append(np.array(logits, dtype=np.float64))
+            return logits
+
+        timings = Timings()
+        tokens = [e.token for e in decode(self.eng, prompt, max_tokens=STEPS, logits_processor=capture,
+                                          timings=timings, exact=exact) if e.token is not None]
+        return tokens, first[0], timings
+
+    def state_of(self, prompt: list[int]) -> bytes:
+        self.eng.kv._clear()
+        self.run(prompt, exact=True)
+        state = self.eng.kv._state()
+        assert state is not None
+        return state
+
+    def restore(self, prompt: list[int], state: bytes) -> None:
+        import llama_cpp
+
+        kv = self.eng.kv
+        kv._clear()
+        buffer = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
+        assert llama_cpp.llama_state_seq_set_data(kv.llm._ctx.ctx, buffer, len(state), 0)
+        kv.llm.input_ids[: len(prompt)] = prompt
+        kv.llm.n_tokens = len(prompt)
+        kv.exact_upto = len(prompt)
+
+    def unaligned_prefix(self, old: list[int], new: list[int], state: bytes) -> tuple[list[int], np.ndarray]:
+        """The same context as fresh, resumed mid-batch: the noise floor."""
+        self.restore(old, state)
+        prefix = min(reuse.common_prefix(old, new), len(new) - 1)
+        kv = self.eng.kv
+        kv.llm.n_tokens = prefix  # llama-cpp-python's generate() evaluates the rest from here, in one go
+        saved = kv.prepare
+        kv.prepare = lambda *a, **k: None  # type: ignore[method-assign]  # the state is ready as it is
+        try:
+            tokens, first, _ = self.run(new, exact=False)
+        finally:
+            kv.prepare = saved
+        return tokens, first
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--edits", type=int, default=200)
+    ap.add_argument("--lines", type=int, default=110, help="lines of a file in the prompt (about 900 tokens)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=11)
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args()
+    rng = random.Random(args.seed)
+    sources = {m: inspect.getsource(importlib.import_module(m)).splitlines(keepends=True) for m in MODULES}
+    runner = Runner(args.threads, ctx=2048)
+    rows: dict[str, dict[str, list[float]]] = {str(k): {"same": [], "kl": [], "evaluated": [], "spliced": []}
+                                              for k in [*KS, "prefix, unaligned"]}
+    fresh_evaluated, started, kinds = [], time.perf_counter(), []
+    for n in range(args.edits):
+        name = rng.choice(MODULES)
+        lines = sources[name]
+        top = rng.randrange(0, max(1, len(lines) - args.lines))
+        window = lines[top:top + args.lines]
+        edited, kind = _edit(window, rng, lines)
+        kinds.append(kind)
+        bos = runner.eng.info.bos
+        old = [bos, *runner.eng.tokenize_text("".join(window))]
+        new = [bos, *runner.eng.tokenize_text("".join(edited))]
+        state = runner.state_of(old)
+        runner.eng.kv._clear()
+        ref_tokens, ref_first, ref_t = runner.run(new, exact=True)
+        fresh_evaluated.append(ref_t.evaluated_tokens or len(new))
+        for k in KS:
+            reuse.FRESH = k
+            runner.restore(old, state)
+            tokens, first, t = runner.run(new, exact=False)
+            row = rows[str(k)]
+            row["same"].append(float(tokens == ref_tokens))
+            row["kl"].append(_kl(ref_first, first))
+            row["evaluated"].append(float(t.evaluated_tokens or 0))
+            row["spliced"].append(float(t.reuse == "splice"))
+        reuse.FRESH = 32
+        tokens, first = runner.unaligned_prefix(old, new, state)
+        row = rows["prefix, unaligned"]
+        row["same"].append(float(tokens == ref_tokens))
+        row["kl"].append(_kl(ref_first, first))
+        row["evaluated"].append(float(len(new) - min(reuse.common_prefix(old, new), len(new) - 1)))
+        row["spliced"].append(0.0)
+        if (n + 1) % 20 == 0:
+            print(f"{n + 1} edits, {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    print(f"{args.edits} edits ({', '.join(f'{kinds.count(k)} {k}' for k in ('insert', 'delete', 'change'))}) in "
+          f"{len(MODULES)} standard-library modules, prompts of {statistics.mean(fresh_evaluated):.0f} tokens on "
+          f"average, Gemma 3 270M Q4_K_M, greedy, {STEPS} tokens")
+    print("| K (re-evaluated after each splice) | identical continuations | mean KL, first token | spliced edits | "
+          "mean tokens evaluated (fresh: {:.0f}) |".format(statistics.mean(fresh_evaluated)))
+    print("|---|---|---|---|---|")
+    for key, row in rows.items():
+        print(f"| {key} | {100 * statistics.mean(row['same']):.1f}% | {statistics.mean(row['kl']):.2e} | "
+              f"{100 * statistics.mean(row['spliced']):.0f}% | {statistics.mean(row['evaluated']):.0f} |")
+    if args.out:
+        args.out.write_text(json.dumps({"rows": rows, "fresh_evaluated": fresh_evaluated, "kinds": kinds}))
+
+
+if __name__ == "__main__":
+    main()

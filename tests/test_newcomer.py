@@ -1,0 +1,121 @@
+"""A newcomer's first hour: help that shows what to type, mistakes that say what to do next, and
+no silent no-op. Real `cg` processes, their stderr and exit codes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cg import store
+
+from .helpers import NO_STOPS, run_cg
+
+
+@pytest.mark.parametrize("command, shown", [
+    (["infill"], ["FILE[:LINE[:COL]]", "marker lines"]),
+    (["download"], ["[MODEL]", "codegemma-1.1-7b-it", "owner/name"]),
+    (["quantize"], ["SRC_DIR", "config.json", "tokenizer.json"]),
+    (["check"], ["FILE...", "cg: fill"]),
+    (["models", "rm"], ["NAME", "cg models"]),
+    (["eval", "export"], ["FILE", "published schema"]),
+])
+def test_help_shows_the_arguments(command, shown):
+    proc = run_cg(*command, "--help")
+    assert proc.returncode == 0
+    for text in shown:
+        assert text in proc.stdout, (text, proc.stdout)
+
+
+def test_every_model_command_takes_the_same_model_options():
+    """eval included: --gpu-layers, --max-prompt-tokens, --verbose, --logit-bias, --min-p ..."""
+    shared = ["--model", "--ctx", "--gpu-layers", "--max-prompt-tokens", "--server", "--server-api", "--api-key",
+              "--seed", "--temperature", "--top-p", "--top-k", "--min-p", "--repeat-penalty", "--max-tokens",
+              "--max-time", "--logit-bias", "--exact", "--splice", "--verbose", "--quiet"]
+    for command in (["complete"], ["generate"], ["infill"], ["eval", "humaneval-infill"]):
+        text = run_cg(*command, "--help", env={"COLUMNS": "200"}).stdout
+        assert [o for o in shared if o not in text] == [], command
+
+
+def test_models_json_says_what_it_prints():
+    text = run_cg("models", "--help", env={"COLUMNS": "200"}).stdout
+    assert "installed models as a JSON list" in text and "stop reason" not in text
+
+
+def test_a_mistyped_command_suggests_once():
+    proc = run_cg("complet", stdin="x")
+    assert proc.returncode == 2 and proc.stderr.count("Did you mean 'complete'?") == 1
+
+
+def test_an_option_without_its_value_hints_at_its_command():
+    proc = run_cg("infill", "calc.py:6", "--model")
+    assert proc.returncode == 2 and "Hint: Run `cg infill --help`" in proc.stderr
+
+
+def test_eval_on_a_model_without_fim_gives_evals_own_hint(bundled_gguf):
+    proc = run_cg("eval", "humaneval-infill", "--limit", "3", "-m", str(bundled_gguf))
+    assert proc.returncode == 2 and "has no fill-in-the-middle tokens" in proc.stderr
+    assert "--require-fim" not in proc.stderr and "cg download codegemma-2b" in proc.stderr
+
+
+def test_models_default_and_rm_say_what_they_take(tmp_path, tiny_gguf):
+    env = {"CG_HOME": str(tmp_path)}
+    for command in ("default", "rm"):
+        proc = run_cg("models", command, str(tiny_gguf), env=env)
+        assert proc.returncode == 2 and "takes the name of an installed model" in proc.stderr
+        assert "(a path)" in proc.stderr and "cg models" in proc.stderr
+    assert "CG_MODEL=" in run_cg("models", "default", str(tiny_gguf), env=env).stderr
+
+
+def test_a_catalogue_name_finds_its_installed_model(tmp_path, tiny_gguf, monkeypatch):
+    monkeypatch.setenv("CG_HOME", str(tmp_path))
+    missing = run_cg("complete", "-m", "codegemma-2b", "--prefix", "x")
+    assert missing.returncode == 2 and "Hint: Download it: cg download codegemma-2b" in missing.stderr
+    store.register(store.ModelRecord(name="codegemma-2b-q4_k_m", path=str(tiny_gguf), quant="q4_k_m"))
+    found = run_cg("complete", "-m", "codegemma-2b", "-n", "2", *NO_STOPS, "--json", "--prefix", "x")
+    assert found.returncode == 0 and json.loads(found.stdout)["model"] == str(tiny_gguf)
+    near = run_cg("complete", "-m", "codegema-2b", "--prefix", "x")
+    assert near.returncode == 2 and "Did you mean codegemma-2b" in near.stderr
+    assert "Installed: codegemma-2b-q4_k_m" in near.stderr
+    store.register(store.ModelRecord(name="codegemma-2b-q8_0", path=str(tiny_gguf), quant="q8_0"))
+    several = run_cg("complete", "-m", "codegemma-2b", "--prefix", "x")
+    assert several.returncode == 2 and "installed as several models" in several.stderr
+
+
+@pytest.mark.parametrize("stdin, said", [
+    ("def f():\n    return 1\n", "Note: no <CURSOR> in the input: completing after the end"),
+    ("def f():\n    <cursor>\n", "(found '<cursor>': the marker is case-sensitive)"),
+    ("a = <CURSOR>\nb = <CURSOR>\n", "Note: 2 <CURSOR> markers in the input: the first is the cursor"),
+])
+def test_input_that_works_but_not_as_meant_is_said(tiny_gguf, stdin, said):
+    proc = run_cg("complete", "-m", str(tiny_gguf), "-n", "2", *NO_STOPS, stdin=stdin)
+    assert proc.returncode == 0 and said in proc.stderr
+    quiet = run_cg("complete", "-q", "-m", str(tiny_gguf), "-n", "2", *NO_STOPS, stdin=stdin)
+    assert quiet.stderr == ""
+
+
+def test_infill_says_what_it_did_and_did_not_find(tmp_path, tiny_gguf):
+    (tmp_path / "plain.py").write_text("x = 1\n")
+    app = tmp_path / "app.py"
+    app.write_text("def f():\n    # cg: fill\n\ndef g():\n    # cg: fill\n")
+    args = ["-m", str(tiny_gguf), "--ctx", "512", "-n", "3", *NO_STOPS]
+    plain = run_cg("infill", "plain.py", *args, cwd=tmp_path)
+    assert plain.returncode == 0 and "Note: no `cg: fill` markers in plain.py" in plain.stderr
+    wrote = run_cg("infill", "app.py", "--write", *args, cwd=tmp_path)
+    assert wrote.returncode == 0 and "Note: filled 2 markers in app.py" in wrote.stderr
+    assert run_cg("infill", "plain.py", "-q", *args, cwd=tmp_path).stderr == ""
+
+
+def test_diff_and_json_together_are_refused(tmp_path, tiny_gguf):
+    (tmp_path / "a.py").write_text("x = \n")
+    proc = run_cg("infill", "a.py:1", "--diff", "--json", "-m", str(tiny_gguf), cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.startswith("Error: --diff and --json both given")
+
+
+def test_a_model_listed_without_a_revision_has_no_trailing_at(tmp_path, tiny_gguf):
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "models.json").write_text(json.dumps({"default": None, "models": {"local": {
+        "name": "local", "path": str(tiny_gguf), "quant": "f32", "source": "/checkpoints/hf"}}}))
+    line = run_cg("models", env={"CG_HOME": str(home)}).stdout
+    assert "\t/checkpoints/hf\t" in line and "hf@" not in line
