@@ -30,7 +30,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import ROOT, WORKDIR  # noqa: E402
+from common import ROOT, WORKDIR
 
 STOPS = (1, 67, 68, 69, 70, 107)
 BAN = [a for t in STOPS for a in ("--logit-bias", f"{t}=-1000")]
@@ -57,7 +57,7 @@ def cg_step(python_path: Path, model: str, home: Path, lines: list[str], cursor:
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "cg", "complete", "-m", model, "--json", "-n", "8", "--path",
                            "stdlib.py", "--no-block-stop", *BAN, *extra], input=text, capture_output=True, text=True,
-                          env=env, cwd=python_path)
+                          env=env, cwd=python_path, check=False)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(proc.stderr)
@@ -79,7 +79,7 @@ def marker_fill(python_path: Path, model: str, lines: list[str], extra: list[str
         start = time.perf_counter()
         proc = subprocess.run([sys.executable, "-m", "cg", "infill", str(f), "--write", "-m", model, "-n", "8",
                                "--no-block-stop", *BAN, *extra], capture_output=True, text=True, env=env,
-                              cwd=python_path)
+                              cwd=python_path, check=False)
         if proc.returncode != 0:
             raise SystemExit(proc.stderr)
         return time.perf_counter() - start
@@ -108,7 +108,8 @@ def server_steps(binary: str, model: str, threads: int, plan: list[tuple[str, li
         for _name, lines, cursor in plan:
             body = {"input_prefix": "".join(lines[:cursor]), "input_suffix": "".join(lines[cursor:]), "n_predict": 8,
                     "cache_prompt": True, "temperature": 0, "logit_bias": [[t, -1000] for t in STOPS]}
-            req = urllib.request.Request(url + "/infill", json.dumps(body).encode(), {"Content-Type": "application/json"})
+            req = urllib.request.Request(url + "/infill", json.dumps(body).encode(),
+                                         {"Content-Type": "application/json"})
             with urllib.request.urlopen(req, timeout=3600) as resp:
                 out.append(int(json.loads(resp.read())["timings"]["prompt_n"]))
         return out
@@ -142,7 +143,8 @@ def main() -> None:
         fills = {"cg": marker_fill(ROOT, args.model, lines, ["--splice"]),
                  f"cg at {args.baseline}": marker_fill(baseline, args.model, lines, [])}
     finally:
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(baseline)], capture_output=True)
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(baseline)], capture_output=True,
+                       check=False)
     before = f"cg at {args.baseline}"
     print(f"Model {Path(args.model).name}, {args.threads} threads; tokens evaluated (wall s)")
     print("| step | cg | cg --exact | " + before + " | llama-server /infill --cache-reuse 256 | cg wall / before |")

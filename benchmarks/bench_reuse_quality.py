@@ -29,10 +29,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-import common  # noqa: F401,E402  (puts the repository on sys.path)
+import common  # noqa: F401  (puts the repository on sys.path)
 
-from cg import local, reuse, store  # noqa: E402
-from cg.engine import Timings, decode  # noqa: E402
+from cg import local, reuse, store
+from cg.engine import Timings, decode
 
 MODULES = ["argparse", "difflib", "inspect", "json.decoder", "pathlib", "shutil", "subprocess", "tarfile",
            "typing", "zipfile", "logging", "email.message", "http.client", "dataclasses", "ast"]
@@ -168,7 +168,7 @@ def main() -> None:
           f"{len(MODULES)} standard-library modules, prompts of {statistics.mean(fresh_evaluated):.0f} tokens on "
           f"average, Gemma 3 270M Q4_K_M, greedy, {STEPS} tokens")
     print("| K (re-evaluated after each splice) | identical continuations | mean KL, first token | spliced edits | "
-          "mean tokens evaluated (fresh: {:.0f}) |".format(statistics.mean(fresh_evaluated)))
+          f"mean tokens evaluated (fresh: {statistics.mean(fresh_evaluated):.0f}) |")
     print("|---|---|---|---|---|")
     for key, row in rows.items():
         print(f"| {key} | {100 * statistics.mean(row['same']):.1f}% | {statistics.mean(row['kl']):.2e} | "
