@@ -8,6 +8,7 @@ decoded by real llama.cpp.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ import pytest
 from cg import engines, prompts
 from cg.complete import RunOptions
 
+from .helpers import STOP_IDS
 from .synthetic import write_checkpoint
 
 
@@ -51,6 +53,27 @@ def tiny_gguf(tiny_ckpt, tmp_path_factory) -> Path:
     from quantize.convert import convert
 
     return convert(tiny_ckpt, tmp_path_factory.mktemp("gguf") / "tiny-f32.gguf", type="f32").path
+
+
+@pytest.fixture(scope="session")
+def talkative_ckpt(tiny_ckpt, tmp_path_factory) -> Path:
+    """The tiny checkpoint with its stop tokens' embedding rows zeroed: their logit is exactly 0,
+    the largest of ~600 random logits is positive, so greedy decoding never stops before -n and
+    every example has text to show, on any machine."""
+    from safetensors.numpy import load_file, save_file
+
+    folder = Path(shutil.copytree(tiny_ckpt, tmp_path_factory.mktemp("talkative") / "ckpt"))
+    tensors = load_file(str(folder / "model.safetensors"))
+    tensors["model.embed_tokens.weight"][sorted(STOP_IDS.values())] = 0.0
+    save_file(tensors, str(folder / "model.safetensors"))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def talkative_gguf(talkative_ckpt, tmp_path_factory) -> Path:
+    from quantize.convert import convert
+
+    return convert(talkative_ckpt, tmp_path_factory.mktemp("talkative-gguf") / "talkative-f32.gguf", type="f32").path
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,7 @@ so that in CI a missing server fails the tests instead of skipping them.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -15,6 +16,7 @@ import subprocess
 import time
 import urllib.request
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -98,3 +100,18 @@ def start_vllm(checkpoint: Path, log: Path) -> Running:
     cmd = [vllm_python(), "-m", "vllm.entrypoints.openai.api_server", "--model", str(checkpoint), "--dtype",
            "float32", "--max-model-len", "2048", "--host", "127.0.0.1", "--port", str(port)]
     return _start(cmd, f"http://127.0.0.1:{port}/v1", "/models", log, 600, env={"VLLM_CPU_KVCACHE_SPACE": "1"})
+
+
+class JsonHandler(BaseHTTPRequestHandler):
+    """The base of the tests' stand-in servers: quiet, and JSON answers in one call."""
+
+    def log_message(self, *_args):
+        pass
+
+    def _json(self, status: int, body: object) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)

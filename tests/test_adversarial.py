@@ -171,18 +171,15 @@ def test_overlapping_targets_are_refused_and_repeated_ones_fill_once(tmp_path, o
     proc = one_fill("a.py", "a.py:2:7", "--write", cwd=tmp_path)
     assert proc.returncode == 2 and proc.stderr.startswith("Error: targets overlap: a.py:2 (marker) and a.py:2:7")
     assert a.read_text() == "def f(a, b):\n    # cg: fill\n    return a\n"
-    b = tmp_path / "b.py"
-    b.write_text("x = 1\n# cg: fill\ny = 2\n")
-    assert one_fill("b.py", "./b.py", "--write", cwd=tmp_path).returncode == 0
-    once = b.read_text()
-    b.write_text("x = 1\n# cg: fill\ny = 2\n")
-    assert one_fill("b.py", "--write", cwd=tmp_path).returncode == 0 and b.read_text() == once
-    c = tmp_path / "c.py"
-    c.write_text("x = \n")
-    assert one_fill("c.py:1", "c.py:1", "--write", cwd=tmp_path).returncode == 0
-    twice = c.read_text()
-    c.write_text("x = \n")
-    assert one_fill("c.py:1", "--write", cwd=tmp_path).returncode == 0 and c.read_text() == twice
+    for name, text, repeated in (("b.py", "x = 1\n# cg: fill\ny = 2\n", ["b.py", "./b.py"]),
+                                 ("c.py", "x = \n", ["c.py:1", "c.py:1"])):
+        f = tmp_path / name
+        results = []
+        for specs in (repeated, repeated[:1]):  # the same target given twice, then once
+            f.write_text(text)
+            assert one_fill(*specs, "--write", cwd=tmp_path).returncode == 0
+            results.append(f.read_text())
+        assert results[0] == results[1] != text
 
 
 def test_an_empty_marker_is_refused(tmp_path, one_fill):

@@ -73,17 +73,29 @@ def test_5_network_unreachable(hub_env):
     assert proc.returncode == 5 and error_line(proc).startswith("Error: cannot reach the hub")
 
 
-def test_130_interrupted(tiny_gguf, tmp_path):
+def _signalled(tiny_gguf, tmp_path, sig: int) -> tuple[int, str]:
     cmd = [sys.executable, "-m", "cg", "complete", "-m", str(tiny_gguf), "--ctx", "8192", "-n", "8000", *NO_STOPS,
            "--prefix", "x = "]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env={**os.environ, "CG_HOME": str(tmp_path)})
     assert proc.stdout is not None and proc.stdout.read(1)  # generating
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and err.decode().splitlines()[-1] == "Error: interrupted"
+    return proc.returncode, err.decode().splitlines()[-1]
+
+
+def test_129_hung_up(tiny_gguf, tmp_path):
+    assert _signalled(tiny_gguf, tmp_path, signal.SIGHUP) == (129, "Error: hung up (SIGHUP)")
+
+
+def test_130_interrupted(tiny_gguf, tmp_path):
+    assert _signalled(tiny_gguf, tmp_path, signal.SIGINT) == (130, "Error: interrupted")
+
+
+def test_143_terminated(tiny_gguf, tmp_path):
+    assert _signalled(tiny_gguf, tmp_path, signal.SIGTERM) == (143, "Error: terminated (SIGTERM)")
 
 
 def test_every_row_of_the_readme_table_is_tested():
     tested = {int(m) for m in re.findall(r"^def test_(\d+)_", Path(__file__).read_text(), re.M)}
-    assert tested == readme_codes() and tested >= {0, 1, 2, 3, 4, 5, 130}
+    assert tested == readme_codes() and tested >= {0, 1, 2, 3, 4, 5, 129, 130, 143}

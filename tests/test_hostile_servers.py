@@ -7,33 +7,24 @@ from __future__ import annotations
 import json
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import ClassVar
 
 import pytest
 
 from .helpers import run_cg
+from .servers import JsonHandler
 
 SPECIALS = {"<bos>": 2, "<eos>": 1, "<|fim_prefix|>": 67, "<|fim_middle|>": 68, "<|fim_suffix|>": 69,
             "<|file_separator|>": 70}
 
 
-class _Hostile(BaseHTTPRequestHandler):
+class _Hostile(JsonHandler):
     protocol_version = "HTTP/1.1"
     mode = "pings"
     props: ClassVar[dict] = {"default_generation_settings": {"n_ctx": 1024}}
     models: ClassVar[list] = [{"id": "m"}]
 
-    def log_message(self, *_args):
-        pass
-
-    def _json(self, status: int, body: object) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
 
     def do_GET(self):
         if self.path == "/props":

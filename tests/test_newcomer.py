@@ -119,3 +119,37 @@ def test_a_model_listed_without_a_revision_has_no_trailing_at(tmp_path, tiny_ggu
         "name": "local", "path": str(tiny_gguf), "quant": "f32", "source": "/checkpoints/hf"}}}))
     line = run_cg("models", env={"CG_HOME": str(home)}).stdout
     assert "\t/checkpoints/hf\t" in line and "hf@" not in line
+
+
+def test_the_readme_editor_recipe_runs_in_vim(tmp_path, talkative_gguf):
+    """README's Vim function, run by real Vim (headless) on a file: the completion lands at the
+    cursor. Its command line is the one README's shell example shows."""
+    import os
+    import re
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    [recipe] = re.findall(r"^```vim\n(.*?)^```", readme, re.M | re.S)
+    command = re.search(r"system\('([^']+)'", recipe).group(1)
+    assert command.strip() in readme.split("as the mapping runs it:", 1)[1]
+    vim = shutil.which("vim") or shutil.which("nvim")
+    if vim is None:
+        pytest.skip("no vim here")
+    (tmp_path / "recipe.vim").write_text(recipe)
+    f = tmp_path / "calc.py"
+    f.write_text("def add(a, b):\n    return \n")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "CG_MODEL": str(talkative_gguf), "CG_HOME": str(tmp_path / "home"), "HOME": str(tmp_path)}
+    script = ["-c", "source recipe.vim", "-c", "edit calc.py", "-c", "set virtualedit=onemore",
+              "-c", "call cursor(2, 12)", "-c", "call CgComplete()", "-c", "wq"]
+    proc = subprocess.run([vim, "-Nu", "NONE", "-i", "NONE", "-es", *script], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    text = f.read_text()
+    assert text.startswith("def add(a, b):\n    return ") and text != "def add(a, b):\n    return \n"
+    alone = run_cg(*command.split()[1:], "calc.py", stdin="def add(a, b):\n    return <CURSOR>\n",
+                   env={"CG_MODEL": str(talkative_gguf), "CG_HOME": str(tmp_path / "home")}, cwd=tmp_path)
+    assert alone.returncode == 0 and text == "def add(a, b):\n    return " + alone.stdout + "\n"

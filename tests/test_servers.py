@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -26,7 +26,7 @@ from cg.cli import main
 from cg.complete import RunOptions, complete
 
 from .helpers import ID, NO_STOPS, NO_STOPS_BIAS, run_cg, variant_gguf
-from .servers import free_port, llama_server_binary, start_llama_server, start_vllm
+from .servers import JsonHandler, free_port, llama_server_binary, start_llama_server, start_vllm
 
 CASES = [
     ("def add(a, b):\n", "\nprint(add(1, 2))\n"),
@@ -239,21 +239,11 @@ def test_a_model_the_server_does_not_have_exit_4(llama_server, vllm_server):
         assert proc.returncode == 4 and "does not serve 'codegemma-7b'; it serves: " in proc.stderr
 
 
-class _Stand_in(BaseHTTPRequestHandler):
+class _Stand_in(JsonHandler):
     """An OpenAI-compatible server of another kind: text prompts only, or failing."""
 
     mode = "text-only"
 
-    def log_message(self, *_args):
-        pass
-
-    def _json(self, status: int, body: dict) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
 
     def do_GET(self):
         if self.path == "/v1/models":
