@@ -80,39 +80,49 @@ def stable_window(prefix: str, suffix: str, budget: int, count: Callable[[str], 
     (not the cursor itself). So while the cursor moves within a stretch the prompt keeps its head
     and its tail token for token, and a cache of the last prompt is reused around the change.
 
-    The split is trim_to_budget's (the prefix keeps three quarters when both sides are long), over
-    whole stretches: the cursor's stretch counts on both sides, so the window holds both for any
-    cursor in it. count(text) gives a text's tokens; the result may still need trim_to_budget
-    (a stretch longer than the budget, or tokens that count differently once joined).
+    The cursor's stretch is kept whole (split between prefix and suffix wherever the cursor is);
+    the rest of the budget is shared as trim_to_budget shares it (the prefix keeps three quarters
+    when both sides are long), in whole stretches. count(text) gives a text's tokens; the result
+    may still need trim_to_budget (a stretch longer than the budget, or tokens that count
+    differently once joined).
     """
     before, after = prefix.split("\n"), suffix.split("\n")
     cursor = len(before) - 1  # the cursor's line, counting from the first line of the prefix
     lines = before[:-1] + [before[-1] + after[0]] + after[1:]
-    top0 = cursor // STRETCH * STRETCH
-    sizes: dict[int, int] = {}
+    top = cursor // STRETCH * STRETCH
+    bottom = top + STRETCH
 
     def size(start: int) -> int:
-        if start not in sizes:
-            sizes[start] = count("\n".join(lines[start:start + STRETCH]) + "\n")
-        return sizes[start]
+        return count("\n".join(lines[start:start + STRETCH]) + "\n")
 
-    def reach(direction: int, limit: int) -> tuple[int, int]:
-        """(tokens, the grid line it stops at) walking whole stretches away from the cursor's."""
-        used, edge = size(top0), top0 if direction < 0 else top0 + STRETCH
-        while True:
-            nxt = edge - STRETCH if direction < 0 else edge
-            if nxt < 0 or nxt >= len(lines) or used + size(nxt) > limit:
-                return used, edge
-            used += size(nxt)
-            edge = nxt if direction < 0 else edge + STRETCH
+    room = budget - size(top)
 
-    above, _ = reach(-1, budget)
-    below, _ = reach(+1, budget)
-    suffix_budget = min(below, max(budget // 4, budget - above))
-    _, top = reach(-1, budget - suffix_budget)
-    _, bottom = reach(+1, suffix_budget)
+    def sizes(starts: range) -> list[int]:
+        """Stretch sizes nearest first, only as far as the room (what lies beyond cannot fit)."""
+        out: list[int] = []
+        for start in starts:
+            if sum(out) > room:
+                break
+            out.append(size(start))
+        return out
+
+    above = sizes(range(top - STRETCH, -1, -STRETCH))
+    below = sizes(range(bottom, len(lines), STRETCH))
+    down = min(sum(below), max(room // 4, room - sum(above)))
+    top -= STRETCH * _fitting(above, room - down)
+    bottom += STRETCH * _fitting(below, down)
     kept_after = after[: max(1, bottom - cursor)]
     return "\n".join(before[top:]), "\n".join(kept_after) + ("\n" if len(kept_after) < len(after) else "")
+
+
+def _fitting(sizes: list[int], limit: int) -> int:
+    """How many of sizes, in order, fit within limit together."""
+    used = 0
+    for n, size in enumerate(sizes):
+        used += size
+        if used > limit:
+            return n
+    return len(sizes)
 
 
 def pack_context(chunks: list[list[int]], budget: int) -> tuple[list[list[int]], int]:

@@ -77,6 +77,7 @@ class KvCache:
         plan, source = self._choose(prompt, timings, cache, splice)
         if source.entry is not None and not self._load(source, cache):
             plan, source = reuse.Plan(0, (), len(prompt)), Source(self.held[:0])
+        self.exact_upto = 0  # until the plan is carried out: an interrupted one leaves nothing to trust
         try:
             self._carry_out(prompt, plan, on_prompt)
         except RuntimeError:  # llama.cpp refused a step (no room for the cells): start afresh
@@ -152,6 +153,7 @@ class KvCache:
         import llama_cpp
 
         memory = self._memory
+        self.llm.n_tokens = plan.prefix
         llama_cpp.llama_memory_seq_rm(memory, PARKING, -1, -1)
         for run in plan.runs:
             llama_cpp.llama_memory_seq_cp(memory, 0, PARKING, run.old, run.old + run.length)
@@ -161,7 +163,6 @@ class KvCache:
         for run in plan.runs:
             llama_cpp.llama_memory_seq_add(memory, PARKING, run.old + _FAR, run.old + run.length + _FAR,
                                            run.shift - _FAR)
-        self.llm.n_tokens = plan.prefix
         after: list[reuse.Run | None] = [*plan.runs, None]
         for (start, end), joining in zip(plan.spans(), after, strict=True):
             self._decode(prompt, start, end, on_prompt)

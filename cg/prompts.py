@@ -64,11 +64,9 @@ def _window(engine: Engine, prefix: str, suffix: str, budget: int) -> fim.Trimme
 
 def prefix_prompt(engine: Engine, prefix: str, opts: RunOptions) -> list[int]:
     budget, limit = prompt_budget(engine, opts, 1)
-    ids = engine.tokenize_text(prefix)
-    if len(ids) > budget:
-        _left_out(opts, limit, len(ids) - budget, 0, 0)
-        ids = ids[len(ids) - budget:]
-    return [engine.info.bos, *ids]
+    trimmed = _window(engine, prefix, "", budget)  # a stable top line, as for FIM prompts
+    _left_out(opts, limit, trimmed.dropped_prefix, 0, 0)
+    return [engine.info.bos, *trimmed.prefix]
 
 
 def chat_prompt(engine: Engine, message: str, opts: RunOptions, start_turn: int, end_turn: int) -> list[int]:
