@@ -8,9 +8,10 @@ The file is the standard library's textwrap.py + argparse.py (3,124 lines). Each
   1. first infill at line 1500     2. cursor 2 lines down       3. cursor 12 lines up
   4. one line inserted above the cursor                         5. cursor 100 lines down
 then 6. five `# cg: fill` markers in one file, one `cg infill --write` (a fresh home each).
-Columns: cg now (splice), cg now --exact, cg at REV (a git worktree of the commit before this
+Columns: cg now --splice, cg now --exact, cg at REV (a git worktree of the commit before this
 work, the same venv), and llama-server --cache-reuse 256 (/infill, one slot, a 2048-token
-context). Stops are banned so every run generates its 8 tokens. Not a test: run by hand.
+context). Stops are banned so every run generates its 8 tokens. The last two columns compare each
+step's text with a fresh run of the same prompt (no prompt cache, a new process). Not a test.
 """
 
 from __future__ import annotations
@@ -50,10 +51,11 @@ def steps(lines: list[str]) -> list[tuple[str, list[str], int]]:
             ("cursor 100 lines down", inserted, LINE + 91)]
 
 
-def cg_step(python_path: Path, model: str, home: Path, lines: list[str], cursor: int, extra: list[str]
-            ) -> tuple[int, float]:
+def cg_step(python_path: Path, model: str, home: Path, lines: list[str], cursor: int, extra: list[str],
+            env_extra: dict[str, str] | None = None) -> tuple[int, float, str]:
+    """(prompt tokens evaluated, wall s, the completion's text)"""
     text = "".join(lines[:cursor]) + "<CURSOR>" + "".join(lines[cursor:])
-    env = {**os.environ, "PYTHONPATH": str(python_path), "CG_HOME": str(home)}
+    env = {**os.environ, "PYTHONPATH": str(python_path), "CG_HOME": str(home), **(env_extra or {})}
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "cg", "complete", "-m", model, "--json", "-n", "8", "--path",
                            "stdlib.py", "--no-block-stop", *BAN, *extra], input=text, capture_output=True, text=True,
@@ -64,7 +66,7 @@ def cg_step(python_path: Path, model: str, home: Path, lines: list[str], cursor:
     data = json.loads(proc.stdout)
     t = data["timings"]
     evaluated = t.get("evaluated_tokens")
-    return (evaluated if evaluated is not None else data["prompt_tokens"] - t["cached_tokens"]), wall
+    return (evaluated if evaluated is not None else data["prompt_tokens"] - t["cached_tokens"]), wall, data["text"]
 
 
 def marker_fill(python_path: Path, model: str, lines: list[str], extra: list[str]) -> float:
@@ -131,7 +133,7 @@ def main() -> None:
     subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(baseline), args.baseline], check=True,
                    capture_output=True)
     try:
-        columns: dict[str, list[tuple[int, float]]] = {}
+        columns: dict[str, list[tuple[int, float, str]]] = {}
         for label, path, extra in (("cg", ROOT, ["--splice"]), ("cg --exact", ROOT, ["--exact"]),
                                    (f"cg at {args.baseline}", baseline, [])):
             home = Path(tempfile.mkdtemp(prefix="cg-home-"))
@@ -139,22 +141,30 @@ def main() -> None:
                               for _, step_lines, cursor in plan]
             shutil.rmtree(home, ignore_errors=True)
             print(f"{label}: {columns[label]}", file=sys.stderr)
+        with tempfile.TemporaryDirectory() as home:  # each step fresh: no prompt cache, a new process
+            fresh = [cg_step(ROOT, args.model, Path(home), step_lines, cursor, ["--exact"], {"CG_PROMPT_CACHE": "0"})
+                     for _, step_lines, cursor in plan]
         served = server_steps(args.llama_server, args.model, args.threads, plan) if args.llama_server else []
         fills = {"cg": marker_fill(ROOT, args.model, lines, ["--splice"]),
+                 "cg --exact": marker_fill(ROOT, args.model, lines, ["--exact"]),
                  f"cg at {args.baseline}": marker_fill(baseline, args.model, lines, [])}
     finally:
         subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(baseline)], capture_output=True,
                        check=False)
     before = f"cg at {args.baseline}"
     print(f"Model {Path(args.model).name}, {args.threads} threads; tokens evaluated (wall s)")
-    print("| step | cg | cg --exact | " + before + " | llama-server /infill --cache-reuse 256 | cg wall / before |")
-    print("|---|---|---|---|---|---|")
+    print("| step | cg --splice | cg --exact | " + before + " | llama-server /infill --cache-reuse 256 | "
+          "cg --splice wall / before | --exact output = fresh | --splice output = fresh |")
+    print("|---|---|---|---|---|---|---|---|")
     for i, (name, _, _) in enumerate(plan):
         row = [f"{columns[c][i][0]} ({columns[c][i][1]:.1f} s)" for c in ("cg", "cg --exact", before)]
         srv = str(served[i]) if served else "-"
-        print(f"| {name} | {' | '.join(row)} | {srv} | {columns['cg'][i][1] / columns[before][i][1]:.2f} |")
-    print(f"| 5 markers, one cg infill --write | {fills['cg']:.1f} s | | {fills[before]:.1f} s | | "
-          f"{fills['cg'] / fills[before]:.2f} (speed-up {fills[before] / fills['cg']:.2f}x) |")
+        same = ["yes" if columns[c][i][2] == fresh[i][2] else "no" for c in ("cg --exact", "cg")]
+        print(f"| {name} | {' | '.join(row)} | {srv} | {columns['cg'][i][1] / columns[before][i][1]:.2f} | "
+              f"{' | '.join(same)} |")
+    print(f"| 5 markers, one cg infill --write | {fills['cg']:.1f} s | {fills['cg --exact']:.1f} s | "
+          f"{fills[before]:.1f} s | | {fills['cg'] / fills[before]:.2f} (speed-ups: --splice "
+          f"{fills[before] / fills['cg']:.2f}x, --exact {fills[before] / fills['cg --exact']:.2f}x) | | |")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ context as fresh, other float rounding: the noise floor every reuse that is not 
 from __future__ import annotations
 
 import argparse
-import ctypes
 import importlib
 import inspect
 import json
@@ -86,22 +85,14 @@ class Runner:
         return tokens, first[0], timings
 
     def state_of(self, prompt: list[int]) -> bytes:
-        self.eng.kv._clear()
+        self.eng.kv.clear()
         self.run(prompt, exact=True)
-        state = self.eng.kv._state()
+        state = self.eng.kv.cells.state()
         assert state is not None
         return state
 
     def restore(self, prompt: list[int], state: bytes) -> None:
-        import llama_cpp
-
-        kv = self.eng.kv
-        kv._clear()
-        buffer = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
-        assert llama_cpp.llama_state_seq_set_data(kv.llm._ctx.ctx, buffer, len(state), 0)
-        kv.llm.input_ids[: len(prompt)] = prompt
-        kv.llm.n_tokens = len(prompt)
-        kv.exact_upto = len(prompt)
+        assert self.eng.kv.restore(prompt, state)
 
     def unaligned_prefix(self, old: list[int], new: list[int], state: bytes) -> tuple[list[int], np.ndarray]:
         """The same context as fresh, resumed mid-batch: the noise floor."""
@@ -116,6 +107,23 @@ class Runner:
         finally:
             kv.prepare = saved
         return tokens, first
+
+
+def report(rows: dict[str, dict[str, list[float]]], fresh_evaluated: list[int], kinds: list[str],
+           out: Path | None, file=sys.stdout) -> None:
+    """The table (and, with --out, the raw rows) for the edits measured so far."""
+    edits = len(kinds)
+    print(f"{edits} edits ({', '.join(f'{kinds.count(k)} {k}' for k in ('insert', 'delete', 'change'))}) in "
+          f"{len(MODULES)} standard-library modules, prompts of {statistics.mean(fresh_evaluated):.0f} tokens on "
+          f"average, Gemma 3 270M Q4_K_M, greedy, {STEPS} tokens", file=file)
+    print("| K (re-evaluated after each splice) | identical continuations | mean KL, first token | spliced edits | "
+          f"mean tokens evaluated (fresh: {statistics.mean(fresh_evaluated):.0f}) |", file=file)
+    print("|---|---|---|---|---|", file=file)
+    for key, row in rows.items():
+        print(f"| {key} | {100 * statistics.mean(row['same']):.1f}% | {statistics.mean(row['kl']):.2e} | "
+              f"{100 * statistics.mean(row['spliced']):.0f}% | {statistics.mean(row['evaluated']):.0f} |", file=file)
+    if out:
+        out.write_text(json.dumps({"rows": rows, "fresh_evaluated": fresh_evaluated, "kinds": kinds}))
 
 
 def main() -> None:
@@ -143,7 +151,7 @@ def main() -> None:
         old = [bos, *runner.eng.tokenize_text("".join(window))]
         new = [bos, *runner.eng.tokenize_text("".join(edited))]
         state = runner.state_of(old)
-        runner.eng.kv._clear()
+        runner.eng.kv.clear()
         ref_tokens, ref_first, ref_t = runner.run(new, exact=True)
         fresh_evaluated.append(ref_t.evaluated_tokens or len(new))
         for k in KS:
@@ -164,17 +172,8 @@ def main() -> None:
         row["spliced"].append(0.0)
         if (n + 1) % 20 == 0:
             print(f"{n + 1} edits, {time.perf_counter() - started:.0f} s", file=sys.stderr)
-    print(f"{args.edits} edits ({', '.join(f'{kinds.count(k)} {k}' for k in ('insert', 'delete', 'change'))}) in "
-          f"{len(MODULES)} standard-library modules, prompts of {statistics.mean(fresh_evaluated):.0f} tokens on "
-          f"average, Gemma 3 270M Q4_K_M, greedy, {STEPS} tokens")
-    print("| K (re-evaluated after each splice) | identical continuations | mean KL, first token | spliced edits | "
-          f"mean tokens evaluated (fresh: {statistics.mean(fresh_evaluated):.0f}) |")
-    print("|---|---|---|---|---|")
-    for key, row in rows.items():
-        print(f"| {key} | {100 * statistics.mean(row['same']):.1f}% | {statistics.mean(row['kl']):.2e} | "
-              f"{100 * statistics.mean(row['spliced']):.0f}% | {statistics.mean(row['evaluated']):.0f} |")
-    if args.out:
-        args.out.write_text(json.dumps({"rows": rows, "fresh_evaluated": fresh_evaluated, "kinds": kinds}))
+            report(rows, fresh_evaluated, kinds, args.out, file=sys.stderr)  # a long run that dies still tells
+    report(rows, fresh_evaluated, kinds, args.out)
 
 
 if __name__ == "__main__":

@@ -52,13 +52,15 @@ def _text(http: Http, event: dict[str, Any], key: str) -> str:
     return value
 
 
-def _count(http: Http, value: object, what: str) -> int | None:
-    """A positive whole number the server reports (context size, vocabulary), or None if absent."""
+def _count(http: Http, value: object, what: str, *, least: int = 1) -> int | None:
+    """A whole number >= least the server reports (context size, vocabulary: positive; a
+    cached-token count may be 0), or None if absent."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
-            or value <= 0 or value != int(value):
-        raise _bad(http, f"a {what} that is not a positive whole number", value)
+            or value < least or value != int(value):
+        kind = {0: "non-negative whole number", 1: "positive whole number"}.get(least, f"whole number >= {least}")
+        raise _bad(http, f"a {what} that is not a {kind}", value)
     return int(value)
 
 
@@ -88,19 +90,20 @@ class LlamaServerApi:
     def request(self, model: str, prompt: Sequence[int], max_tokens: int, sampling: Sampling,
                 bias: dict[int, float], stops: frozenset[int]) -> dict[str, Any]:
         return {"prompt": list(prompt), "n_predict": max_tokens, "stream": True, "return_tokens": True,
-                "cache_prompt": True, "temperature": sampling.temperature, "top_k": sampling.top_k,
-                "top_p": sampling.top_p, "min_p": sampling.min_p, "repeat_penalty": sampling.repeat_penalty,
+                "cache_prompt": True, "timings_per_token": True,  # the cached count before any stop
+                "temperature": sampling.temperature, "top_k": sampling.top_k, "top_p": sampling.top_p,
+                "min_p": sampling.min_p, "repeat_penalty": sampling.repeat_penalty,
                 "seed": sampling.seed, "logit_bias": [[t, b] for t, b in bias.items()]}
 
     def piece(self, http: Http, event: dict[str, Any], special: SpecialIds) -> tuple[Piece, bool]:
         """(what the event says, whether it is the last one)."""
         ids, text = _token_ids(http, event.get("tokens")), _text(http, event, "content")
+        timings = _object(http, event.get("timings"), "timings")  # in every event (timings_per_token)
+        cached = _count(http, timings.get("cache_n"), "cached token count", least=0) if timings else None
         if not event.get("stop"):
-            return Piece(ids, text), False
-        timings = _object(http, event.get("timings"), "timings")
-        cached = _count(http, timings.get("cache_n") or None, "cached token count") or 0
+            return Piece(ids, text, None, cached), False
         stop_id = special.eos if event.get("stop_type") == "eos" else None
-        return Piece(ids, text, stop_id, cached), True
+        return Piece(ids, text, stop_id, cached or 0), True
 
     def context(self, http: Http, props: dict[str, Any], entry: dict[str, Any]) -> int | None:
         settings = _object(http, props.get("default_generation_settings"), "generation settings")
@@ -124,13 +127,13 @@ class OpenAIApi:
                 "temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": sampling.top_k,
                 "min_p": sampling.min_p, "repetition_penalty": sampling.repeat_penalty, "seed": sampling.seed,
                 "stop_token_ids": sorted(stops), "logprobs": 1, "return_tokens_as_token_ids": True,
-                "stream_options": {"include_usage": True},
+                "stream_options": {"include_usage": True, "continuous_usage_stats": True},
                 **({"logit_bias": {str(t): b for t, b in bias.items()}} if bias else {})}
 
     def piece(self, http: Http, event: dict[str, Any], special: SpecialIds) -> tuple[Piece, bool]:
-        usage = _object(http, event.get("usage"), "usage")
+        usage = _object(http, event.get("usage"), "usage")  # in every chunk (continuous_usage_stats)
         details = _object(http, usage.get("prompt_tokens_details"), "usage details")
-        cached = _count(http, details.get("cached_tokens") or None, "cached token count") or 0
+        cached = (_count(http, details.get("cached_tokens"), "cached token count", least=0) or 0) if usage else None
         choices = event.get("choices") or []
         if not isinstance(choices, list):
             raise _bad(http, "choices that are not a list", choices)
@@ -140,7 +143,7 @@ class OpenAIApi:
         ids, text = self._ids(http, choice), _text(http, choice, "text")
         finish = choice.get("finish_reason")
         if finish is None:
-            return Piece(ids, text), False
+            return Piece(ids, text, None, cached), False
         stop_id = choice.get("stop_reason")
         if not isinstance(stop_id, int) or isinstance(stop_id, bool):
             stop_id = special.eos if finish == "stop" else None

@@ -44,21 +44,55 @@ class Source:
     entry: Entry | None = None
 
 
-class KvCache:
-    """The KV cache of one loaded model (shared by every engine made from it)."""
+class Cells:
+    """llama.cpp's KV memory of one context, by sequence: the few calls KvCache makes of it.
+    Ranges are [start, end) positions; -1 means unbounded (or every sequence)."""
 
     def __init__(self, llm: Llama):
         import llama_cpp
 
-        self.llm = llm
-        self.exact_upto = 0
+        self._llama_cpp, self._llm = llama_cpp, llm
         self.can_shift = bool(llama_cpp.llama_memory_can_shift(self._memory))
 
     @property
-    def _memory(self) -> int:
-        import llama_cpp
+    def _ctx(self) -> int:
+        return self._llm._ctx.ctx  # type: ignore[no-any-return]
 
-        return llama_cpp.llama_get_memory(self.llm._ctx.ctx)  # type: ignore[no-any-return]
+    @property
+    def _memory(self) -> int:
+        return self._llama_cpp.llama_get_memory(self._ctx)  # type: ignore[no-any-return]
+
+    def remove(self, seq: int, start: int = -1, end: int = -1) -> None:
+        self._llama_cpp.llama_memory_seq_rm(self._memory, seq, start, end)
+
+    def copy(self, src: int, dst: int, start: int, end: int) -> None:
+        self._llama_cpp.llama_memory_seq_cp(self._memory, src, dst, start, end)
+
+    def shift(self, seq: int, start: int, end: int, delta: int) -> None:
+        """Move cells by delta positions (the keys' RoPE rotation is redone)."""
+        self._llama_cpp.llama_memory_seq_add(self._memory, seq, start, end, delta)
+
+    def state(self) -> bytes | None:
+        """Sequence 0's state (its cells and their positions)."""
+        size = int(self._llama_cpp.llama_state_seq_get_size(self._ctx, 0))
+        buffer = (ctypes.c_uint8 * size)()
+        written = int(self._llama_cpp.llama_state_seq_get_data(self._ctx, buffer, size, 0))
+        return bytes(buffer)[:written] if written else None
+
+    def load(self, state: bytes) -> bool:
+        """A state from state() into sequence 0; False if llama.cpp refused it."""
+        buffer = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
+        return bool(self._llama_cpp.llama_state_seq_set_data(self._ctx, buffer, len(state), 0))
+
+
+class KvCache:
+    """The KV cache of one loaded model (shared by every engine made from it)."""
+
+    def __init__(self, llm: Llama):
+        self.llm = llm
+        self.cells = Cells(llm)
+        self.can_shift = self.cells.can_shift
+        self.exact_upto = 0
 
     @property
     def ubatch(self) -> int:
@@ -81,7 +115,7 @@ class KvCache:
         try:
             self._carry_out(prompt, plan, on_prompt)
         except RuntimeError:  # llama.cpp refused a step (no room for the cells): start afresh
-            self._clear()
+            self.clear()
             plan = reuse.Plan(0, (), len(prompt))
             self._carry_out(prompt, plan, on_prompt)
         self.exact_upto = len(prompt) if not plan.runs else plan.prefix
@@ -98,7 +132,7 @@ class KvCache:
         computed = len(prompt) - timings.cached_tokens
         if cache is not None and len(prompt) >= MIN_TOKENS and computed >= reuse.MIN_GAIN \
                 and self.exact_upto >= len(prompt) == self.llm.n_tokens:
-            state = self._state()
+            state = self.cells.state()
             if state is not None:
                 cache.save(self.held, state)
 
@@ -126,21 +160,27 @@ class KvCache:
 
     def _load(self, source: Source, cache: PromptCache | None) -> bool:
         """A disk entry into sequence 0 (checked against its hash first); False if it failed."""
-        import llama_cpp
-        import numpy as np
-
         assert source.entry is not None and cache is not None
         data = cache.read_state(source.entry)
-        self._clear()
         if data is None:
+            self.clear()
             return False
-        buffer = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
-        if not llama_cpp.llama_state_seq_set_data(self.llm._ctx.ctx, buffer, len(data), 0):
-            self._clear()
+        if not self.restore(source.tokens, data):
             cache.warn_once("an entry did not load into llama.cpp; evaluating the prompt fresh")
             return False
-        n = len(source.tokens)
-        self.llm.input_ids[:n] = np.asarray(source.tokens, dtype=np.intc)
+        return True
+
+    def restore(self, tokens: Sequence[int] | np.ndarray, state: bytes) -> bool:
+        """Sequence 0 from a state of exactly these tokens (from Cells.state()); False, and an
+        empty cache, if llama.cpp refused it."""
+        import numpy as np
+
+        self.clear()
+        if not self.cells.load(state):
+            self.clear()
+            return False
+        n = len(tokens)
+        self.llm.input_ids[:n] = np.asarray(tokens, dtype=np.intc)
         self.llm.n_tokens = n
         self.llm._requires_eval = True  # logits must come from a live decode
         self.exact_upto = n
@@ -148,53 +188,27 @@ class KvCache:
 
     def _carry_out(self, prompt: Sequence[int], plan: reuse.Plan, on_prompt: PromptProgress | None) -> None:
         if not plan.runs:
-            self._exact(prompt, plan.prefix, on_prompt)
+            _evaluate_exact(self.llm, prompt, plan.prefix, self.ubatch, on_prompt)
             return
-        import llama_cpp
-
-        memory = self._memory
+        cells = self.cells
         self.llm.n_tokens = plan.prefix
-        llama_cpp.llama_memory_seq_rm(memory, PARKING, -1, -1)
+        cells.remove(PARKING)
         for run in plan.runs:
-            llama_cpp.llama_memory_seq_cp(memory, 0, PARKING, run.old, run.old + run.length)
-        llama_cpp.llama_memory_seq_rm(memory, 0, plan.prefix, -1)
+            cells.copy(0, PARKING, run.old, run.old + run.length)
+        cells.remove(0, plan.prefix)
         # Every run far away first, then each to its place: the ranges never overlap on the way.
-        llama_cpp.llama_memory_seq_add(memory, PARKING, -1, -1, _FAR)
+        cells.shift(PARKING, -1, -1, _FAR)
         for run in plan.runs:
-            llama_cpp.llama_memory_seq_add(memory, PARKING, run.old + _FAR, run.old + run.length + _FAR,
-                                           run.shift - _FAR)
+            cells.shift(PARKING, run.old + _FAR, run.old + run.length + _FAR, run.shift - _FAR)
         after: list[reuse.Run | None] = [*plan.runs, None]
         for (start, end), joining in zip(plan.spans(), after, strict=True):
-            self._decode(prompt, start, end, on_prompt)
+            _decode(self.llm, prompt, start, end, on_prompt)
             if joining is not None:  # the run after these tokens joins sequence 0 again
-                llama_cpp.llama_memory_seq_cp(memory, PARKING, 0, joining.new, joining.new + joining.length)
-                llama_cpp.llama_memory_seq_rm(memory, PARKING, joining.new, joining.new + joining.length)
+                cells.copy(PARKING, 0, joining.new, joining.new + joining.length)
+                cells.remove(PARKING, joining.new, joining.new + joining.length)
         self.llm.input_ids[: len(prompt) - 1] = list(prompt[: len(prompt) - 1])
         self.llm.n_tokens = len(prompt) - 1
         self.llm._requires_eval = True
-
-    def _decode(self, prompt: Sequence[int], start: int, end: int, on_prompt: PromptProgress | None) -> None:
-        """Prompt tokens [start, end) at their positions, in sequence 0."""
-        step = max(1, int(self.llm.n_batch))
-        for at in range(start, end, step):
-            batch = list(prompt[at:min(end, at + step)])
-            self.llm._batch.set_batch(batch=batch, n_past=at, logits_all=False)
-            self.llm._ctx.decode(self.llm._batch)
-            if on_prompt is not None:
-                on_prompt(at + len(batch), len(prompt))
-
-    def _exact(self, prompt: Sequence[int], start: int, on_prompt: PromptProgress | None) -> None:
-        """Keep [0, start), then evaluate up to the prompt's last physical batch, one batch per
-        call, reporting progress. The batches are the ones one call would make (they start at
-        `start`, a multiple of n_ubatch), so the logits are the same bit for bit; generate()
-        then sees this part in the KV cache and evaluates the last batch itself."""
-        self.llm.n_tokens = min(self.llm.n_tokens, start)  # llama-cpp-python reuses what it holds
-        step = self.ubatch
-        end = reuse.aligned(len(prompt), len(prompt), step)
-        for at in range(start, end, step):
-            self.llm.eval(list(prompt[at:at + step]))
-            if on_prompt is not None:
-                on_prompt(at + step, len(prompt))
 
     def _forget_generated(self, prompt_len: int) -> None:
         """Keep only the prompt's KV. Generated tokens were evaluated one by one, and reusing
@@ -202,24 +216,35 @@ class KvCache:
         enough to flip a greedy choice now and then: cg's output must not depend on what ran
         before it, in this process or in the prompt cache."""
         if self.llm.n_tokens > prompt_len:
-            import llama_cpp
-
-            llama_cpp.llama_memory_seq_rm(self._memory, -1, prompt_len, -1)
+            self.cells.remove(-1, prompt_len)
             self.llm.n_tokens = prompt_len
 
-    def _clear(self) -> None:
-        import llama_cpp
-
-        llama_cpp.llama_memory_seq_rm(self._memory, -1, -1, -1)
+    def clear(self) -> None:
+        self.cells.remove(-1)
         self.llm.n_tokens = 0
         self.exact_upto = 0
 
-    def _state(self) -> bytes | None:
-        """Sequence 0's state (its cells and their positions), for the disk cache."""
-        import llama_cpp
 
-        ctx = self.llm._ctx.ctx
-        size = int(llama_cpp.llama_state_seq_get_size(ctx, 0))
-        buffer = (ctypes.c_uint8 * size)()
-        written = int(llama_cpp.llama_state_seq_get_data(ctx, buffer, size, 0))
-        return bytes(buffer)[:written] if written else None
+def _decode(llm: Llama, prompt: Sequence[int], start: int, end: int, on_prompt: PromptProgress | None) -> None:
+    """Prompt tokens [start, end) at their positions, in sequence 0."""
+    step = max(1, int(llm.n_batch))
+    for at in range(start, end, step):
+        batch = list(prompt[at:min(end, at + step)])
+        llm._batch.set_batch(batch=batch, n_past=at, logits_all=False)
+        llm._ctx.decode(llm._batch)
+        if on_prompt is not None:
+            on_prompt(at + len(batch), len(prompt))
+
+
+def _evaluate_exact(llm: Llama, prompt: Sequence[int], start: int, step: int,
+                    on_prompt: PromptProgress | None) -> None:
+    """Keep [0, start), then evaluate up to the prompt's last physical batch, one batch per
+    call, reporting progress. The batches are the ones one call would make (they start at
+    `start`, a multiple of n_ubatch `step`), so the logits are the same bit for bit; generate()
+    then sees this part in the KV cache and evaluates the last batch itself."""
+    llm.n_tokens = min(llm.n_tokens, start)  # llama-cpp-python reuses what it holds
+    end = reuse.aligned(len(prompt), len(prompt), step)
+    for at in range(start, end, step):
+        llm.eval(list(prompt[at:at + step]))
+        if on_prompt is not None:
+            on_prompt(at + step, len(prompt))

@@ -218,6 +218,14 @@ def _handlers_installed(pid: int) -> bool:
     return bool(caught & (1 << (signal.SIGTERM - 1)))
 
 
+def _cg_with_handlers(cmd: list[str], env: dict[str, str]) -> subprocess.Popen:
+    """cg started, once its signal handlers are in place (or it has already ended)."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    while not _handlers_installed(proc.pid) and proc.poll() is None:
+        time.sleep(0.001)
+    return proc
+
+
 def test_ctrl_c_at_any_instant_is_exit_130_and_no_traceback(tmp_path, tiny_gguf):
     f = tmp_path / "w.py"
     f.write_text("x = \n" * 50)
@@ -226,9 +234,7 @@ def test_ctrl_c_at_any_instant_is_exit_130_and_no_traceback(tmp_path, tiny_gguf)
     env = {**os.environ, "CG_HOME": str(tmp_path / "home"), "CG_PROMPT_CACHE": "0"}
     rng, codes = random.Random(7), set()
     for _ in range(12):
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        while not _handlers_installed(proc.pid) and proc.poll() is None:
-            time.sleep(0.001)
+        proc = _cg_with_handlers(cmd, env)
         time.sleep(rng.uniform(0, 0.6))  # imports, Typer, model load, decoding, writing
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
@@ -290,9 +296,7 @@ def test_sigterm_and_sighup_clean_up_their_temp_files(tmp_path, tiny_gguf, sig, 
     env = {**os.environ, "CG_HOME": str(tmp_path / "home"), "CG_PROMPT_CACHE": "0"}
     rng, codes = random.Random(3), set()
     for _ in range(6):
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        while not _handlers_installed(proc.pid) and proc.poll() is None:
-            time.sleep(0.001)
+        proc = _cg_with_handlers(cmd, env)
         time.sleep(rng.uniform(0.2, 2.0))
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=60)

@@ -55,6 +55,9 @@ class _Hostile(JsonHandler):
             "number": [b"data: 5\n\n"],
             "string-ids": [b'data: {"content": "a", "tokens": ["7"]}\n\n'],
             "null-content": [b'data: {"content": null, "tokens": [120]}\n\n'],
+            "negative-cache": [b'data: {"content": "a", "tokens": [120], "timings": {"cache_n": -1}}\n\n'],
+            "nan-cache": [b'data: {"content": "a", "tokens": [120], "timings": {"cache_n": NaN}}\n\n'],
+            "list-timings": [b'data: {"content": "a", "tokens": [120], "timings": [3]}\n\n'],
         }.get(self.mode)
         try:
             if events is not None:
@@ -110,6 +113,9 @@ def test_max_time_holds_on_a_server_that_goes_quiet(hostile, mode):
     ("number", "an event that is not a JSON object: '5'"),
     ("string-ids", "token ids that are not whole numbers"),
     ("null-content", "text that is not a string"),
+    ("negative-cache", "a cached token count that is not a non-negative whole number: '-1'"),
+    ("nan-cache", "a cached token count that is not a non-negative whole number"),
+    ("list-timings", "timings that is not a JSON object"),
 ])
 def test_malformed_events_name_the_server_and_what_it_sent(hostile, mode, said):
     _Hostile.mode = mode

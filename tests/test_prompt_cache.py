@@ -62,13 +62,14 @@ def test_exact_reuse_in_a_second_process_prints_the_same(run):
 
 def test_a_second_process_two_lines_down_evaluates_a_few_tokens(run):
     first = run(_file(60, "", at=30))
-    moved = run(_file(60, "", at=31), "--splice")  # one function (3 lines) further down
+    moved = run(_file(60, "", at=31), CG_SPLICE="1")  # one function (3 lines) further down
     t = moved["timings"]
     assert first["timings"]["reuse"] == "none" and t["reuse"] == "splice", moved["stderr"]
     assert t["evaluated_tokens"] <= 3 * 12 + reuse.FRESH + 4 and t["spliced_tokens"] > 0
     assert t["cached_tokens"] + t["evaluated_tokens"] == moved["prompt_tokens"]
-    # The exact path on the same step: bit for bit a fresh run, and pays for it.
-    exact = run(_file(60, "", at=31), "--exact")
+    # The default, the exact path, on the same step: bit for bit a fresh run, and pays for it.
+    exact = run(_file(60, "", at=31))
+    assert exact["timings"]["reuse"] != "splice" and exact["timings"]["spliced_tokens"] == 0
     assert exact["text"] == run(_file(60, "", at=31), CG_PROMPT_CACHE="0")["text"]
     assert exact["timings"]["evaluated_tokens"] > t["evaluated_tokens"] + 100
 
@@ -98,16 +99,16 @@ def test_logits_after_a_splice_are_close_to_a_fresh_evaluation(tiny_gguf):
     new_text = "".join([*lines[:20], "x = compute(1, 2)  # a new line\n", *lines[20:]])
     old = [engine.info.bos, *engine.tokenize_text(old_text)]
     new = [engine.info.bos, *engine.tokenize_text(new_text)]
-    engine.kv._clear()
+    engine.kv.clear()
     fresh, _ = _first_logits(engine, new, exact=True)
-    engine.kv._clear()
+    engine.kv.clear()
     _first_logits(engine, old, exact=True)
     spliced, t = _first_logits(engine, new, exact=False)
     assert t.reuse == "splice" and t.evaluated_tokens < 60 and t.spliced_tokens > 500
     scale = np.abs(fresh).max()
     assert 0 < np.abs(spliced - fresh).max() <= 0.05 * scale  # close, and not merely the same numbers
     assert int(np.argmax(spliced)) == int(np.argmax(fresh))
-    engine.kv._clear()
+    engine.kv.clear()
     _first_logits(engine, old, exact=True)
     again, t = _first_logits(engine, new, exact=True)
     assert t.reuse == "prefix" and np.array_equal(again, fresh)
@@ -198,3 +199,19 @@ def test_the_cache_stays_under_its_size_limit(run, tmp_path):
 def test_short_prompts_are_not_cached(run, tmp_path):
     run("def f():\n    <CURSOR>\n")
     assert not list((tmp_path / "home").glob("prompt-cache/*/*.kv"))
+
+
+@pytest.mark.parametrize("flags, env, said", [
+    (["--exact", "--splice"], {}, "contradict"),
+    ([], {"CG_EXACT": "1", "CG_SPLICE": "1"}, "contradict"),
+    (["--exact"], {"CG_SPLICE": "1"}, None),  # the command line beats the environment
+    (["--splice"], {"CG_EXACT": "1"}, None),
+])
+def test_exact_and_splice_from_the_command_line_and_the_environment(tiny_gguf, tmp_path, flags, env, said):
+    proc = subprocess.run([sys.executable, "-m", "cg", "complete", "-m", str(tiny_gguf), "--json", "-n", "1", *NO_STOPS,
+                           *flags], input="x = <CURSOR>\n", capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "CG_HOME": str(tmp_path / "home"), **env})
+    if said:
+        assert proc.returncode == 2 and said in proc.stderr.splitlines()[0], proc.stderr
+    else:
+        assert proc.returncode == 0 and json.loads(proc.stdout)["completion_tokens"] == 1, proc.stderr

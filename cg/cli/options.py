@@ -122,10 +122,14 @@ SHARED = (
         "--logit-bias", help="TOKEN_ID=BIAS added to a token's logit (repeatable).")], None, "logit_bias"),
     Shared("exact", Annotated[bool, typer.Option(
         "--exact", envvar="CG_EXACT", help="Reuse earlier prompts only where the result is bit for bit a fresh "
-                                           "run's (no reuse after a change).")], False, "exact"),
+                                           "run's: no reuse after a change" + (" (the default)." if not
+                                                                               SPLICE_BY_DEFAULT else ".")
+    )], False, "exact"),
     Shared("splice", Annotated[bool, typer.Option(
-        "--splice", envvar="CG_SPLICE", help="Also reuse what follows a change in an earlier prompt (close to a "
-                                             "fresh run, not bit for bit; see README: prompt reuse).")],
+        "--splice", envvar="CG_SPLICE", help="Also reuse what follows a change in an earlier prompt: faster, close "
+                                             "to a fresh run but not bit for bit" + (" (the default)." if
+                                             SPLICE_BY_DEFAULT else "; README: Prompt reuse.")
+    )],
            False, "splice"),
     Shared("verbose", VerboseOpt, False, "verbose"),
     Shared("quiet", QuietOpt, False, "quiet"),
@@ -142,12 +146,22 @@ def model_options(command: F) -> F:
 
     @functools.wraps(command)
     def wrapper(**values: Any) -> Any:
-        given = {s.name: values.pop(s.name) for s in shared}
+        given = _command_line_wins({s.name: values.pop(s.name) for s in shared}, ("exact", "splice"))
         return command(**values, run=run_options(given, as_json=bool(values.get("as_json"))))
 
     wrapper.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     wrapper.__annotations__ = {p.name: p.annotation for p in params}
     return wrapper  # type: ignore[return-value]
+
+
+def _command_line_wins(given: dict[str, Any], rivals: tuple[str, str]) -> dict[str, Any]:
+    """Two flags that exclude each other, one from the environment (CG_SPLICE=1 in a shell's
+    profile) and one on the command line: the command line's holds, the other is dropped."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is None or not all(given.get(name) for name in rivals):
+        return given
+    env = [name for name in rivals if ctx.get_parameter_source(name) is click.core.ParameterSource.ENVIRONMENT]
+    return {**given, env[0]: False} if len(env) == 1 else given
 
 
 def run_options(given: dict[str, Any], *, as_json: bool = False) -> RunOptions:
