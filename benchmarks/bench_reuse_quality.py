@@ -10,7 +10,7 @@ prepared by cg's own path (kvcache.prepare -> reuse.splice, K = reuse.FRESH) and
 A last row, "prefix, unaligned", reuses only the common prefix but resumes mid-batch: the same
 context as fresh, other float rounding: the noise floor every reuse that is not exact lives with.
 
-    python benchmarks/bench_reuse_quality.py --edits 200 --out /tmp/quality.json
+    python benchmarks/bench_reuse_quality.py --edits 200 --out /tmp/quality.json [--model codegemma-2b.gguf]
 """
 
 from __future__ import annotations
@@ -67,9 +67,9 @@ def _edit(lines: list[str], rng: random.Random, pool: list[str]) -> tuple[list[s
 
 
 class Runner:
-    def __init__(self, threads: int, ctx: int):
-        self.eng = local.load(store.bundled_model_path(), n_ctx=ctx, n_threads=threads)
-        assert self.eng.kv.can_shift, "the bundled model's cache cannot shift (swa_full?)"
+    def __init__(self, model: Path, threads: int, ctx: int):
+        self.eng = local.load(model, n_ctx=ctx, n_threads=threads)
+        assert self.eng.kv.can_shift, f"{model.name}'s cache cannot shift (swa_full?)"
 
     def run(self, prompt: list[int], *, exact: bool) -> tuple[list[int], np.ndarray, Timings]:
         first: list[np.ndarray] = []
@@ -110,12 +110,12 @@ class Runner:
 
 
 def report(rows: dict[str, dict[str, list[float]]], fresh_evaluated: list[int], kinds: list[str],
-           out: Path | None, file=sys.stdout) -> None:
+           out: Path | None, model: str, file=sys.stdout) -> None:
     """The table (and, with --out, the raw rows) for the edits measured so far."""
     edits = len(kinds)
     print(f"{edits} edits ({', '.join(f'{kinds.count(k)} {k}' for k in ('insert', 'delete', 'change'))}) in "
           f"{len(MODULES)} standard-library modules, prompts of {statistics.mean(fresh_evaluated):.0f} tokens on "
-          f"average, Gemma 3 270M Q4_K_M, greedy, {STEPS} tokens", file=file)
+          f"average, {model}, greedy, {STEPS} tokens", file=file)
     print("| K (re-evaluated after each splice) | identical continuations | mean KL, first token | spliced edits | "
           f"mean tokens evaluated (fresh: {statistics.mean(fresh_evaluated):.0f}) |", file=file)
     print("|---|---|---|---|---|", file=file)
@@ -129,6 +129,7 @@ def report(rows: dict[str, dict[str, list[float]]], fresh_evaluated: list[int], 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--edits", type=int, default=200)
+    ap.add_argument("--model", type=Path, help="a GGUF (default: the bundled Gemma 3 270M), e.g. codegemma-2b's")
     ap.add_argument("--lines", type=int, default=110, help="lines of a file in the prompt (about 900 tokens)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=11)
@@ -136,7 +137,7 @@ def main() -> None:
     args = ap.parse_args()
     rng = random.Random(args.seed)
     sources = {m: inspect.getsource(importlib.import_module(m)).splitlines(keepends=True) for m in MODULES}
-    runner = Runner(args.threads, ctx=2048)
+    runner = Runner(args.model or store.bundled_model_path(), args.threads, ctx=2048)
     rows: dict[str, dict[str, list[float]]] = {str(k): {"same": [], "kl": [], "evaluated": [], "spliced": []}
                                               for k in [*KS, "prefix, unaligned"]}
     fresh_evaluated, started, kinds = [], time.perf_counter(), []
@@ -172,8 +173,9 @@ def main() -> None:
         row["spliced"].append(0.0)
         if (n + 1) % 20 == 0:
             print(f"{n + 1} edits, {time.perf_counter() - started:.0f} s", file=sys.stderr)
-            report(rows, fresh_evaluated, kinds, args.out, file=sys.stderr)  # a long run that dies still tells
-    report(rows, fresh_evaluated, kinds, args.out)
+            # a long run that dies still tells
+            report(rows, fresh_evaluated, kinds, args.out, runner.eng.info.label, file=sys.stderr)
+    report(rows, fresh_evaluated, kinds, args.out, runner.eng.info.label)
 
 
 if __name__ == "__main__":

@@ -103,7 +103,7 @@ class LlamaServerApi:
         if not event.get("stop"):
             return Piece(ids, text, None, cached), False
         stop_id = special.eos if event.get("stop_type") == "eos" else None
-        return Piece(ids, text, stop_id, cached or 0), True
+        return Piece(ids, text, stop_id, cached), True
 
     def context(self, http: Http, props: dict[str, Any], entry: dict[str, Any]) -> int | None:
         settings = _object(http, props.get("default_generation_settings"), "generation settings")
