@@ -95,7 +95,8 @@ def free_port() -> int:
 
 def server_steps(binary: str, model: str, threads: int, plan: list[tuple[str, list[str], int]]) -> list[int]:
     port = free_port()
-    proc = subprocess.Popen([binary, "-m", model, "-c", "2048", "-np", "1", "-t", str(threads), "--cache-reuse",
+    # /infill's prompt is llama-server's own window (n_batch 2048 of text) plus its sentinels
+    proc = subprocess.Popen([binary, "-m", model, "-c", "2560", "-np", "1", "-t", str(threads), "--cache-reuse",
                              "256", "--host", "127.0.0.1", "--port", str(port)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
@@ -112,8 +113,11 @@ def server_steps(binary: str, model: str, threads: int, plan: list[tuple[str, li
                     "cache_prompt": True, "temperature": 0, "logit_bias": [[t, -1000] for t in STOPS]}
             req = urllib.request.Request(url + "/infill", json.dumps(body).encode(),
                                          {"Content-Type": "application/json"})
-            with urllib.request.urlopen(req, timeout=3600) as resp:
-                out.append(int(json.loads(resp.read())["timings"]["prompt_n"]))
+            try:
+                with urllib.request.urlopen(req, timeout=3600) as resp:
+                    out.append(int(json.loads(resp.read())["timings"]["prompt_n"]))
+            except urllib.error.HTTPError as exc:
+                raise SystemExit(f"llama-server refused /infill: {exc.read()[:300]!r}") from None
         return out
     finally:
         os.killpg(proc.pid, 15)
@@ -126,6 +130,8 @@ def main() -> None:
     ap.add_argument("--baseline", default="dcd8c2c", help="the commit cg is compared with")
     ap.add_argument("--llama-server", default=os.environ.get("CG_LLAMA_SERVER") or shutil.which("llama-server"))
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("--columns", type=Path, help="JSON {label: [[evaluated, wall, text], ...]} of cg columns an "
+                                                 "earlier run printed on stderr: those are not measured again")
     args = ap.parse_args()
     lines = source_lines()
     plan = steps(lines)
@@ -133,9 +139,11 @@ def main() -> None:
     subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(baseline), args.baseline], check=True,
                    capture_output=True)
     try:
-        columns: dict[str, list[tuple[int, float, str]]] = {}
+        columns: dict[str, list[tuple[int, float, str]]] = json.loads(args.columns.read_text()) if args.columns else {}
         for label, path, extra in (("cg", ROOT, ["--splice"]), ("cg --exact", ROOT, ["--exact"]),
                                    (f"cg at {args.baseline}", baseline, [])):
+            if label in columns:
+                continue
             home = Path(tempfile.mkdtemp(prefix="cg-home-"))
             columns[label] = [cg_step(path, args.model, home, step_lines, cursor, extra)
                               for _, step_lines, cursor in plan]
@@ -144,7 +152,9 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as home:  # each step fresh: no prompt cache, a new process
             fresh = [cg_step(ROOT, args.model, Path(home), step_lines, cursor, ["--exact"], {"CG_PROMPT_CACHE": "0"})
                      for _, step_lines, cursor in plan]
+        print(f"fresh: {fresh}", file=sys.stderr)
         served = server_steps(args.llama_server, args.model, args.threads, plan) if args.llama_server else []
+        print(f"llama-server: {served}", file=sys.stderr)
         fills = {"cg": marker_fill(ROOT, args.model, lines, ["--splice"]),
                  "cg --exact": marker_fill(ROOT, args.model, lines, ["--exact"]),
                  f"cg at {args.baseline}": marker_fill(baseline, args.model, lines, [])}

@@ -12,7 +12,7 @@ DEFAULT_MAX_TOKENS = 128  # complete / infill
 GENERATE_MAX_TOKENS = 256
 EVAL_MAX_TOKENS = 256
 # Reuse after a change (splicing, reuse.py) by default? Decided by measurement on real weights:
-# benchmarks/README.md, "Prompt reuse after a change: quality". No K reached the 95% identical
+# benchmarks/README.md, section 6 (bench_reuse_quality.py). No K reached the 95% identical
 # continuations the default needs (nor does resuming a prefix off its batch grid): off.
 SPLICE_BY_DEFAULT = False
 

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
     Tokens: TypeAlias = Sequence[int] | np.ndarray
 
-FRESH = 32  # tokens evaluated again after each splice (see benchmarks/README.md: prompt reuse)
+FRESH = 32  # tokens evaluated again after each splice (chosen in benchmarks/README.md, section 6)
 MIN_RUN = 16  # a moved run shorter than this (after its fresh tokens) is not worth a splice
 MIN_GAIN = 64  # a splice must save at least this many evaluated tokens over the exact plan
 _GRAM = 8  # tokens a run is found by

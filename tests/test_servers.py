@@ -298,7 +298,9 @@ def test_a_stream_dropped_mid_completion_exit_1_and_nothing_written(tiny_gguf, t
            "--server", server.url, *NO_STOPS]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        time.sleep(3)  # connected and generating the first target
+        deadline = time.monotonic() + 60  # until the server has begun the first target (a fixed sleep raced it)
+        while "launch_slot_" not in (tmp_path / "log").read_text(errors="replace") and time.monotonic() < deadline:
+            time.sleep(0.01)
         server.stop(signal.SIGKILL)
         _, err = proc.communicate(timeout=120)
     finally:
