@@ -91,8 +91,11 @@ class KvCache:
     def __init__(self, llm: Llama):
         self.llm = llm
         self.cells = Cells(llm)
-        self.can_shift = self.cells.can_shift
         self.exact_upto = 0
+
+    @property
+    def can_shift(self) -> bool:
+        return self.cells.can_shift
 
     @property
     def ubatch(self) -> int:

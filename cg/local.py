@@ -94,10 +94,8 @@ class LocalEngine:
                                 min_p=sampling.min_p, repeat_penalty=sampling.repeat_penalty,
                                 logits_processor=llama_cpp.LogitsProcessorList(chain) if chain else None)
         try:
-            for count, token in enumerate(gen, 1):
+            for token in gen:
                 yield Piece((token,), self.llm.detokenize([token], special=False))
-                if count >= max_tokens:
-                    return
         finally:
             gen.close()
             self.kv.finish(prompt, timings, self.prompt_cache)
