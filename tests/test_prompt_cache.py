@@ -206,6 +206,8 @@ def test_short_prompts_are_not_cached(run, tmp_path):
     ([], {"CG_EXACT": "1", "CG_SPLICE": "1"}, "contradict"),
     (["--exact"], {"CG_SPLICE": "1"}, None),  # the command line beats the environment
     (["--splice"], {"CG_EXACT": "1"}, None),
+    ([], {"CG_SPLICE": "banana"}, "'banana' is not a valid boolean"),
+    ([], {"CG_EXACT": "nan"}, "'nan' is not a valid boolean"),
 ])
 def test_exact_and_splice_from_the_command_line_and_the_environment(tiny_gguf, tmp_path, flags, env, said):
     proc = subprocess.run([sys.executable, "-m", "cg", "complete", "-m", str(tiny_gguf), "--json", "-n", "1", *NO_STOPS,
