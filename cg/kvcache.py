@@ -5,7 +5,9 @@ What to reuse is reuse.py's (pure functions on token lists); this module carries
 llama.cpp context. Invariant between two calls: sequence 0 holds exactly the last prompt (the
 generated tokens are dropped), llm.input_ids[:llm.n_tokens] says which tokens, and `exact_upto`
 how many of the first of them hold what a fresh evaluation would (all of them, unless the last
-prompt was spliced: then up to its first change).
+prompt was spliced: then up to its first change). Exact reuse takes only those; a splice may move
+any of them (cells already moved once carry their first context further: llama-server's
+--cache-reuse does the same), and only an exact state goes to the disk cache.
 
 A splice moves runs of cells to new positions while the tokens before them are evaluated. The
 batch check of llama.cpp wants a sequence's new tokens to follow its last cell, so the runs wait
@@ -41,6 +43,7 @@ class Source:
     """What a plan reuses: the cells in memory, or a disk entry to load first."""
 
     tokens: np.ndarray
+    exact: int  # how many of the first tokens hold what a fresh evaluation would
     entry: Entry | None = None
 
 
@@ -113,7 +116,7 @@ class KvCache:
         splice = not exact and self.can_shift
         plan, source = self._choose(prompt, timings, cache, splice)
         if source.entry is not None and not self._load(source, cache):
-            plan, source = reuse.Plan(0, (), len(prompt)), Source(self.held[:0])
+            plan, source = reuse.Plan(0, (), len(prompt)), Source(self.held[:0], 0)
         self.exact_upto = 0  # until the plan is carried out: an interrupted one leaves nothing to trust
         try:
             self._carry_out(prompt, plan, on_prompt)
@@ -121,7 +124,8 @@ class KvCache:
             self.clear()
             plan = reuse.Plan(0, (), len(prompt))
             self._carry_out(prompt, plan, on_prompt)
-        self.exact_upto = len(prompt) if not plan.runs else plan.prefix
+        self.exact_upto = len(prompt) if not plan.runs and plan.prefix <= source.exact \
+            else min(plan.prefix, source.exact)
         timings.cached_tokens, timings.spliced_tokens, timings.evaluated_tokens = \
             plan.reused, plan.spliced, plan.evaluated
         timings.reuse = "splice" if plan.runs else "prefix" if plan.prefix else "none"
@@ -142,7 +146,7 @@ class KvCache:
     def _choose(self, prompt: Sequence[int], timings: Timings, cache: PromptCache | None, splice: bool
                 ) -> tuple[reuse.Plan, Source]:
         """The plan that evaluates least: from memory, or from a disk entry when that saves
-        MIN_GAIN more. Spliced states are never spliced again (only exact cells are moved)."""
+        MIN_GAIN more. Exact reuse keeps only exact cells; a splice may take them all."""
         from .prompt_cache import MIN_GAIN
 
         def plan(tokens: np.ndarray) -> reuse.Plan:
@@ -150,14 +154,14 @@ class KvCache:
                 return reuse.splice(tokens, prompt, self.ubatch, fresh=reuse.FRESH)
             return reuse.exact(tokens, prompt, self.ubatch)
 
-        in_memory = Source(self.held[: self.exact_upto])
+        in_memory = Source(self.held if splice else self.held[: self.exact_upto], self.exact_upto)
         best, source = plan(in_memory.tokens), in_memory
         if cache is not None and best.evaluated >= MIN_GAIN:
             t0 = time.perf_counter()
             for entry in cache.entries():
                 candidate = plan(entry.tokens)
                 if candidate.evaluated + MIN_GAIN <= best.evaluated:
-                    best, source = candidate, Source(entry.tokens, entry)
+                    best, source = candidate, Source(entry.tokens, len(entry.tokens), entry)
             timings.disk_cache_ms = (time.perf_counter() - t0) * 1000
         return best, source
 

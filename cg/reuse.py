@@ -37,7 +37,8 @@ FRESH = 32  # tokens evaluated again after each splice (chosen in benchmarks/REA
 MIN_RUN = 16  # a moved run shorter than this (after its fresh tokens) is not worth a splice
 MIN_GAIN = 64  # a splice must save at least this many evaluated tokens over the exact plan
 _GRAM = 8  # tokens a run is found by
-_CANDIDATES = 16  # places of one gram tried (repetitive code has many)
+_CANDIDATES = 16  # places of one gram tried on either side of its own (repetitive code has many)
+_MOST_RUNS = 256  # candidate runs a chain is chosen from (the search is quadratic)
 
 
 def common_prefix(a: Tokens, b: Tokens) -> int:
@@ -111,7 +112,7 @@ def splice(cached: Tokens, prompt: Tokens, ubatch: int, *, fresh: int = FRESH) -
         return base
     prefix = min(common_prefix(cached, prompt), len(prompt) - 1)
     runs = []
-    for run in match_runs(cached, prompt, prefix, min_length=fresh + MIN_RUN):
+    for run in match_runs(cached, prompt, prefix, min_length=fresh + MIN_RUN, cost=fresh):
         end = min(run.new + run.length, len(prompt) - 1)  # never the last prompt token
         length = end - run.new - fresh
         if length >= MIN_RUN:
@@ -122,9 +123,46 @@ def splice(cached: Tokens, prompt: Tokens, ubatch: int, *, fresh: int = FRESH) -
     return plan
 
 
-def match_runs(cached: Tokens, prompt: Tokens, start: int, *, min_length: int) -> list[Run]:
+def match_runs(cached: Tokens, prompt: Tokens, start: int, *, min_length: int, cost: int = 0) -> list[Run]:
     """Runs of cached[start:] found again in prompt[start:], in order in both (each cached token
-    used once), greedily from the front of the prompt, each as long as it goes."""
+    used once): of all the chains of maximal matching runs, the one that reuses the most tokens,
+    counting `cost` off each run (the tokens a splice evaluates again). Taking the first match
+    from the front instead lets a short decoy (repetitive code repeats itself) push every true
+    match behind it out of order."""
+    candidates = _maximal_runs(cached, prompt, start, min_length)
+    # best[k]: the most a chain ending with candidates[k] reuses; a run may lose its head to the
+    # run before it (they overlap in one prompt or the other) as long as min_length is left.
+    best: list[int] = []
+    before: list[int] = []
+    heads: list[int] = []
+    for k, run in enumerate(candidates):
+        best.append(run.length - cost)
+        before.append(-1)
+        heads.append(0)
+        for p in range(k):
+            prior = candidates[p]
+            if prior.new >= run.new or prior.old + prior.length > run.old + run.length:
+                continue
+            cut = max(0, prior.new + prior.length - run.new, prior.old + prior.length - run.old)
+            if run.length - cut < min_length:
+                continue
+            total = best[p] + run.length - cut - cost
+            if total > best[k]:
+                best[k], before[k], heads[k] = total, p, cut
+    if not candidates:
+        return []
+    k = max(range(len(candidates)), key=best.__getitem__)
+    chain: list[Run] = []
+    while k >= 0:
+        run, cut = candidates[k], heads[k]
+        chain.append(Run(run.old + cut, run.new + cut, run.length - cut))
+        k = before[k]
+    return chain[::-1]
+
+
+def _maximal_runs(cached: Tokens, prompt: Tokens, start: int, min_length: int) -> list[Run]:
+    """Every run of at least min_length tokens matching in cached[start:] and prompt[start:] that
+    cannot be longer at either end, in prompt order (places of a frequent gram: the nearest few)."""
     import numpy as np
 
     old = np.asarray(cached, dtype=np.int64)
@@ -135,20 +173,23 @@ def match_runs(cached: Tokens, prompt: Tokens, start: int, *, min_length: int) -
     for i in range(start, len(old) - _GRAM + 1):
         index.setdefault(old[i:i + _GRAM].tobytes(), []).append(i)
     runs: list[Run] = []
-    j, floor = start, start
-    while j + _GRAM <= len(new):
-        best: Run | None = None
-        places = index.get(new[j:j + _GRAM].tobytes(), [])
-        first = bisect.bisect_left(places, floor)
-        for i in places[first:first + _CANDIDATES]:
-            length = _GRAM + common_prefix(old[i + _GRAM:], new[j + _GRAM:])
-            if best is None or length > best.length:
-                best = Run(i, j, length)
-            if length >= 4 * min_length:
-                break  # long enough: looking further costs more than it finds
-        if best is not None and best.length >= min_length:
-            runs.append(best)
-            j, floor = j + best.length, best.old + best.length
-        else:
-            j += 1
+    for j in range(start, len(new) - _GRAM + 1):
+        places = index.get(new[j:j + _GRAM].tobytes())
+        if not places:
+            continue
+        near = bisect.bisect_left(places, j)
+        for i in places[max(0, near - _CANDIDATES):near + _CANDIDATES]:
+            if i > start and j > start and old[i - 1] == new[j - 1]:
+                continue  # inside a run that starts earlier
+            length = _GRAM + _extent(old[i + _GRAM:], new[j + _GRAM:])
+            if length >= min_length:
+                runs.append(Run(i, j, length))
+    if len(runs) > _MOST_RUNS:  # keep the longest
+        runs = sorted(sorted(runs, key=lambda r: -r.length)[:_MOST_RUNS], key=lambda r: r.new)
     return runs
+
+
+def _extent(a: np.ndarray, b: np.ndarray) -> int:
+    """common_prefix of two arrays, looking at a short head first (most matches end early)."""
+    head = common_prefix(a[:_GRAM * 4], b[:_GRAM * 4])
+    return head if head < min(len(a), len(b), _GRAM * 4) else common_prefix(a, b)

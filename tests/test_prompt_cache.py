@@ -115,6 +115,31 @@ def test_logits_after_a_splice_are_close_to_a_fresh_evaluation(tiny_gguf):
     engine.llm.close()
 
 
+def test_a_spliced_state_is_spliced_again_and_exact_reuse_keeps_to_its_exact_part(tiny_gguf):
+    """Several targets in one process: each prompt splices from the last, spliced or not. Exact
+    reuse after a splice keeps only the cells before the splice's first change."""
+    engine = local.load(tiny_gguf, n_ctx=2048, n_threads=2)
+    lines = _lines(70)
+    texts = ["".join(lines), "".join([*lines[:20], "x = 1\n", *lines[20:]]),
+             "".join([*lines[:20], "x = 1\n", *lines[20:40], "y = 2\n", *lines[40:]])]
+    prompts = [[engine.info.bos, *engine.tokenize_text(t)] for t in texts]
+    first_change = reuse.common_prefix(prompts[0], prompts[1])
+    engine.kv.clear()
+    fresh, _ = _first_logits(engine, prompts[2], exact=True)
+    engine.kv.clear()
+    _first_logits(engine, prompts[0], exact=True)
+    _, t = _first_logits(engine, prompts[1], exact=False)
+    assert t.reuse == "splice"
+    spliced, t = _first_logits(engine, prompts[2], exact=False)
+    assert t.reuse == "splice" and t.evaluated_tokens < 60 and t.spliced_tokens > 300
+    assert np.abs(spliced - fresh).max() <= 0.05 * np.abs(fresh).max()
+    assert int(np.argmax(spliced)) == int(np.argmax(fresh))
+    again, t = _first_logits(engine, prompts[2], exact=True)
+    assert 0 < t.cached_tokens <= first_change and t.spliced_tokens == 0
+    assert np.array_equal(again, fresh)
+    engine.llm.close()
+
+
 def test_a_model_whose_cache_cannot_shift_reuses_the_prefix_only(bundled_gguf):
     """Gemma 3 with a sliding-window cache sized to the window: llama.cpp cannot move its cells."""
     engine = local.load(bundled_gguf, n_ctx=2048, n_threads=2, swa_full=False)

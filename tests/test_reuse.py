@@ -3,6 +3,7 @@ properties over generated inputs."""
 
 from __future__ import annotations
 
+import itertools
 import random
 
 from hypothesis import given, settings
@@ -119,3 +120,33 @@ def test_a_splice_that_saves_little_is_not_taken():
 def test_common_prefix():
     assert reuse.common_prefix([1, 2, 3], [1, 2, 4, 5]) == 2
     assert reuse.common_prefix([], [1]) == 0 and reuse.common_prefix([1, 2], [1, 2]) == 2
+
+
+def test_a_decoy_near_the_front_does_not_hide_the_true_matches():
+    # Repetitive code: the new prompt's head repeats a stretch from late in the cached prompt.
+    # Taking that match first (greedy, front to back) puts every true match behind it out of order.
+    rng = random.Random(5)
+    head, a, b = ([rng.randrange(100, 10_000) for _ in range(n)] for n in (60, 300, 300))
+    cached = [*head, *a, *b]
+    prompt = [*[rng.randrange(100, 10_000) for _ in range(40)], *b[:60], *a, *b, 7]
+    runs = reuse.match_runs(cached, prompt, 0, min_length=48, cost=32)
+    assert sum(r.length for r in runs) >= 600 - 1
+    plan = reuse.splice(cached, prompt, 128, fresh=32)
+    assert plan.evaluated <= 40 + 60 + 2 * 32 + 1
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(0, 10_000))
+def test_the_chain_reuses_at_least_as_much_as_any_one_run(seed):
+    rng = random.Random(seed)
+    pieces = [[rng.randrange(100, 120) for _ in range(rng.randrange(10, 120))] for _ in range(6)]
+    cached = [t for p in pieces for t in p]
+    order = rng.sample(range(6), 6)
+    prompt = [t for k in order for t in pieces[k]]
+    runs = reuse.match_runs(cached, prompt, 0, min_length=16)
+    for earlier, later in itertools.pairwise(runs):
+        assert later.old >= earlier.old + earlier.length and later.new >= earlier.new + earlier.length
+    for run in runs:
+        assert cached[run.old:run.old + run.length] == prompt[run.new:run.new + run.length]
+    longest = max((len(p) for p in pieces if len(p) >= 16), default=0)
+    assert sum(r.length for r in runs) >= longest
