@@ -72,11 +72,7 @@ def cg_step(python_path: Path, model: str, home: Path, lines: list[str], cursor:
 def marker_fill(python_path: Path, model: str, lines: list[str], extra: list[str]) -> float:
     with tempfile.TemporaryDirectory() as folder:
         f = Path(folder) / "many.py"
-        marked = list(lines)
-        for at in (LINE + 120, LINE + 90, LINE + 60, LINE + 30, LINE):  # five markers, 30 lines apart
-            indent = marked[at][: len(marked[at]) - len(marked[at].lstrip())]
-            marked.insert(at, f"{indent}# cg: fill\n")
-        f.write_text("".join(marked))
+        f.write_text("".join(marked_lines(lines)))
         env = {**os.environ, "PYTHONPATH": str(python_path), "CG_HOME": str(Path(folder) / "home")}
         start = time.perf_counter()
         proc = subprocess.run([sys.executable, "-m", "cg", "infill", str(f), "--write", "-m", model, "-n", "8",
@@ -85,6 +81,55 @@ def marker_fill(python_path: Path, model: str, lines: list[str], extra: list[str
         if proc.returncode != 0:
             raise SystemExit(proc.stderr)
         return time.perf_counter() - start
+
+
+def marked_lines(lines: list[str]) -> list[str]:
+    marked = list(lines)
+    for at in (LINE + 120, LINE + 90, LINE + 60, LINE + 30, LINE):  # five markers, 30 lines apart
+        indent = marked[at][: len(marked[at]) - len(marked[at].lstrip())]
+        marked.insert(at, f"{indent}# cg: fill\n")
+    return marked
+
+
+def bounds(model: str, lines: list[str], plan: list[tuple[str, list[str], int]]) -> None:
+    """What no reuse can avoid: the tokens of the lines in a step's window that no window before
+    it held (cg's own stable windows, this model's tokenizer). A line-level bound: repeated code
+    can match elsewhere, and each splice evaluates reuse.FRESH tokens again on top."""
+    from cg import fim, local, prompts
+    from cg.options import RunOptions
+
+    eng = local.load(model, n_ctx=4096, n_threads=1)
+    count = lambda text: len(eng.tokenize_text(text))  # noqa: E731
+    header = len(eng.tokenize_text("stdlib.py\n"))
+    budget, _ = prompts.prompt_budget(eng, RunOptions(quiet=True), 4 + header)
+
+    def window(file: list[str], cursor: int) -> range:
+        kept_prefix, kept_suffix = fim.stable_window("".join(file[:cursor]), "".join(file[cursor:]), budget, count)
+        return range(cursor - kept_prefix.count("\n"), cursor + kept_suffix.count("\n"))
+
+    print("Bounds (line level): a step's window, the lines no earlier window held, their tokens")
+    print("| step | window lines | new lines | their tokens |")
+    print("|---|---|---|---|")
+
+    def origin(file: list[str], i: int) -> int | None:
+        """A line's index in the unedited file (None: the inserted line)."""
+        return i if file is lines or i < LINE - 15 else None if i == LINE - 15 else i - 1
+
+    seen: set[int | None] = set()
+    for name, file, cursor in plan:
+        span = window(file, cursor)
+        new = [i for i in span if origin(file, i) not in seen]
+        print(f"| {name} | {span.start + 1}-{span.stop} | {len(new)} | {sum(count(file[i]) for i in new)} |")
+        seen |= {origin(file, i) for i in span} - {None}
+    marked, previous, total = marked_lines(lines), set(), 0
+    for row in reversed([i for i, line in enumerate(marked) if line.strip() == "# cg: fill"]):
+        marked[row] = marked[row][: -len(marked[row].lstrip())] + "\n"  # filled (random weights: with nothing)
+        span = set(window(marked, row))
+        total += sum(count(marked[i]) for i in span - previous)
+        previous = span
+    print(f"| 5 markers (bottom-up, each against the window before) | | | {total} in all: at best "
+          f"{5 * 2048 / total:.2f}x fewer than 5 x 2048 |")
+    eng.llm.close()
 
 
 def free_port() -> int:
@@ -132,9 +177,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--columns", type=Path, help="JSON {label: [[evaluated, wall, text], ...]} of cg columns an "
                                                  "earlier run printed on stderr: those are not measured again")
+    ap.add_argument("--bounds", action="store_true", help="only the line-level bounds (the tokenizer, no timing)")
     args = ap.parse_args()
     lines = source_lines()
     plan = steps(lines)
+    if args.bounds:
+        bounds(args.model, lines, plan)
+        return
     baseline = Path(tempfile.mkdtemp(prefix="cg-baseline-"))
     subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(baseline), args.baseline], check=True,
                    capture_output=True)
@@ -175,6 +224,8 @@ def main() -> None:
     print(f"| 5 markers, one cg infill --write | {fills['cg']:.1f} s | {fills['cg --exact']:.1f} s | "
           f"{fills[before]:.1f} s | | {fills['cg'] / fills[before]:.2f} (speed-ups: --splice "
           f"{fills[before] / fills['cg']:.2f}x, --exact {fills[before] / fills['cg --exact']:.2f}x) | | |")
+    print()
+    bounds(args.model, lines, plan)
 
 
 if __name__ == "__main__":

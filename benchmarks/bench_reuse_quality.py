@@ -11,6 +11,11 @@ A last row, "prefix, unaligned", reuses only the common prefix but resumes mid-b
 context as fresh, other float rounding: the noise floor every reuse that is not exact lives with.
 
     python benchmarks/bench_reuse_quality.py --edits 200 --out /tmp/quality.json [--model codegemma-2b.gguf]
+
+With --chain N, instead: N successive edits of one file, each spliced (K = reuse.FRESH) from the
+state the last splice left, as several targets in one process are (`cg infill F:10 F:42 F:90
+--splice`); one row per depth, so what a splice of already-moved cells costs shows against the
+first splice.
 """
 
 from __future__ import annotations
@@ -126,6 +131,44 @@ def report(rows: dict[str, dict[str, list[float]]], fresh_evaluated: list[int], 
         out.write_text(json.dumps({"rows": rows, "fresh_evaluated": fresh_evaluated, "kinds": kinds}))
 
 
+def chained(runner: Runner, fresh: Runner, sources: dict[str, list[str]], rng: random.Random, chains: int,
+            depth: int, n_lines: int) -> None:
+    """Each chain: one file's prompt evaluated exactly, then `depth` edits, each spliced from the
+    cells the last one left (never restored from an exact state); references from a second engine."""
+    rows = {d: {"same": [], "kl": [], "evaluated": [], "spliced": []} for d in range(1, depth + 1)}
+    started = time.perf_counter()
+    tok = runner.eng.tokenize_text
+    for n in range(chains):
+        lines = sources[rng.choice(MODULES)]
+        top = rng.randrange(0, max(1, len(lines) - n_lines))
+        window = lines[top:top + n_lines]
+        runner.eng.kv.clear()
+        runner.run([runner.eng.info.bos, *tok("".join(window))], exact=True)
+        for d in range(1, depth + 1):
+            window, _ = _edit(window, rng, lines)
+            prompt = [runner.eng.info.bos, *tok("".join(window))]
+            fresh.eng.kv.clear()
+            ref_tokens, ref_first, _ = fresh.run(prompt, exact=True)
+            tokens, first, t = runner.run(prompt, exact=False)
+            row = rows[d]
+            row["same"].append(float(tokens == ref_tokens))
+            row["kl"].append(_kl(ref_first, first))
+            row["evaluated"].append(float(t.evaluated_tokens or 0))
+            row["spliced"].append(float(t.reuse == "splice"))
+        if (n + 1) % 10 == 0 or n + 1 == chains:
+            print(f"{n + 1} chains, {time.perf_counter() - started:.0f} s", file=sys.stderr)
+            out = sys.stdout if n + 1 == chains else sys.stderr
+            print(f"{n + 1} chains of {depth} edits, K = {reuse.FRESH}, {runner.eng.info.label}, greedy, {STEPS} "
+                  "tokens", file=out)
+            print("| splice of the chain | identical continuations | mean KL, first token | spliced | "
+                  "mean tokens evaluated |", file=out)
+            print("|---|---|---|---|---|", file=out)
+            for d, row in rows.items():
+                print(f"| {d} | {100 * statistics.mean(row['same']):.1f}% | {statistics.mean(row['kl']):.2e} | "
+                      f"{100 * statistics.mean(row['spliced']):.0f}% | {statistics.mean(row['evaluated']):.0f} |",
+                      file=out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--edits", type=int, default=200)
@@ -134,10 +177,15 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--chain", type=int, metavar="N", help="N successive spliced edits per file (--edits files)")
     args = ap.parse_args()
     rng = random.Random(args.seed)
     sources = {m: inspect.getsource(importlib.import_module(m)).splitlines(keepends=True) for m in MODULES}
     runner = Runner(args.model or store.bundled_model_path(), args.threads, ctx=2048)
+    if args.chain:
+        fresh = Runner(args.model or store.bundled_model_path(), args.threads, ctx=2048)
+        chained(runner, fresh, sources, rng, args.edits, args.chain, args.lines)
+        return
     rows: dict[str, dict[str, list[float]]] = {str(k): {"same": [], "kl": [], "evaluated": [], "spliced": []}
                                               for k in [*KS, "prefix, unaligned"]}
     fresh_evaluated, started, kinds = [], time.perf_counter(), []
