@@ -2,6 +2,7 @@
 codegemma-2b's shape on this machine, against cg before this work and llama-server's /infill.
 
     python benchmarks/bench_reuse.py [--model 2b-shape-q4_k_m.gguf] [--baseline REV] [--llama-server PATH]
+    python benchmarks/bench_reuse.py --bounds     # only what no reuse can avoid (the tokenizer, seconds)
 
 The file is the standard library's textwrap.py + argparse.py (3,124 lines). Each step is one
 `cg complete --json -n 8` process (the on-disk prompt cache on, one cg home for the steps):
