@@ -22,6 +22,7 @@ In both, the last prompt token is always evaluated: its logits are the ones samp
 from __future__ import annotations
 
 import bisect
+import heapq
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -130,34 +131,34 @@ def match_runs(cached: Tokens, prompt: Tokens, start: int, *, min_length: int, c
     from the front instead lets a short decoy (repetitive code repeats itself) push every true
     match behind it out of order."""
     candidates = _maximal_runs(cached, prompt, start, min_length)
-    # best[k]: the most a chain ending with candidates[k] reuses; a run may lose its head to the
-    # run before it (they overlap in one prompt or the other) as long as min_length is left.
-    best: list[int] = []
-    before: list[int] = []
-    heads: list[int] = []
-    for k, run in enumerate(candidates):
-        best.append(run.length - cost)
-        before.append(-1)
-        heads.append(0)
-        for p in range(k):
-            prior = candidates[p]
-            if prior.new >= run.new or prior.old + prior.length > run.old + run.length:
-                continue
-            cut = max(0, prior.new + prior.length - run.new, prior.old + prior.length - run.old)
-            if run.length - cut < min_length:
-                continue
-            total = best[p] + run.length - cut - cost
-            if total > best[k]:
-                best[k], before[k], heads[k] = total, p, cut
     if not candidates:
         return []
+    # best[k]: the most a chain ending with candidates[k] reuses, before[k] the run before it
+    # there (-1: none). A run may lose its head to the run before it (they overlap in one prompt
+    # or the other) as long as min_length is left.
+    best = [run.length - cost for run in candidates]
+    before = [-1] * len(candidates)
+    for k, run in enumerate(candidates):
+        for p in range(k):
+            if candidates[p].new == run.new:
+                continue
+            length = run.length - _cut(candidates[p], run)
+            if length >= min_length and best[p] + length - cost > best[k]:
+                best[k], before[k] = best[p] + length - cost, p
     k = max(range(len(candidates)), key=best.__getitem__)
     chain: list[Run] = []
     while k >= 0:
-        run, cut = candidates[k], heads[k]
+        run, p = candidates[k], before[k]
+        cut = _cut(candidates[p], run) if p >= 0 else 0
         chain.append(Run(run.old + cut, run.new + cut, run.length - cut))
-        k = before[k]
+        k = p
     return chain[::-1]
+
+
+def _cut(prior: Run, run: Run) -> int:
+    """How many of run's first tokens overlap prior (which starts no later in the prompt), in
+    either prompt; all of it (or more) when run does not end after prior in both."""
+    return max(0, prior.new + prior.length - run.new, prior.old + prior.length - run.old)
 
 
 def _maximal_runs(cached: Tokens, prompt: Tokens, start: int, min_length: int) -> list[Run]:
@@ -185,7 +186,7 @@ def _maximal_runs(cached: Tokens, prompt: Tokens, start: int, min_length: int) -
             if length >= min_length:
                 runs.append(Run(i, j, length))
     if len(runs) > _MOST_RUNS:  # keep the longest
-        runs = sorted(sorted(runs, key=lambda r: -r.length)[:_MOST_RUNS], key=lambda r: r.new)
+        runs = sorted(heapq.nlargest(_MOST_RUNS, runs, key=lambda r: r.length), key=lambda r: r.new)
     return runs
 
 
