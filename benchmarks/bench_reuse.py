@@ -84,11 +84,14 @@ def marker_fill(python_path: Path, model: str, lines: list[str], extra: list[str
         return time.perf_counter() - start
 
 
+def _indent(line: str) -> str:
+    return line[: len(line) - len(line.lstrip())]
+
+
 def marked_lines(lines: list[str]) -> list[str]:
     marked = list(lines)
     for at in (LINE + 120, LINE + 90, LINE + 60, LINE + 30, LINE):  # five markers, 30 lines apart
-        indent = marked[at][: len(marked[at]) - len(marked[at].lstrip())]
-        marked.insert(at, f"{indent}# cg: fill\n")
+        marked.insert(at, f"{_indent(marked[at])}# cg: fill\n")
     return marked
 
 
@@ -124,7 +127,7 @@ def bounds(model: str, lines: list[str], plan: list[tuple[str, list[str], int]])
         seen |= {origin(file, i) for i in span} - {None}
     marked, previous, total = marked_lines(lines), set(), 0
     for row in reversed([i for i, line in enumerate(marked) if line.strip() == "# cg: fill"]):
-        marked[row] = marked[row][: -len(marked[row].lstrip())] + "\n"  # filled (random weights: with nothing)
+        marked[row] = _indent(marked[row]) + "\n"  # filled (random weights: with nothing)
         span = set(window(marked, row))
         total += sum(count(marked[i]) for i in span - previous)
         previous = span

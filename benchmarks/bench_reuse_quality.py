@@ -114,6 +114,30 @@ class Runner:
         return tokens, first
 
 
+def _window(sources: dict[str, list[str]], rng: random.Random, n_lines: int) -> tuple[list[str], list[str]]:
+    """A random module's lines, and a window of n_lines of them."""
+    lines = sources[rng.choice(MODULES)]
+    top = rng.randrange(0, max(1, len(lines) - n_lines))
+    return lines, lines[top:top + n_lines]
+
+
+def _new_row() -> dict[str, list[float]]:
+    return {"same": [], "kl": [], "evaluated": [], "spliced": []}
+
+
+def _record(row: dict[str, list[float]], tokens: list[int], first: np.ndarray, ref_tokens: list[int],
+            ref_first: np.ndarray, evaluated: float, spliced: bool) -> None:
+    row["same"].append(float(tokens == ref_tokens))
+    row["kl"].append(_kl(ref_first, first))
+    row["evaluated"].append(evaluated)
+    row["spliced"].append(float(spliced))
+
+
+def _table_row(key: object, row: dict[str, list[float]]) -> str:
+    return (f"| {key} | {100 * statistics.mean(row['same']):.1f}% | {statistics.mean(row['kl']):.2e} | "
+            f"{100 * statistics.mean(row['spliced']):.0f}% | {statistics.mean(row['evaluated']):.0f} |")
+
+
 def report(rows: dict[str, dict[str, list[float]]], fresh_evaluated: list[int], kinds: list[str],
            out: Path | None, model: str, file=sys.stdout) -> None:
     """The table (and, with --out, the raw rows) for the edits measured so far."""
@@ -125,8 +149,7 @@ def report(rows: dict[str, dict[str, list[float]]], fresh_evaluated: list[int], 
           f"mean tokens evaluated (fresh: {statistics.mean(fresh_evaluated):.0f}) |", file=file)
     print("|---|---|---|---|---|", file=file)
     for key, row in rows.items():
-        print(f"| {key} | {100 * statistics.mean(row['same']):.1f}% | {statistics.mean(row['kl']):.2e} | "
-              f"{100 * statistics.mean(row['spliced']):.0f}% | {statistics.mean(row['evaluated']):.0f} |", file=file)
+        print(_table_row(key, row), file=file)
     if out:
         out.write_text(json.dumps({"rows": rows, "fresh_evaluated": fresh_evaluated, "kinds": kinds}))
 
@@ -135,13 +158,11 @@ def chained(runner: Runner, fresh: Runner, sources: dict[str, list[str]], rng: r
             depth: int, n_lines: int) -> None:
     """Each chain: one file's prompt evaluated exactly, then `depth` edits, each spliced from the
     cells the last one left (never restored from an exact state); references from a second engine."""
-    rows = {d: {"same": [], "kl": [], "evaluated": [], "spliced": []} for d in range(1, depth + 1)}
+    rows = {d: _new_row() for d in range(1, depth + 1)}
     started = time.perf_counter()
     tok = runner.eng.tokenize_text
     for n in range(chains):
-        lines = sources[rng.choice(MODULES)]
-        top = rng.randrange(0, max(1, len(lines) - n_lines))
-        window = lines[top:top + n_lines]
+        lines, window = _window(sources, rng, n_lines)
         runner.eng.kv.clear()
         runner.run([runner.eng.info.bos, *tok("".join(window))], exact=True)
         for d in range(1, depth + 1):
@@ -150,11 +171,7 @@ def chained(runner: Runner, fresh: Runner, sources: dict[str, list[str]], rng: r
             fresh.eng.kv.clear()
             ref_tokens, ref_first, _ = fresh.run(prompt, exact=True)
             tokens, first, t = runner.run(prompt, exact=False)
-            row = rows[d]
-            row["same"].append(float(tokens == ref_tokens))
-            row["kl"].append(_kl(ref_first, first))
-            row["evaluated"].append(float(t.evaluated_tokens or 0))
-            row["spliced"].append(float(t.reuse == "splice"))
+            _record(rows[d], tokens, first, ref_tokens, ref_first, float(t.evaluated_tokens or 0), t.reuse == "splice")
         if (n + 1) % 10 == 0 or n + 1 == chains:
             print(f"{n + 1} chains, {time.perf_counter() - started:.0f} s", file=sys.stderr)
             out = sys.stdout if n + 1 == chains else sys.stderr
@@ -164,9 +181,7 @@ def chained(runner: Runner, fresh: Runner, sources: dict[str, list[str]], rng: r
                   "mean tokens evaluated |", file=out)
             print("|---|---|---|---|---|", file=out)
             for d, row in rows.items():
-                print(f"| {d} | {100 * statistics.mean(row['same']):.1f}% | {statistics.mean(row['kl']):.2e} | "
-                      f"{100 * statistics.mean(row['spliced']):.0f}% | {statistics.mean(row['evaluated']):.0f} |",
-                      file=out)
+                print(_table_row(d, row), file=out)
 
 
 def main() -> None:
@@ -186,14 +201,10 @@ def main() -> None:
         fresh = Runner(args.model or store.bundled_model_path(), args.threads, ctx=2048)
         chained(runner, fresh, sources, rng, args.edits, args.chain, args.lines)
         return
-    rows: dict[str, dict[str, list[float]]] = {str(k): {"same": [], "kl": [], "evaluated": [], "spliced": []}
-                                              for k in [*KS, "prefix, unaligned"]}
+    rows = {str(k): _new_row() for k in [*KS, "prefix, unaligned"]}
     fresh_evaluated, started, kinds = [], time.perf_counter(), []
     for n in range(args.edits):
-        name = rng.choice(MODULES)
-        lines = sources[name]
-        top = rng.randrange(0, max(1, len(lines) - args.lines))
-        window = lines[top:top + args.lines]
+        lines, window = _window(sources, rng, args.lines)
         edited, kind = _edit(window, rng, lines)
         kinds.append(kind)
         bos = runner.eng.info.bos
@@ -207,18 +218,12 @@ def main() -> None:
             reuse.FRESH = k
             runner.restore(old, state)
             tokens, first, t = runner.run(new, exact=False)
-            row = rows[str(k)]
-            row["same"].append(float(tokens == ref_tokens))
-            row["kl"].append(_kl(ref_first, first))
-            row["evaluated"].append(float(t.evaluated_tokens or 0))
-            row["spliced"].append(float(t.reuse == "splice"))
+            _record(rows[str(k)], tokens, first, ref_tokens, ref_first, float(t.evaluated_tokens or 0),
+                    t.reuse == "splice")
         reuse.FRESH = 32
         tokens, first = runner.unaligned_prefix(old, new, state)
-        row = rows["prefix, unaligned"]
-        row["same"].append(float(tokens == ref_tokens))
-        row["kl"].append(_kl(ref_first, first))
-        row["evaluated"].append(float(len(new) - min(reuse.common_prefix(old, new), len(new) - 1)))
-        row["spliced"].append(0.0)
+        _record(rows["prefix, unaligned"], tokens, first, ref_tokens, ref_first,
+                float(len(new) - min(reuse.common_prefix(old, new), len(new) - 1)), False)
         if (n + 1) % 20 == 0:
             print(f"{n + 1} edits, {time.perf_counter() - started:.0f} s", file=sys.stderr)
             # a long run that dies still tells
