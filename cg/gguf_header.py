@@ -5,9 +5,15 @@ Used to find special tokens by their exact piece: a GGUF from llama.cpp's conver
 `<|file_separator|>` as a NORMAL token, and then tokenizing its text does not give its id back,
 while the piece is right there in `tokenizer.ggml.tokens`.
 
+Also checks a whole file before cg installs it (`check`): every key, every tensor's description,
+and that each tensor's data lies inside the file, so a truncated or crafted download is refused
+with a reason instead of registered.
+
 Format (GGUF v2/v3, little-endian): magic, version u32, tensor count u64, key-value count u64,
 then per key a string key (u64 length + bytes), a u32 type and the value; arrays are an element
-type u32, a count u64 and the elements.
+type u32, a count u64 and the elements. Then per tensor: a string name, n_dims u32, n_dims u64
+sizes, a ggml type u32 and a u64 offset into the data section, which starts at the next multiple
+of `general.alignment` (32 when absent).
 """
 
 from __future__ import annotations
@@ -19,6 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 _STRING, _ARRAY = 8, 9
+VERSIONS = (2, 3)
+# llama.cpp reads no array of arrays at all; the reader allows a few levels (gguf-py writes
+# them) and refuses deeper ones, which a walk could not finish (a crafted file nests thousands).
+MAX_NESTING = 4
+MAX_DIMS = 4  # GGML_MAX_DIMS
+_DEFAULT_ALIGNMENT = 32
+_ALIGNMENT_KEY = "general.alignment"
 _SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
 _FORMATS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 TOKENS_KEY = "tokenizer.ggml.tokens"
@@ -43,9 +56,13 @@ class GGUFHeader:
         if data[:4] != b"GGUF":
             raise GGUFHeaderError("not a GGUF file")
         (version,) = self._unpack("<I", 4)
-        if version < 2:
-            raise GGUFHeaderError(f"GGUF version {version} is not supported")
-        self.n_kv = self._unpack("<Q", 16)[0]
+        if version not in VERSIONS:
+            raise GGUFHeaderError(f"GGUF version {version} is not supported (cg reads versions 2 and 3)")
+        self.n_tensors, self.n_kv = self._unpack("<QQ", 8)
+        # Each key takes at least 12 bytes (an empty name and a type), each tensor 24.
+        if 24 + 12 * self.n_kv + 24 * self.n_tensors > len(data):
+            raise GGUFHeaderError(f"the header announces {self.n_kv} keys and {self.n_tensors} tensors, "
+                                  f"more than a {len(data)}-byte file holds")
 
     def _unpack(self, fmt: str, offset: int) -> tuple[int, ...]:
         try:
@@ -60,29 +77,84 @@ class GGUFHeader:
             raise GGUFHeaderError("the header is truncated")
         return bytes(self.data[offset + 8:end]), end
 
-    def _skip(self, kind: int, offset: int) -> int:
+    def _skip(self, kind: int, offset: int, depth: int = 0) -> int:
         if kind == _STRING:
             return self._string(offset)[1]
         if kind == _ARRAY:
+            if depth >= MAX_NESTING:
+                raise GGUFHeaderError(f"arrays nested more than {MAX_NESTING} deep")
             element, count = self._unpack("<IQ", offset)
             offset += 12
+            # The least each element takes: a count the rest of the file cannot hold is refused
+            # before any walk (2**60 strings would otherwise be read one by one).
+            least = _SIZES.get(element, 8 if element == _STRING else 12)
+            if offset + count * least > len(self.data):
+                raise GGUFHeaderError("the header is truncated")
             if element in _SIZES:
                 return offset + count * _SIZES[element]
             for _ in range(count):
-                offset = self._skip(element, offset)
+                offset = self._skip(element, offset, depth + 1)
             return offset
         if kind not in _SIZES:
             raise GGUFHeaderError(f"unknown value type {kind}")
+        if offset + _SIZES[kind] > len(self.data):
+            raise GGUFHeaderError("the header is truncated")
         return offset + _SIZES[kind]
 
     def values(self) -> Iterator[_Value]:
+        for value, _end in self._walk():
+            yield value
+
+    def _walk(self) -> Iterator[tuple[_Value, int]]:
+        """Each key-value and the offset where the next one starts."""
         offset = 24
         for _ in range(self.n_kv):
             key, offset = self._string(offset)
             (kind,) = self._unpack("<I", offset)
             value = _Value(key.decode("utf-8", "replace"), kind, offset + 4)
-            yield value
             offset = self._skip(kind, value.offset)
+            yield value, offset
+
+    def check(self) -> None:
+        """Every key and tensor description reads, and every tensor's data lies inside the file
+        (what llama.cpp checks when it loads the file; a truncated download fails here)."""
+        from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+
+        offset, alignment = 24, _DEFAULT_ALIGNMENT
+        for value, offset in self._walk():  # noqa: B007 - the last offset is where tensors start
+            if value.key == _ALIGNMENT_KEY:
+                alignment = self._alignment(value)
+        sizes = {t.value: size for t, size in GGML_QUANT_SIZES.items() if isinstance(t, GGMLQuantizationType)}
+        tensors = []
+        for _ in range(self.n_tensors):
+            name, offset = self._string(offset)
+            (n_dims,) = self._unpack("<I", offset)
+            if n_dims > MAX_DIMS:
+                raise GGUFHeaderError(f"tensor {_name(name)} has {n_dims} dimensions (at most {MAX_DIMS})")
+            dims = self._unpack(f"<{n_dims}Q", offset + 4)
+            kind, start = self._unpack("<IQ", offset + 4 + 8 * n_dims)
+            offset += 16 + 8 * n_dims
+            if kind not in sizes:
+                raise GGUFHeaderError(f"tensor {_name(name)} has an unknown type {kind}")
+            tensors.append((name, dims, sizes[kind], start))
+        data_start = -(-offset // alignment) * alignment
+        for name, dims, (block, size), start in tensors:
+            elements = 1
+            for d in dims:
+                elements *= d
+            if dims and dims[0] % block:
+                raise GGUFHeaderError(f"tensor {_name(name)}'s rows do not fill whole blocks of {block}")
+            if data_start + start + elements // block * size > len(self.data):
+                raise GGUFHeaderError(f"tensor {_name(name)}'s data lies past the end of the file "
+                                      f"({len(self.data)} bytes): the file is truncated")
+
+    def _alignment(self, value: _Value) -> int:
+        if value.type != 4:  # u32, as the format says
+            raise GGUFHeaderError(f"{_ALIGNMENT_KEY} is not a u32")
+        (alignment,) = self._unpack("<I", value.offset)
+        if alignment == 0 or alignment & (alignment - 1):
+            raise GGUFHeaderError(f"{_ALIGNMENT_KEY} is {alignment}, not a power of two")
+        return int(alignment)
 
     def scalars(self) -> dict[str, int | float | bool | str]:
         """Every scalar value by key (arrays left out)."""
@@ -134,6 +206,19 @@ class GGUFHeader:
                 return None
             offset += 8 + self._unpack("<Q", offset)[0]
         return None
+
+
+def _name(raw: bytes) -> str:
+    return repr(raw[:80].decode("utf-8", "replace"))
+
+
+def check_file(path: Path | str) -> None:
+    """Raise GGUFHeaderError unless the file at path is a whole GGUF llama.cpp can read."""
+    header, data = open_header(path)
+    try:
+        header.check()
+    finally:
+        data.close()
 
 
 def open_header(path: Path | str) -> tuple[GGUFHeader, mmap.mmap]:

@@ -27,7 +27,16 @@ from cg_core.tokens import FIM_AND_TURN
 from quantize.llama_quant import TYPE_NAMES, OutType
 
 from . import catalogue, special_ids, store
-from .errors import AuthError, CgError, DiskSpaceError, HubNotFoundError, InputError, NetworkError, OutputExistsError
+from .errors import (
+    AuthError,
+    CgError,
+    DiskSpaceError,
+    HubNotFoundError,
+    InputError,
+    ModelFileError,
+    NetworkError,
+    OutputExistsError,
+)
 
 SHORT_NAMES = {m.name: m.repo for m in catalogue.MODELS}
 # What conversion reads; nothing else is fetched (no *.bin, *.pt, *.msgpack, *.h5 ...).
@@ -128,7 +137,7 @@ def download(model: str | None = None, *, quant: str | None = None, token: str |
     name = name or f"{base}-{quant}"
     target = store.ensure_dir(store.models_dir()) / f"{name}.gguf"
     if plan.kind == "gguf":
-        _place(local[plan.files[0]], target)
+        ids = _place(local[plan.files[0]], target, plan.files[0], repo_id)
     else:
         from quantize.convert import convert
 
@@ -139,11 +148,15 @@ def download(model: str | None = None, *, quant: str | None = None, token: str |
         result = convert(src, target, type=OutType(quant), force=True, threads=threads, progress=progress_bar)
         if result.note():
             print(result.note(), file=sys.stderr)
+        ids = special_ids_to_record(target, announce=False)
     source_dir = _keep_source(local, target.with_suffix(".source")) if keep_source and plan.kind != "gguf" else ""
     record = store.ModelRecord(name=name, path=str(target), quant=quant, source=repo_id, revision=snap.commit,
-                               special_ids=special_ids_to_record(target, announce=plan.kind == "gguf"),
-                               source_dir=source_dir)
-    store.register(record)
+                               special_ids=ids, source_dir=source_dir)
+    try:
+        store.register(record)
+    except BaseException:  # a model file with no entry is one nobody can list or remove
+        target.unlink(missing_ok=True)
+        raise
     return record
 
 
@@ -166,22 +179,24 @@ def _installed(repo_id: str, snap: Snapshot, name: str | None, force: bool) -> s
     return None
 
 
-def special_ids_to_record(path: Path, *, announce: bool) -> dict[str, int]:
+def special_ids_to_record(path: Path, *, announce: bool, shown: str | None = None) -> dict[str, int]:
     """A GGUF's special ids (from its metadata, else its vocabulary's pieces) for cg's store.
 
     GGUFs from other converters usually lack fim_sep (and often eot); recording the ids in the
-    store lets `cg complete` stop on them anyway. With `announce`, say on stderr what was missing.
+    store lets `cg complete` stop on them anyway. With `announce`, say on stderr what was missing
+    (naming the file `shown`, else by its name).
     """
+    shown = shown or path.name
     resolved, from_meta = special_ids.of_gguf(path)
     ids = resolved.named()
     if announce:
         found = {t: ids[t.name] for t in FIM_AND_TURN if t.name not in from_meta and t.name in ids}
         if found:
-            print(f"Note: {path.name} lacks " + ", ".join(str(t.gguf_key) for t in found)
+            print(f"Note: {shown} lacks " + ", ".join(str(t.gguf_key) for t in found)
                   + "; cg recorded them from its vocabulary (" + ", ".join(f"{t.name}={v}" for t, v in found.items())
                   + ") so completions stop correctly.", file=sys.stderr)
         if not all(k in ids for k in ("fim_pre", "fim_suf", "fim_mid")):
-            print(f"Note: {path.name} has no FIM tokens; `cg complete` will continue the prefix only.",
+            print(f"Note: {shown} has no FIM tokens; `cg complete` will continue the prefix only.",
                   file=sys.stderr)
     return ids
 
@@ -344,14 +359,25 @@ def _default_cache() -> Path:
     return Path(cache) / "huggingface" / "hub"
 
 
-def _place(cached: Path, target: Path) -> None:
-    """Put a cached GGUF into the store: a hard link (no second copy) where the disk allows, else a copy."""
+def _place(cached: Path, target: Path, filename: str, repo_id: str) -> dict[str, int]:
+    """Check a cached GGUF whole, then put it into the store: a hard link (no second copy) where
+    the disk allows, else a copy. Returns its special ids. A file that fails the check leaves
+    nothing in the store (the hub cache keeps what the repository holds)."""
+    from .gguf_header import GGUFHeaderError, check_file
     from .local import check_gguf_file
 
     blob = cached.resolve()
     check_gguf_file(blob)
+    try:
+        check_file(blob)
+    except GGUFHeaderError as exc:
+        raise ModelFileError(f"{filename} from {repo_id} is not a GGUF cg can load: {exc}",
+                             "The file is damaged or not a llama.cpp GGUF; pick another --quant or repository."
+                             ) from None
+    ids = special_ids_to_record(blob, announce=True, shown=Path(filename).name)
     with atomic_path(target) as tmp:
         _link_or_copy(blob, tmp)
+    return ids
 
 
 def _keep_source(local: dict[str, Path], folder: Path) -> str:

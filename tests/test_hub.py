@@ -5,16 +5,20 @@ from __future__ import annotations
 import json
 import os
 import signal
+import struct
 import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from cg import hub as hub_mod
-from cg import store
+from cg import special_ids, store
 from cg.cli import main
+from cg.gguf_header import GGUFHeader, GGUFHeaderError, check_file
 from quantize.llama_quant import quantize_gguf
 
 from .fakehub import FakeHub, Repo, folder_files
@@ -220,3 +224,81 @@ def test_choose_prefers_a_matching_gguf_then_the_checkpoint():
     files = {"config.json": 1, "model.safetensors": 9, "m-Q8_0.gguf": 5, "pytorch_model.bin": 9, "tokenizer.model": 1}
     assert hub_mod.choose(files, "q8_0").files == ("m-Q8_0.gguf",)
     assert hub_mod.choose(files, "q4_k_m").files == ("config.json", "model.safetensors", "tokenizer.model")
+
+
+# ---------------------------------------------------------------- crafted GGUFs in a repository
+
+
+def nested_gguf(depth: int) -> bytes:
+    """A GGUF whose one key is an array of an array of ... (depth levels) of no bytes."""
+    key = struct.pack("<Q", 1) + b"x" + struct.pack("<I", 9)
+    return (b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + key
+            + struct.pack("<IQ", 9, 1) * (depth - 1) + struct.pack("<IQ", 0, 0))
+
+
+def patched(data: bytes, offset: int, fmt: str, value: int) -> bytes:
+    return data[:offset] + struct.pack(fmt, value) + data[offset + struct.calcsize(fmt):]
+
+
+CRAFTED = {
+    "nested": (lambda good: nested_gguf(50_000), "arrays nested more than"),
+    "cut-in-data": (lambda good: good[:len(good) - 4096], "lies past the end of the file"),
+    "cut-in-header": (lambda good: good[:2048], "truncated"),
+    "kv-count": (lambda good: patched(good, 16, "<Q", 2**40), "announces 1099511627776 keys"),
+    "tensor-count": (lambda good: patched(good, 8, "<Q", 2**40), "1099511627776 tensors"),
+    "string-length": (lambda good: patched(good, 24, "<Q", 2**60), "truncated"),
+    "version": (lambda good: patched(good, 4, "<I", 99), "GGUF version 99 is not supported"),
+}
+
+
+@pytest.fixture(scope="module")
+def good_gguf(fakehub) -> bytes:
+    return fakehub.repos["someone/codegemma-2b-GGUF"].files["codegemma-2b-Q8_0.gguf"]
+
+
+@pytest.mark.parametrize("case", list(CRAFTED))
+def test_a_broken_repo_gguf_is_refused_and_leaves_nothing(env, fakehub, good_gguf, capsys, case):
+    craft, reason = CRAFTED[case]
+    repo = f"crafted/{case}-GGUF"
+    fakehub.repos[repo] = Repo({f"{case}-Q8_0.gguf": craft(good_gguf)})
+    code, out, err = cg(capsys, "download", repo, "--quant", "q8_0")
+    first = err.splitlines()[0]
+    assert code == 2 and out == "", err
+    assert first.startswith(f"Error: {case}-Q8_0.gguf from {repo} is not a GGUF cg can load") and reason in first
+    assert "Recursion" not in err and "Hint:" in err
+    assert store.list_models() == [] and not list((env / "cg").rglob("*.gguf"))
+
+
+def test_the_check_passes_the_files_cg_writes_and_llama_cpps(tiny_gguf, bundled_gguf):
+    for path in (tiny_gguf, bundled_gguf):  # the bundled 270M comes from llama.cpp's converter
+        check_file(path)
+
+
+def test_deep_nesting_is_refused_by_every_reader(tmp_path):
+    path = tmp_path / "nested.gguf"
+    path.write_bytes(nested_gguf(50_000))
+    header = GGUFHeader(path.read_bytes())
+    for read in (header.scalars, lambda: header.find_pieces(["<eos>"])):
+        with pytest.raises(GGUFHeaderError, match="nested more than"):
+            read()
+    # What engines use: a header cg cannot read gives the ids the store recorded.
+    ids, from_meta = special_ids.of_gguf(path, recorded={"eos": 1})
+    assert ids.eos == 1 and from_meta == set()
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.data())
+def test_any_damage_to_a_gguf_is_a_header_error_or_a_pass(good_gguf, data):
+    """Bytes overwritten anywhere in the header, or the file cut anywhere: the check ends with
+    GGUFHeaderError or passes, never another exception."""
+    raw = bytearray(good_gguf)
+    header_end = min(len(raw), 64 * 1024)
+    if data.draw(st.booleans()):
+        raw = raw[:data.draw(st.integers(0, len(raw)))]
+    else:
+        at = data.draw(st.integers(0, header_end - 8))
+        raw[at:at + 8] = data.draw(st.binary(min_size=8, max_size=8))
+    try:
+        GGUFHeader(bytes(raw)).check()
+    except GGUFHeaderError:
+        pass
