@@ -16,6 +16,7 @@ def run() -> None:
         from .cli import main
 
         code = main()
+        interrupts.check()  # noted inside a C callback that no later check() raised
     except (KeyboardInterrupt, interrupts.Terminated) as exc:  # before main() could take over
         code = report_signal(exc)
     # The work is done (or refused) and said: a signal now changes nothing, and must not kill the

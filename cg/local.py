@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cg_core import llama_log
+from cg_core import interrupts, llama_log
 
 from . import special_ids
 from .engine import (
@@ -95,6 +95,7 @@ class LocalEngine:
                                 logits_processor=llama_cpp.LogitsProcessorList(chain) if chain else None)
         try:
             for token in gen:
+                interrupts.check()  # a signal llama.cpp's log callback noted during the decode
                 yield Piece((token,), self.llm.detokenize([token], special=False))
         finally:
             gen.close()

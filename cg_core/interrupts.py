@@ -4,9 +4,11 @@ Python runs a signal handler between two bytecodes of the main thread, wherever 
 a ctypes callback (llama.cpp's log callback runs during model loading and quantization) an
 exception cannot reach the caller: ctypes prints "Exception ignored on calling ctypes callback"
 and llama.cpp carries on, so a Ctrl-C there was lost and cg went on to write its output. Such
-callbacks run inside `deferred()`: a signal arriving there is noted, and `check()` raises it once
-the C call has returned (llama_log.capture calls it on the way out; writers call it before they
-replace a file).
+callbacks are marked `@from_c`: the handler looks at the frame it interrupted, and a signal that
+lands anywhere inside one (its very first line included, before any `with` could be entered) is
+only noted; `check()` raises it once the C call has returned (llama_log.capture calls it on the
+way out, the decode loop at each token, writers before they replace a file, the entry point
+before it exits). `deferred()` does the same for code that runs under Python's own handler.
 
 `install()` (cg's entry point calls it first) makes SIGTERM and SIGHUP raise `Terminated`, so
 that `finally` blocks remove temp files as they do for Ctrl-C, and the process exits 143 / 129.
@@ -15,13 +17,17 @@ that `finally` blocks remove temp files as they do for Ctrl-C, and the process e
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from types import FrameType
+from types import CodeType, FrameType
+from typing import TypeVar
+
+F = TypeVar("F", bound=Callable[..., object])
 
 _depth = 0
 _pending: BaseException | None = None
 HANDLED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+_from_c: set[CodeType] = set()  # the code of functions C calls back
 
 
 class Terminated(BaseException):
@@ -45,10 +51,27 @@ def exit_code(exc: BaseException) -> int:
     return exc.exit_code if isinstance(exc, Terminated) else 128 + signal.SIGINT
 
 
-def _handler(signum: int, _frame: FrameType | None) -> None:
+def from_c(function: F) -> F:
+    """Mark a function that C calls back (a ctypes callback): a signal landing inside it, at
+    whatever line, waits for check()."""
+    _from_c.add(function.__code__)
+    return function
+
+
+def _inside_callback(frame: FrameType | None) -> bool:
+    """The interrupted frame, or one of its callers, is a callback from C. Walking the frames
+    (not a flag the callback sets) covers the instants before its first statement runs."""
+    while frame is not None:
+        if frame.f_code in _from_c:
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _handler(signum: int, frame: FrameType | None) -> None:
     global _pending  # noqa: PLW0603 - the one pending signal of this process
     exc = exception_for(signum)
-    if _depth > 0:
+    if _depth > 0 or _inside_callback(frame):
         _pending = _pending or exc
         return
     raise exc

@@ -1,8 +1,9 @@
 """llama.cpp's log, captured: shown on stderr only with --verbose, kept so errors can quote it.
 
 llama.cpp reports why a model failed to load or quantize only through its log callback. The
-callback runs inside interrupts.deferred(): a Ctrl-C that lands there is raised when the capture
-ends, after the C call returned, instead of being lost inside ctypes.
+callback is marked interrupts.from_c (and runs inside interrupts.deferred() for Python's own
+handler): a Ctrl-C that lands there, at any line, is raised when the capture ends, after the C
+call returned, instead of being lost inside ctypes.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ def _install() -> None:
     import llama_cpp._logger
 
     @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]  # a ctypes CFUNCTYPE
+    @interrupts.from_c
     def callback(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
         with interrupts.deferred():
             message = text.decode("utf-8", errors="replace")

@@ -285,6 +285,68 @@ def test_ctrl_c_during_model_load_writes_nothing(tmp_path, tiny_gguf, monkeypatc
     assert f.read_text() == "x = \n"
 
 
+# cg's entry point, with a signal sent from another thread a moment after llama.cpp's log callback
+# number AT returned: it arrives while llama.cpp loads, and Python runs the handler at the first
+# line of the next callback, before any `with` there could defer it (issue 33: exit 0, output out).
+_LOAD_SWEEP = r"""
+import os, sys, threading, time
+from cg_core import llama_log
+at, signum, delay = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+real, seen = llama_log.LogBuffer.add, [0]
+def add(self, level, text):
+    real(self, level, text)
+    seen[0] += 1
+    if seen[0] == at:
+        threading.Thread(target=lambda: (time.sleep(delay), os.kill(os.getpid(), signum))).start()
+llama_log.LogBuffer.add = add
+sys.argv = ["cg", *sys.argv[4:]]
+from cg.entry import run
+run()
+"""
+
+
+def _callbacks_in_a_load(gguf: Path) -> int:
+    from cg import local
+    from cg_core import llama_log
+
+    real, seen = llama_log.LogBuffer.add, []
+
+    def add(self, level: int, text: str) -> None:
+        seen.append(text)
+        real(self, level, text)
+
+    llama_log.LogBuffer.add = add  # type: ignore[method-assign]
+    try:
+        local.load(gguf, n_ctx=512).llm.close()
+    finally:
+        llama_log.LogBuffer.add = real  # type: ignore[method-assign]
+    return len(seen)
+
+
+def test_a_signal_at_any_instant_of_the_model_load_ends_cg(tmp_path, tiny_gguf):
+    """Swept over the whole load (model and context): Ctrl-C ends
+    `cg infill --write` with 130 and the file untouched; SIGTERM ends `cg generate` with 143 and
+    nothing on stdout."""
+    f = tmp_path / "w.py"
+    f.write_text("x = \n" * 5)
+    n = _callbacks_in_a_load(tiny_gguf)
+    assert n > 50  # llama.cpp calls back for each line it logs, --verbose or not
+    env = {**os.environ, "CG_HOME": str(tmp_path / "home"), "CG_PROMPT_CACHE": "0"}
+    model = ["-m", str(tiny_gguf), "--ctx", "512", "-n", "3", *NO_STOPS]
+    cases = [(signal.SIGINT, 130, ["infill", f"{f}:2", "--write", *model]),
+             (signal.SIGTERM, 143, ["generate", "def f():", *model])]
+    for i, at in enumerate(sorted({1, 2, *range(n // 7, n, n // 7), n - 1})):
+        delay = ("0.0005", "0.002")[i % 2]  # before llama.cpp's next line, or a few lines later
+        for sig, code, args in cases:
+            proc = subprocess.run([sys.executable, "-c", _LOAD_SWEEP, str(at), str(int(sig)), delay, *args],
+                                  env=env, capture_output=True, text=True, timeout=120)
+            what = f"callback {at} of {n}, +{delay} s, {signal.Signals(sig).name}: {proc.stderr}"
+            assert proc.returncode == code, what
+            assert proc.stdout == "" and proc.stderr.splitlines()[-1].startswith("Error: "), what
+            assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr, what
+            assert f.read_text() == "x = \n" * 5, what
+
+
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
 def test_sigterm_and_sighup_clean_up_their_temp_files(tmp_path, tiny_gguf, sig, code):
     files = [tmp_path / f"m{i}.py" for i in range(4)]
