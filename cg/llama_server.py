@@ -2,8 +2,10 @@
 needs, until Ctrl-C, SIGTERM or SIGHUP (exit 130 / 143 / 129), never leaving it behind.
 
 The flags: the model, a context per slot (`-c` is shared by the slots, so it is ctx x jobs),
-parallel slots for `cg eval --jobs`, host and port, threads, GPU layers, an API key. Stops on
-the server's side are not needed: cg stops on the stop ids itself and closes the stream.
+parallel slots for `cg eval --jobs`, host and port, threads, GPU layers, and the API key in a
+private file (`--api-key-file`: an argument would show in /proc/PID/cmdline, and `--api-key`
+splits keys at commas), removed once llama-server has read it. Stops on the server's side are
+not needed: cg stops on the stop ids itself and closes the stream.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from cg_core import interrupts
 
 from . import store
 from .errors import ServerError, ToolMissingError, UsageError
+from .serve.key import private_key_file
 
 START_TIMEOUT = 600.0  # a big model from a cold disk takes a while to load
 HOW_TO_GET = ("Install llama.cpp (brew install llama.cpp, or a release archive from "
@@ -60,14 +63,14 @@ def llama_server_binary() -> str:
     return found
 
 
-def command(binary: str, model: Path, opts: ServeOptions) -> list[str]:
+def command(binary: str, model: Path, opts: ServeOptions, key_file: Path | None = None) -> list[str]:
     cmd = [binary, "-m", str(model), "-c", str(opts.ctx * opts.jobs), "-np", str(opts.jobs),
            "--host", opts.host, "--port", str(opts.port), "-ngl", str(999 if opts.gpu_layers in (None, -1)
                                                                        else opts.gpu_layers)]
     if opts.threads:
         cmd += ["-t", str(opts.threads)]
-    if opts.api_key:
-        cmd += ["--api-key", opts.api_key]
+    if key_file is not None:
+        cmd += ["--api-key-file", str(key_file)]
     return cmd
 
 
@@ -79,13 +82,19 @@ def serve(opts: ServeOptions, on_ready: Callable[[str], None]) -> None:
     model = store.resolve(opts.model).path
     url = f"http://{opts.host}:{opts.port}"
     _check_port(opts.host, opts.port)
+    key_file = private_key_file(opts.api_key) if opts.api_key else None
     with tempfile.TemporaryFile() as log:
         out = None if opts.verbose else log
-        proc = subprocess.Popen(command(binary, model, opts), stdout=out, stderr=subprocess.STDOUT if out else None,
-                                start_new_session=True,
-                                preexec_fn=_die_with_parent(os.getpid()))  # noqa: PLW1509 - no threads run here
+        try:
+            proc = subprocess.Popen(command(binary, model, opts, key_file), stdout=out,
+                                    stderr=subprocess.STDOUT if out else None, start_new_session=True,
+                                    preexec_fn=_die_with_parent(os.getpid()))  # noqa: PLW1509 - no threads run here
+        except BaseException:
+            _remove(key_file)
+            raise
         try:
             _wait_healthy(proc, url, opts, log)
+            _remove(key_file)  # read at start-up: the key lives on only in llama-server's memory
             on_ready(url)
             proc.wait()
             raise ServerError(f"llama-server stopped by itself (exit {proc.returncode})" + _tail(log),
@@ -95,8 +104,14 @@ def serve(opts: ServeOptions, on_ready: Callable[[str], None]) -> None:
             print("Stopped llama-server.", file=sys.stderr)
             raise
         finally:
+            _remove(key_file)
             if proc.poll() is None:
                 _stop(proc)
+
+
+def _remove(path: Path | None) -> None:
+    if path is not None:
+        path.unlink(missing_ok=True)
 
 
 def _check_port(host: str, port: int) -> None:

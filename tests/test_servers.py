@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from http.server import ThreadingHTTPServer
 from pathlib import Path
@@ -316,8 +317,9 @@ def test_a_stream_dropped_mid_completion_exit_1_and_nothing_written(tiny_gguf, t
 def test_cg_serve_starts_llama_server_with_the_flags_cg_needs(tiny_gguf, tmp_path):
     port = free_port()
     env = {**os.environ, "CG_LLAMA_SERVER": llama_server_binary(), "CG_HOME": str(tmp_path)}
-    proc = subprocess.Popen([sys.executable, "-m", "cg", "serve", str(tiny_gguf), "--port", str(port), "--jobs", "3",
-                             "--ctx", "512"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen([sys.executable, "-m", "cg", "serve", "--llama-server", str(tiny_gguf), "--port",
+                             str(port), "--jobs", "3", "--ctx", "512"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
     try:
         url = proc.stdout.readline().strip()
         assert url == f"http://127.0.0.1:{port}"
@@ -344,16 +346,43 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _serving(tiny_gguf, tmp_path, port: int) -> tuple[subprocess.Popen, int]:
-    """`cg serve` on port, once llama-server answers; (cg serve, llama-server's pid)."""
-    env = {**os.environ, "CG_LLAMA_SERVER": llama_server_binary(), "CG_HOME": str(tmp_path)}
-    proc = subprocess.Popen([sys.executable, "-m", "cg", "serve", "-m", str(tiny_gguf), "--port", str(port), "--ctx",
-                             "256"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+def _serving(tiny_gguf, tmp_path, port: int, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, int]:
+    """`cg serve --llama-server` on port, once llama-server answers; (cg serve, llama-server's pid)."""
+    env = {**os.environ, "CG_LLAMA_SERVER": llama_server_binary(), "CG_HOME": str(tmp_path), **(env or {})}
+    proc = subprocess.Popen([sys.executable, "-m", "cg", "serve", "--llama-server", "-m", str(tiny_gguf), "--port",
+                             str(port), "--ctx", "256"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)
     assert proc.stdout.readline().strip() == f"http://127.0.0.1:{port}"
     [child] = [int(c) for c in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=30) as resp:
         assert resp.status == 200
     return proc, child
+
+
+def test_cg_serve_hands_llama_server_its_key_in_a_private_file(tiny_gguf, tmp_path):
+    """The key never shows on a command line (/proc/PID/cmdline is readable by every local
+    user), the file that carried it is gone once llama-server has read it, and a key with a
+    comma (which llama-server's --api-key would split in two) works."""
+    port, key = free_port(), "s3cret,with-comma"
+    proc, child = _serving(tiny_gguf, tmp_path, port, env={"CG_API_KEY": key})
+    try:
+        args = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+        assert key.encode() not in b" ".join(args) + Path(f"/proc/{proc.pid}/cmdline").read_bytes()
+        assert not Path(args[args.index(b"--api-key-file") + 1].decode()).exists()
+        for sent, status in ((key, 200), ("s3cret", 401), (None, 401)):
+            headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {sent}"} if sent else {})}
+            req = urllib.request.Request(f"http://127.0.0.1:{port}/tokenize", b'{"content": "x"}', headers)
+            try:
+                with urllib.request.urlopen(req, timeout=30) as resp:
+                    got = resp.status
+            except urllib.error.HTTPError as exc:
+                got = exc.code
+            assert got == status, sent
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+        if _alive(child):
+            os.kill(child, signal.SIGKILL)
 
 
 def _port_free(port: int) -> bool:
@@ -404,7 +433,7 @@ def test_cg_serve_on_a_taken_port_is_a_clean_error(tiny_gguf, tmp_path):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        proc = run_cg("serve", "-m", str(tiny_gguf), "--port", str(port),
+        proc = run_cg("serve", "--llama-server", "-m", str(tiny_gguf), "--port", str(port),
                       env={"CG_LLAMA_SERVER": llama_server_binary(), "CG_HOME": str(tmp_path)})
     assert proc.returncode == 2 and proc.stderr.startswith(f"Error: port {port} on 127.0.0.1 is taken"), proc.stderr
     assert "--port" in proc.stderr
@@ -424,7 +453,7 @@ def test_cg_serve_reports_a_llama_server_that_dies(tiny_gguf, tmp_path):
 
 
 def test_cg_serve_without_llama_server_says_how_to_get_it(tmp_path):
-    proc = run_cg("serve", env={"CG_LLAMA_SERVER": "", "PATH": str(tmp_path)})
+    proc = run_cg("serve", "--llama-server", env={"CG_LLAMA_SERVER": "", "PATH": str(tmp_path)})
     assert proc.returncode == 2 and proc.stderr.startswith("Error: llama-server is not installed")
     assert "llama-cpp-python sdist" in proc.stderr
 

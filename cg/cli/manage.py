@@ -16,7 +16,7 @@ from ..errors import UsageError
 from ..evaluate.tasks import Benchmark
 from ..options import DEFAULT_CTX, EVAL_MAX_TOKENS, RunOptions
 from .app import app, eval_app, models_app, write_result
-from .options import ApiKeyOpt, CtxOpt, GpuLayersOpt, ModelOpt, ThreadsOpt, VerboseOpt, model_options
+from .options import CtxOpt, GpuLayersOpt, ModelOpt, ThreadsOpt, VerboseOpt, model_options
 
 
 def default_model_name(src_dir: Path, out_type: OutType) -> str:
@@ -150,7 +150,7 @@ def eval_humaneval_infill(
                      self_check=self_check, stop_words=stop_words, repair_newline=repair_newline, n_samples=n_samples,
                      limits=Limits(timeout=timeout, memory_mb=memory), gen_jobs=width if run.server else 1,
                      run=replace(run, max_tokens=max_tokens))
-    summary = evaluate(eo)
+    summary = evaluate(eo, emit=write_result)  # with -o -: a reader that goes away ends cg quietly
     text = json.dumps(summary.to_json()) + "\n" if as_json else summary.table()
     if out is not None and str(out) == "-":
         sys.stderr.write(text)
@@ -231,28 +231,52 @@ def serve(
         metavar="[MODEL]", help="Installed model name or GGUF path (default: as complete).")] = None,
     model_opt: ModelOpt = None,
     ctx: CtxOpt = DEFAULT_CTX,
-    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Parallel slots (for cg eval --jobs).")] = 1,
-    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    jobs: Annotated[int, typer.Option(
+        "--jobs", "-j", min=1, help="Parallel slots: 1 for cg's own server (for now); with --llama-server, for "
+                                    "cg eval --jobs.")] = 1,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on (beyond loopback: set a key).")]
+    = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 8080,
     threads: ThreadsOpt = None,
     gpu_layers: GpuLayersOpt = None,
-    api_key: ApiKeyOpt = None,
+    api_key_file: Annotated[Path | None, typer.Option(
+        "--api-key-file", help="File holding the key clients must send as `Authorization: Bearer KEY` "
+                               "(default: env CG_API_KEY; neither: no key).")] = None,
+    llama_server: Annotated[bool, typer.Option(
+        "--llama-server", help="Start llama.cpp's llama-server with cg's flags instead (for cg's --server).")]
+    = False,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Start llama.cpp's llama-server for a model, with the flags cg needs; Ctrl-C stops it."""
-    from ..llama_server import ServeOptions
-    from ..llama_server import serve as run_server
+    """Serve completions to editors: llama.cpp's /infill, Ollama's /api/generate and OpenAI's
+    /v1/completions, each with cg complete's prompt, stops and cuts; Ctrl-C stops it."""
+    from ..serve.key import read_key
 
     if model and model_opt and model != model_opt:
         raise UsageError(f"two models given: {model} and --model {model_opt}", "Pass one of them.")
     chosen = model or model_opt
+    key = read_key(api_key_file)
+    if llama_server:
+        from ..llama_server import ServeOptions
+        from ..llama_server import serve as run_llama_server
 
-    def ready(url: str) -> None:
-        write_result(f"{url}\nexport CG_SERVER={url}\n")
-        print(f"llama-server is serving {chosen or 'the default model'} at {url}; Ctrl-C stops it.", file=sys.stderr)
+        def ready(url: str) -> None:
+            write_result(f"{url}\nexport CG_SERVER={url}\n")
+            print(f"llama-server is serving {chosen or 'the default model'} at {url}; Ctrl-C stops it.",
+                  file=sys.stderr)
 
-    run_server(ServeOptions(model=chosen, ctx=ctx, jobs=jobs, host=host, port=port, threads=threads,
-                            gpu_layers=gpu_layers, api_key=api_key, verbose=verbose), ready)
+        run_llama_server(ServeOptions(model=chosen, ctx=ctx, jobs=jobs, host=host, port=port, threads=threads,
+                                      gpu_layers=gpu_layers, api_key=key, verbose=verbose), ready)
+        return
+    from ..serve.server import ServeSettings
+    from ..serve.server import serve as run_server
+
+    def listening(url: str) -> None:
+        write_result(f"{url}\n")
+        print(f"cg is serving {chosen or 'the default model'} at {url}: /infill (llama.vim, llama.vscode), "
+              "/api/generate (Ollama, Continue), /v1/completions (OpenAI); Ctrl-C stops it.", file=sys.stderr)
+
+    run = RunOptions(model=chosen, n_ctx=ctx, threads=threads, gpu_layers=gpu_layers, verbose=verbose, quiet=True)
+    run_server(ServeSettings(run=run, host=host, port=port, api_key=key, jobs=jobs), listening)
 
 
 @app.command()

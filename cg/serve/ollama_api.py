@@ -1,0 +1,83 @@
+"""Ollama's `/api/generate` with `prompt` (the code before the cursor) and `suffix`, streamed as
+NDJSON by default as Ollama does; `/api/tags`, `/api/show` and `/api/version` for the clients
+that ask first.
+
+`/api/show` gives a template that names `.Suffix`: that is how Continue decides a model can fill
+in the middle and sends `suffix` (Ollama's `codegemma` carries a chat template, so Continue
+falls back to a raw prompt there). cg always builds CodeGemma's own prompt from prompt and
+suffix: `raw`, `template`, `system` and `context` change nothing, and sentinel text in a prompt
+stays text. `num_ctx` is the server's `--ctx` (the model is loaded once).
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+from .dialect import Call, Served, counts, finish_reason, ndjson
+from .request import MAX_STOPS, Fields, FimRequest, max_tokens, sampling
+from .slots import Outcome
+
+API_VERSION = "0.9.0"  # the Ollama API these endpoints follow (clients compare versions)
+# CodeGemma's FIM layout in Ollama's template language: what Ollama would need to send suffix.
+TEMPLATE = ("{{- if .Suffix }}<|fim_prefix|>{{ .Prompt }}<|fim_suffix|>{{ .Suffix }}<|fim_middle|>"
+            "{{- else }}{{ .Prompt }}{{- end }}")
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat().replace("+00:00", "Z")
+
+
+class OllamaApi:
+    stream_type = "application/x-ndjson"
+
+    def parse(self, body: Fields, served: Served) -> Call:
+        options = body.object("options")
+        body.flag("raw", False)
+        options.integer("num_ctx", 0, 0, 1 << 30)
+        request = FimRequest(prefix=body.text("prompt"), suffix=body.text("suffix"),
+                             max_tokens=max_tokens(options, "num_predict"), sampling=sampling(options),
+                             stop=options.texts("stop", MAX_STOPS))
+        return Call(request, stream=body.flag("stream", True), model=body.text("model") or served.model)
+
+    def whole(self, call: Call, outcome: Outcome, served: Served) -> dict[str, Any]:
+        return {**self._done(call, outcome), "response": outcome.text}
+
+    def piece(self, call: Call, text: str) -> bytes:
+        return ndjson({"model": call.model, "created_at": _now(), "response": text, "done": False})
+
+    def last(self, call: Call, outcome: Outcome, served: Served) -> bytes:
+        return ndjson({**self._done(call, outcome), "response": ""})
+
+    def error(self, status: int, message: str) -> dict[str, Any]:
+        return {"error": message}
+
+    def _done(self, call: Call, outcome: Outcome) -> dict[str, Any]:
+        prompt, generated = counts(outcome)
+        done = outcome.completion
+        ms = (done.timings.load_ms, done.timings.prompt_ms, done.timings.generation_ms) if done else (0.0, 0.0, 0.0)
+        ns = [int(v * 1e6) for v in ms]
+        return {"model": call.model, "created_at": _now(), "done": True, "done_reason": finish_reason(outcome),
+                "total_duration": sum(ns[1:]), "load_duration": ns[0], "prompt_eval_count": prompt,
+                "prompt_eval_duration": ns[1], "eval_count": generated, "eval_duration": ns[2]}
+
+
+def _details(served: Served) -> dict[str, Any]:
+    return {"format": "gguf", "family": "gemma", "families": ["gemma"], "parameter_size": "",
+            "quantization_level": ""}
+
+
+def tags(served: Served, size: int) -> dict[str, Any]:
+    return {"models": [{"name": served.model, "model": served.model, "modified_at": _now(), "size": size,
+                        "digest": "", "details": _details(served)}]}
+
+
+def show(served: Served) -> dict[str, Any]:
+    capabilities = ["completion", "insert"] if served.fim else ["completion"]
+    return {"modelfile": f"FROM {served.path}\n", "parameters": f"num_ctx {served.n_ctx}", "template": TEMPLATE,
+            "details": _details(served), "model_info": {"general.architecture": "gemma"},
+            "capabilities": capabilities, "modified_at": _now()}
+
+
+def version() -> dict[str, Any]:
+    return {"version": API_VERSION}

@@ -1,0 +1,164 @@
+"""What every API's request becomes (FimRequest), the bounds on requests, and the typed reading
+of a JSON body: a wrong type, NaN or an out-of-range number is a BadRequest (a 400 with a JSON
+error), never an exception from deeper down."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from ..engine import Sampling
+from ..options import DEFAULT_MAX_TOKENS
+
+MAX_BODY = 16 * 2**20  # bytes of a request body (a 16 MiB file, as `cg complete` takes)
+MAX_PREDICT = 4096  # tokens one request may ask for (-1 asks for the default)
+MAX_EXTRA = 64  # input_extra chunks (llama.vim sends a ring of 16)
+MAX_STOPS = 16  # stop texts
+MAX_LIST = 64  # other lists (samplers, response_fields)
+MAX_TIME_MS = 600_000  # t_max_predict_ms
+
+
+class BadRequest(Exception):
+    """The request cannot be used: answered with this status and a JSON error body."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.message, self.status = message, status
+
+
+@dataclass(frozen=True)
+class FimRequest:
+    """One fill-in-the-middle, in the terms of cg.complete.stream_complete."""
+
+    prefix: str
+    suffix: str = ""
+    context: tuple[tuple[str, str], ...] = ()  # (path, text) of other files, nearest first
+    max_tokens: int = DEFAULT_MAX_TOKENS  # 0: evaluate the prompt, keep it, generate nothing
+    max_time: float | None = None  # seconds, as --max-time
+    sampling: Sampling = Sampling()
+    stop: tuple[str, ...] = ()
+    slot: int | None = None  # a newer request naming the same slot replaces this one
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def parse_json(raw: bytes) -> Fields:
+    """The body as a JSON object; Python's json would take NaN and Infinity, JSON does not."""
+    try:
+        data = json.loads(raw, parse_constant=_no_constant)
+    except RecursionError:
+        raise BadRequest("the body is nested too deeply") from None
+    except ValueError as exc:  # also UnicodeDecodeError
+        raise BadRequest(f"the body is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise BadRequest("the body must be a JSON object")
+    return Fields(data)
+
+
+class Fields:
+    """A JSON object read field by field, each checked against the type it must have. Absent
+    and null fields take the default; unknown fields are ignored (clients send extras)."""
+
+    def __init__(self, data: dict[str, Any], where: str = ""):
+        self.data, self.where = data, where
+
+    def _get(self, name: str) -> Any:
+        return self.data.get(name)
+
+    def _bad(self, name: str, what: str) -> BadRequest:
+        return BadRequest(f"{self.where}{name} must be {what}")
+
+    def has(self, name: str) -> bool:
+        return self._get(name) is not None
+
+    def text(self, name: str, default: str = "") -> str:
+        value = self._get(name)
+        if value is None:
+            return default
+        if not isinstance(value, str):
+            raise self._bad(name, "a string")
+        return value
+
+    def integer(self, name: str, default: int, low: int, high: int) -> int:
+        value = self._get(name)
+        if value is None:
+            return default
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)  # 128.0 from a client that writes every number as a float
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self._bad(name, "an integer")
+        if not low <= value <= high:
+            raise self._bad(name, f"in {low}..{high}")
+        return value
+
+    def number(self, name: str, default: float, low: float, high: float) -> float:
+        value = self._get(name)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise self._bad(name, "a finite number")
+        if not low <= value <= high:
+            raise self._bad(name, f"in {low}..{high}")
+        return float(value)
+
+    def flag(self, name: str, default: bool) -> bool:
+        value = self._get(name)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            raise self._bad(name, "true or false")
+        return value
+
+    def texts(self, name: str, limit: int = MAX_LIST) -> tuple[str, ...]:
+        """A list of strings (a single string is a list of one, as OpenAI's `stop`)."""
+        value = self._get(name)
+        if value is None:
+            return ()
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list) or not all(isinstance(v, str) for v in items):
+            raise self._bad(name, "a list of strings")
+        if len(items) > limit:
+            raise self._bad(name, f"at most {limit} strings")
+        return tuple(items)
+
+    def objects(self, name: str, limit: int) -> list[Fields]:
+        value = self._get(name)
+        if value is None:
+            return []
+        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+            raise self._bad(name, "a list of objects")
+        if len(value) > limit:
+            raise self._bad(name, f"at most {limit} items")
+        return [Fields(v, f"{self.where}{name}[{i}].") for i, v in enumerate(value)]
+
+    def object(self, name: str) -> Fields:
+        value = self._get(name)
+        if value is None:
+            return Fields({}, f"{self.where}{name}.")
+        if not isinstance(value, dict):
+            raise self._bad(name, "an object")
+        return Fields(value, f"{self.where}{name}.")
+
+
+def sampling(fields: Fields) -> Sampling:
+    """temperature, top_k, top_p, min_p, repeat_penalty and seed under the names all three APIs
+    use; absent ones keep cg's defaults (greedy)."""
+    base = Sampling()
+    seed = fields.integer("seed", base.seed, -1, 2**32 - 1)
+    return Sampling(temperature=fields.number("temperature", base.temperature, 0.0, 100.0),
+                    top_k=fields.integer("top_k", base.top_k, 0, 1 << 30),
+                    top_p=fields.number("top_p", base.top_p, 0.0, 1.0),
+                    min_p=fields.number("min_p", base.min_p, 0.0, 1.0),
+                    repeat_penalty=fields.number("repeat_penalty", base.repeat_penalty, 0.0, 10.0),
+                    seed=base.seed if seed == -1 else seed)  # -1: llama-server's and Ollama's "any seed"
+
+
+def max_tokens(fields: Fields, name: str) -> int:
+    """A token limit: 0 evaluates the prompt only; -1 (llama-server's and Ollama's "no limit")
+    is cg's default, since cg's cuts end a completion long before any limit."""
+    value = fields.integer(name, DEFAULT_MAX_TOKENS, -2, MAX_PREDICT)
+    return DEFAULT_MAX_TOKENS if value < 0 else value
