@@ -44,7 +44,9 @@ SKIP = {
         "the card's table: 4 x 6848 tasks, hours; needs the real weights to mean anything",
 }
 SERVER_SKIPS = {
-    "cg serve -m codegemma-2b-q4_k_m --jobs 4 --port 8080": "runs until Ctrl-C; test_servers runs cg serve for real",
+    "cg serve codegemma-2b-q4_k_m --port 8012": "runs until Ctrl-C; test_serve runs cg serve for real",
+    "cg serve --llama-server -m codegemma-2b-q4_k_m --jobs 4 --port 8080":
+        "runs until Ctrl-C; test_servers runs cg serve --llama-server for real",
     "llama-server -m codegemma-7b-q4_k_m.gguf -c 32768 -np 4 -ngl 99 --host 0.0.0.0 --port 8080":
         "a 7B server; test_servers runs llama-server on the tiny model",
     "VLLM_CPU_KVCACHE_SPACE=4 python -m vllm.entrypoints.openai.api_server --model google/codegemma-7b "
