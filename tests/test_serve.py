@@ -247,6 +247,37 @@ def test_sentinel_text_stays_text(server, talkative_gguf):
     assert got["response"] == complete(nasty, nasty, opts=opts).text
 
 
+def test_continues_rendered_prompt_is_read_as_prefix_and_suffix(server, talkative_gguf):
+    """Continue's `openai` provider (and Ollama's raw fallback) writes CodeGemma's FIM layout
+    out as text and sends no suffix: that one shape is read as the prefix and suffix it spells."""
+    import openai
+
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused")
+    rendered = f"<|fim_prefix|>{PREFIX}<|fim_suffix|>{SUFFIX}<|fim_middle|>"
+    stops = ["<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>", "<|file_separator|>", "<end_of_turn>", "<eos>"]
+    answer = client.completions.create(model="codegemma", prompt=rendered, max_tokens=8, stop=stops)
+    assert answer.choices[0].text == expected(talkative_gguf, PREFIX, SUFFIX, 8)
+    status, got = post(server.url, "/api/generate", {"prompt": rendered, "raw": True, "stream": False,
+                                                     "options": {"num_predict": 8}})
+    assert status == 200 and got["response"] == answer.choices[0].text
+
+
+@pytest.mark.parametrize("prompt, parts", [
+    ("<|fim_prefix|>a<|fim_suffix|>b<|fim_middle|>", ("a", "b")),
+    ("<|fim_prefix|><|fim_suffix|><|fim_middle|>", ("", "")),
+    ("<|fim_prefix|>a<|fim_suffix|>b<|fim_suffix|>c<|fim_middle|>", None),  # code that spells a sentinel
+    ("<|fim_prefix|>a<|file_separator|>x<|fim_suffix|>b<|fim_middle|>", None),
+    ("x<|fim_prefix|>a<|fim_suffix|>b<|fim_middle|>", None),
+    ("<|fim_prefix|>a<|fim_suffix|>b", None),
+    ("<|fim_prefix|><|fim_middle|>", None),
+    ("def f(): pass", None),
+])
+def test_only_the_whole_rendered_layout_is_read(prompt, parts):
+    from cg.serve.request import rendered_fim
+
+    assert rendered_fim(prompt) == parts
+
+
 # ---------------------------------------------------------------- cancellation and concurrency
 
 

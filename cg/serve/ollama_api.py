@@ -6,7 +6,9 @@ that ask first.
 in the middle and sends `suffix` (Ollama's `codegemma` carries a chat template, so Continue
 falls back to a raw prompt there). cg always builds CodeGemma's own prompt from prompt and
 suffix: `raw`, `template`, `system` and `context` change nothing, and sentinel text in a prompt
-stays text. `num_ctx` is the server's `--ctx` (the model is loaded once).
+stays text, but for one case: without `suffix`, a prompt that is CodeGemma's FIM layout written
+out whole (Continue's raw fallback) is read as the prefix and suffix it spells. `num_ctx` is the
+server's `--ctx` (the model is loaded once).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import datetime
 from typing import Any
 
 from .dialect import Call, Served, counts, finish_reason, ndjson
-from .request import MAX_STOPS, Fields, FimRequest, max_tokens, sampling
+from .request import MAX_STOPS, Fields, FimRequest, max_tokens, prefix_and_suffix, sampling
 from .slots import Outcome
 
 API_VERSION = "0.9.0"  # the Ollama API these endpoints follow (clients compare versions)
@@ -35,7 +37,8 @@ class OllamaApi:
         options = body.object("options")
         body.flag("raw", False)
         options.integer("num_ctx", 0, 0, 1 << 30)
-        request = FimRequest(prefix=body.text("prompt"), suffix=body.text("suffix"),
+        prefix, suffix = prefix_and_suffix(body.text("prompt"), body.text("suffix") if body.has("suffix") else None)
+        request = FimRequest(prefix=prefix, suffix=suffix,
                              max_tokens=max_tokens(options, "num_predict"), sampling=sampling(options),
                              stop=options.texts("stop", MAX_STOPS))
         return Call(request, stream=body.flag("stream", True), model=body.text("model") or served.model)

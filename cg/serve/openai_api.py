@@ -3,7 +3,9 @@ vLLM and llama-server refuse), streamed as server-sent events ending in `data: [
 `/v1/models`.
 
 A token-id prompt, several prompts, `n` > 1 and `echo` are refused: an editor sends one text
-prompt. `max_tokens` absent is cg's default (128), not OpenAI's 16.
+prompt. `max_tokens` absent is cg's default (128), not OpenAI's 16. Without `suffix`, a prompt
+that is CodeGemma's FIM layout written out (Continue's `openai` provider renders it so) is read
+as the prefix and suffix it spells (request.rendered_fim).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import time
 from typing import Any
 
 from .dialect import Call, Served, counts, finish_reason, sse
-from .request import MAX_STOPS, BadRequest, Fields, FimRequest, max_tokens, sampling
+from .request import MAX_STOPS, BadRequest, Fields, FimRequest, max_tokens, prefix_and_suffix, sampling
 from .slots import Outcome
 
 
@@ -23,9 +25,9 @@ class OpenAiApi:
         body.integer("n", 1, 1, 1)
         if body.flag("echo", False):
             raise BadRequest("echo is not supported")
-        request = FimRequest(prefix=_prompt(body), suffix=body.text("suffix"),
-                             max_tokens=max_tokens(body, "max_tokens"), sampling=sampling(body),
-                             stop=body.texts("stop", MAX_STOPS))
+        prefix, suffix = prefix_and_suffix(_prompt(body), body.text("suffix") if body.has("suffix") else None)
+        request = FimRequest(prefix=prefix, suffix=suffix, max_tokens=max_tokens(body, "max_tokens"),
+                             sampling=sampling(body), stop=body.texts("stop", MAX_STOPS))
         return Call(request, stream=body.flag("stream", False), model=body.text("model") or served.model)
 
     def whole(self, call: Call, outcome: Outcome, served: Served) -> dict[str, Any]:

@@ -9,6 +9,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from cg_core.tokens import BY_NAME, SENTINELS
+
 from ..engine import Sampling
 from ..options import DEFAULT_MAX_TOKENS
 
@@ -142,6 +144,28 @@ class Fields:
         if not isinstance(value, dict):
             raise self._bad(name, "an object")
         return Fields(value, f"{self.where}{name}.")
+
+
+def rendered_fim(prompt: str) -> tuple[str, str] | None:
+    """(prefix, suffix) of a prompt that is CodeGemma's PSM layout written out as text,
+    `<|fim_prefix|>P<|fim_suffix|>S<|fim_middle|>`, with no other sentinel in it: what Continue
+    sends a server it believes cannot take `suffix` (its `openai` provider, Ollama's `raw`).
+    Anything else, including sentinel text inside code, stays text."""
+    pre, suf, mid = (t.text for t in (BY_NAME["fim_pre"], BY_NAME["fim_suf"], BY_NAME["fim_mid"]))
+    if not (prompt.startswith(pre) and prompt.endswith(mid)) or len(prompt) < len(pre) + len(mid):
+        return None
+    body = prompt[len(pre):len(prompt) - len(mid)]
+    prefix, found, suffix = body.partition(suf)
+    if not found or any(t.text in prefix or t.text in suffix for t in SENTINELS):
+        return None
+    return prefix, suffix
+
+
+def prefix_and_suffix(prompt: str, suffix: str | None) -> tuple[str, str]:
+    """The code before and after the cursor from a prompt and an optional suffix field."""
+    if suffix is None:
+        return rendered_fim(prompt) or (prompt, "")
+    return prompt, suffix
 
 
 def sampling(fields: Fields) -> Sampling:
