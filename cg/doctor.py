@@ -73,7 +73,7 @@ def _backend(report: Report) -> None:
     offload = bool(llama_cpp.llama_supports_gpu_offload())
     report.add("backend", ", ".join(backends) or "CPU")
     report.add("GPU offload", "available: every layer runs on the GPU by default (--gpu-layers)" if offload
-               else "not available in this llama.cpp build (see README: GPU install)")
+               else "not available in this llama.cpp build (README: GPU: offload layers)")
     report.add("CPU features", " ".join(features) or "-")
 
 

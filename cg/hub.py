@@ -239,7 +239,9 @@ class _Hub:
             if why:
                 raise NetworkError(f"{repo_id} is not in the hub cache and {why}",
                                    "Unset HF_HUB_OFFLINE and run the download once online.") from exc
-            raise NetworkError(f"cannot reach the hub at {self.endpoint}, and {repo_id} is not cached") from exc
+            raise NetworkError(f"cannot reach the hub at {self.endpoint}, and {repo_id} is not cached",
+                               "Check your connection (or HF_ENDPOINT): nothing of it is cached to use offline."
+                               ) from exc
         files = {str(p.relative_to(folder)): p.stat().st_size for p in folder.rglob("*") if p.is_file()}
         return Snapshot(repo_id, folder.name, files, revision, folder)
 

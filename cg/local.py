@@ -46,6 +46,15 @@ GPU_UBATCH = 512
 # Prompt tokens evaluated by default: on the CPU the prompt is the whole cost (about 75 tokens/s at
 # codegemma-2b's size on 2 cores), and the code nearest the cursor says the most.
 CPU_WINDOW = 2048
+# llama.cpp rounds every context up to a multiple of this (llama-context.cpp pads n_ctx), while
+# llama-cpp-python sizes its token and logit arrays by the number asked: a --ctx off the step made
+# a bigger context than those arrays, and decoding failed on a numpy broadcast.
+CTX_STEP = 256
+
+
+def context_size(asked: int) -> int:
+    """The context llama.cpp makes for `asked` tokens: asked, rounded up to CTX_STEP."""
+    return -(-max(asked, 1) // CTX_STEP) * CTX_STEP
 
 
 @dataclass(frozen=True)
@@ -128,6 +137,7 @@ def load(path: Path | str, *, n_ctx: int = 4096, n_threads: int | None = None, s
     moved; the window itself still applies. It costs memory only on such models."""
     path = Path(path)
     check_gguf_file(path)
+    n_ctx = context_size(n_ctx)  # asked as made, so every array and budget uses what llama.cpp has
     threads = n_threads or os.cpu_count() or 1
     start = time.perf_counter()
     with llama_log.capture(verbose) as log:
@@ -149,6 +159,11 @@ def load(path: Path | str, *, n_ctx: int = 4096, n_threads: int | None = None, s
             raise ModelFileError(f"cannot load {path}: {reason}",
                                  "The file may be truncated or corrupt; download or convert it again.") from None
     load_ms = (time.perf_counter() - start) * 1000
+    made = int(llm.n_ctx())
+    if made != n_ctx:  # a llama.cpp that rounds otherwise: say so, not a numpy error mid-decode
+        llm.close()
+        raise PromptTooLongError(f"llama.cpp made a {made}-token context for the {n_ctx} asked",
+                                 f"Pass --ctx {made}.")
     info = _describe(llm, path, recorded_ids or {}, offloaded)
     protected = {token: llm._model.token_get_text(token) for token in info.special.sentinel_ids()}
     return LocalEngine(llm, path, info, load_ms, KvCache(llm), protected, gpu_layers=layers if offloaded else 0)

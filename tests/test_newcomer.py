@@ -16,7 +16,7 @@ from .helpers import NO_STOPS, run_cg
     (["infill"], ["FILE[:LINE[:COL]]", "marker lines"]),
     (["download"], ["[MODEL]", "codegemma-1.1-7b-it", "owner/name"]),
     (["quantize"], ["SRC_DIR", "config.json", "tokenizer.json"]),
-    (["check"], ["FILE...", "cg: fill"]),
+    (["check"], ["[FILE]...", "cg: fill"]),
     (["models", "rm"], ["NAME", "cg models"]),
     (["eval", "export"], ["FILE", "published schema"]),
 ])
@@ -121,9 +121,15 @@ def test_a_model_listed_without_a_revision_has_no_trailing_at(tmp_path, tiny_ggu
     assert "\t/checkpoints/hf\t" in line and "hf@" not in line
 
 
-def test_the_readme_editor_recipe_runs_in_vim(tmp_path, talkative_gguf):
-    """README's Vim function, run by real Vim (headless) on a file: the completion lands at the
-    cursor. Its command line is the one README's shell example shows."""
+@pytest.mark.parametrize("line, keys", [
+    ("    return ", "A"),  # the end of a non-empty line: insert mode's cursor is past its last character
+    ("    return f()", "$i"),  # the middle: before the `)`
+    ("", "A"),  # an empty line
+], ids=["end-of-line", "middle", "empty-line"])
+def test_the_readme_editor_recipe_runs_in_vim(tmp_path, talkative_gguf, line, keys):
+    """README's Vim function and mapping, run by real Vim (headless): Ctrl-G Ctrl-G typed in
+    insert mode puts the completion at the cursor. Its command line is the one README's shell
+    example shows. (.ci/run installs Vim.)"""
     import os
     import re
     import shutil
@@ -137,19 +143,38 @@ def test_the_readme_editor_recipe_runs_in_vim(tmp_path, talkative_gguf):
     assert command.strip() in readme.split("as the mapping runs it:", 1)[1]
     vim = shutil.which("vim") or shutil.which("nvim")
     if vim is None:
-        pytest.skip("no vim here")
+        pytest.skip("no vim here (apt-get install vim-nox)")
     (tmp_path / "recipe.vim").write_text(recipe)
     f = tmp_path / "calc.py"
-    f.write_text("def add(a, b):\n    return \n")
+    before = "def add(a, b):\n"
+    f.write_text(before + line + "\n")
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "CG_MODEL": str(talkative_gguf), "CG_HOME": str(tmp_path / "home"), "HOME": str(tmp_path)}
-    script = ["-c", "source recipe.vim", "-c", "edit calc.py", "-c", "set virtualedit=onemore",
-              "-c", "call cursor(2, 12)", "-c", "call CgComplete()", "-c", "wq"]
+    typed = f'exe "normal 2G{keys}\\<C-g>\\<C-g>"'  # through the mapping, as a user types it
+    script = ["-c", "source recipe.vim", "-c", "edit calc.py", "-c", typed, "-c", "wq"]
     proc = subprocess.run([vim, "-Nu", "NONE", "-i", "NONE", "-es", *script], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    text = f.read_text()
-    assert text.startswith("def add(a, b):\n    return ") and text != "def add(a, b):\n    return \n"
-    alone = run_cg(*command.split()[1:], "calc.py", stdin="def add(a, b):\n    return <CURSOR>\n",
+    cut = len(line) - 1 if keys == "$i" else len(line)
+    # system() with a list writes the lines joined by line breaks, with none after the last
+    alone = run_cg(*command.split()[1:], "calc.py", stdin=before + line[:cut] + "<CURSOR>" + line[cut:],
                    env={"CG_MODEL": str(talkative_gguf), "CG_HOME": str(tmp_path / "home")}, cwd=tmp_path)
-    assert alone.returncode == 0 and text == "def add(a, b):\n    return " + alone.stdout + "\n"
+    assert alone.returncode == 0 and alone.stdout.strip()
+    assert f.read_text() == before + line[:cut] + alone.stdout + line[cut:] + "\n"
+
+
+def test_check_with_no_files_has_nothing_to_check(tmp_path):
+    """`cg check $(git ls-files '*.py')` in a repository without Python files: exit 0, not
+    `Missing argument 'FILE...'` (exit 2) failing a clean repository's hook."""
+    for args in ([], ["-z"]):
+        proc = run_cg("check", *args, cwd=tmp_path)
+        assert (proc.returncode, proc.stdout, proc.stderr) == (0, "", ""), args
+
+
+def test_an_unreachable_hub_with_nothing_cached_does_not_suggest_the_cache(tmp_path):
+    """HF_HUB_OFFLINE=1 "to use what is cached" was the hint when nothing was."""
+    env = {"CG_HOME": str(tmp_path / "home"), "HF_HOME": str(tmp_path / "hf"), "HF_ENDPOINT": "http://127.0.0.1:9",
+           "HF_TOKEN": "hf_x"}
+    proc = run_cg("download", "codegemma-2b", env=env)
+    assert proc.returncode == 5 and "google/codegemma-2b is not cached" in proc.stderr
+    assert "HF_HUB_OFFLINE" not in proc.stderr and "Hint: Check your connection" in proc.stderr

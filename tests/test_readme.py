@@ -226,3 +226,22 @@ def _validate_precommit_config(text: str, tmp_path: Path, env: dict[str, str]) -
     proc = subprocess.run([sys.executable, "-m", "pre_commit", "validate-config", str(config)], env=env,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_the_hook_snippets_rev_is_a_commit_or_a_tag_of_cg():
+    """`rev: v0.1.0` named a tag cg never had: pre-commit then fails on a copied snippet."""
+    text = README.read_text(encoding="utf-8")
+    revs = re.findall(r"^\s*rev: (\S+)", text, re.M)
+    tags = subprocess.run(["git", "tag", "--list"], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    assert revs and all(re.fullmatch(r"[0-9a-f]{40}", rev) or rev in tags for rev in revs), (revs, tags)
+    assert "rev-parse HEAD" in text
+
+
+def test_every_readme_section_cg_points_at_is_a_heading():
+    """`cg doctor` said "see README: GPU install", a section README never had."""
+    headings = [h.lstrip("#").strip() for h in re.findall(r"^#{2,4} .+$", README.read_text(encoding="utf-8"), re.M)]
+    sources = [*(ROOT / "cg").rglob("*.py"), *(ROOT / "cg_core").rglob("*.py"), ROOT / ".pre-commit-hooks.yaml"]
+    cited = {(p.name, name.strip()) for p in sources
+             for name in re.findall(r"README: ([^)\";.\n]+)", p.read_text(encoding="utf-8"))}
+    assert len(cited) >= 3
+    assert [(f, name) for f, name in cited if not any(h.startswith(name) for h in headings)] == []

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from cg import local as engine_mod
-from cg import store
+from cg import prompts, store
 from cg.cli import main
 
 from .helpers import NO_STOPS, run_cg
@@ -208,3 +208,22 @@ def test_quantize_dot_names_the_model_after_its_folder(ckpt_copy, monkeypatch, c
     assert Path(capsys.readouterr().out.strip()).name == "my-ckpt-f32.gguf"
     assert store.get("my-ckpt-f32") is not None
     assert main(["models", "rm", "my-ckpt-f32"]) == 0
+
+
+@pytest.mark.parametrize("ctx", [64, 100, 128, 255, 257, 300])
+def test_every_allowed_context_size_works(ctx, capsys, tiny_gguf):
+    """--ctx 64, 128 or 300 (the help allows x>=64) made a 256- or 512-token context while
+    llama-cpp-python's arrays had the size asked: `ValueError: could not broadcast`. The context
+    is asked as llama.cpp makes it, and the note names the context made."""
+    made = engine_mod.context_size(ctx)
+    assert made >= ctx and made % engine_mod.CTX_STEP == 0
+    long_prefix = "x = 1\n" * 400
+    for command in (["complete", "--prefix", long_prefix], ["generate", long_prefix]):
+        prompts._said.clear()  # the note is said once per process
+        code = main([*command, "-m", str(tiny_gguf), "--ctx", str(ctx), "-n", "3", *NO_STOPS])
+        err = capsys.readouterr().err
+        assert code == 0, err
+        assert f"Note: the {made}-token context left out " in err and "Error" not in err
+    engine = engine_mod.load(tiny_gguf, n_ctx=ctx)
+    assert engine.info.n_ctx == made == engine.llm.n_ctx()
+    engine.llm.close()

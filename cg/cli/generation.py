@@ -186,7 +186,8 @@ def _say_filled(result: FileResult, run: RunOptions) -> None:
 
 @app.command()
 def check(
-    files: Annotated[list[str], typer.Argument(metavar="FILE...", help="Files to look for marker lines in.")],
+    files: Annotated[list[str] | None, typer.Argument(
+        metavar="[FILE]...", help="Files to look for marker lines in (none: nothing to check, exit 0).")] = None,
     null: Annotated[bool, typer.Option("--null", "-z", help="List each marked FILE once, NUL-terminated (for "
                                                             "xargs -0, mapfile -d '').")] = False,
     marker: MarkerOpt = "cg: fill",
@@ -196,7 +197,7 @@ def check(
     writes nothing. For git hooks: `cg check $(git ls-files '*.py')`."""
     from .. import infill as infill_mod
 
-    left = infill_mod.check(files, marker, encoding)
+    left = infill_mod.check(files or [], marker, encoding)  # `$(git ls-files '*.py')` may expand to nothing
     if null:
         write_result("".join(f"{path}\0" for path in dict.fromkeys(str(p) for p, _ in left)))
     else:
