@@ -307,23 +307,28 @@ def test_a_closed_connection_stops_a_whole_answer_too(server):
 
 def test_a_newer_request_for_the_slot_replaces_the_one_decoding(server, talkative_gguf):
     """The next keystroke: the request decoding for slot 0 ends at once with what it has
-    (stop_type none), and the new one gets the whole answer."""
+    (stop_type none), the new one gets the whole answer, and the prompt the cancelled one read
+    is still there to reuse."""
     idle(server.url)
+    code = "".join(f"def helper_{i}(value):\n    return value * {i}\n\n" for i in range(12))
     first: dict[str, Any] = {}
+    n_old = 400  # with the prompt, within the 1024-token context
 
     def old() -> None:
-        first["answer"] = post(server.url, "/infill", {"id_slot": 0, "input_prefix": PREFIX, "input_suffix": SUFFIX,
-                                                       "n_predict": LONG})
+        first["answer"] = post(server.url, "/infill", {"id_slot": 0, "input_prefix": code, "input_suffix": SUFFIX,
+                                                       "n_predict": n_old})
 
     thread = threading.Thread(target=old)
     thread.start()
     processing(server.url)
-    status, new = post(server.url, "/infill", {"id_slot": 0, "input_prefix": "x = ", "input_suffix": "\n",
+    assert alive(server.url)  # /health answers while the worker decodes
+    status, new = post(server.url, "/infill", {"id_slot": 0, "input_prefix": code + "x = ", "input_suffix": SUFFIX,
                                                "n_predict": 5})
     thread.join(120)
     old_status, replaced = first["answer"]
-    assert old_status == 200 and replaced["stop_type"] == "none" and replaced["tokens_predicted"] < LONG // 2
-    assert status == 200 and new["content"] == expected(talkative_gguf, "x = ", "\n", 5)
+    assert old_status == 200 and replaced["stop_type"] == "none" and replaced["tokens_predicted"] < n_old // 2
+    assert status == 200 and new["content"] == expected(talkative_gguf, code + "x = ", SUFFIX, 5)
+    assert new["tokens_cached"] >= 128
 
 
 def test_eight_concurrent_clients_all_get_their_answers(server, talkative_gguf):
