@@ -1,7 +1,7 @@
 """`cg doctor` and `cg --version`: what cg runs on, where it keeps things, and what is broken.
 
 Each check gives a line for the report; a broken one also gives a problem and its fix.
-Never prints a token: only whether one is there and where it comes from.
+Never prints a token, key or password: only whether one is there and where it comes from.
 """
 
 from __future__ import annotations
@@ -12,10 +12,13 @@ from importlib import metadata
 from pathlib import Path
 
 from . import store
+from .errors import UsageError
+from .remote_http import display_url, open_server
 
 ENV_SETTINGS = ("CG_HOME", "CG_MODEL", "CG_GPU_LAYERS", "CG_MAX_PROMPT_TOKENS", "CG_PROMPT_CACHE",
                 "CG_PROMPT_CACHE_MB", "CG_SERVER", "CG_SERVER_TIMEOUT", "CG_API_KEY", "CG_LLAMA_SERVER", "CG_DEBUG")
 _SECRET = ("CG_API_KEY",)
+_URLS = ("CG_SERVER",)  # may hold user:password@
 
 
 @dataclass
@@ -143,12 +146,22 @@ def _models(report: Report) -> None:
 
 
 def _settings(report: Report) -> None:
-    found = [f"{k}={'***' if k in _SECRET else os.environ[k]}" for k in ENV_SETTINGS if os.environ.get(k)]
+    found = [f"{k}={_shown(k, os.environ[k])}" for k in ENV_SETTINGS if os.environ.get(k)]
     report.add("settings", " ".join(found) if found else "none (CG_* variables unset)")
+    if os.environ.get("CG_SERVER"):
+        try:
+            open_server(os.environ["CG_SERVER"], os.environ.get("CG_API_KEY"))
+        except UsageError as exc:
+            report.problem(exc.message, exc.hint)
     for key, low in (("CG_GPU_LAYERS", -1), ("CG_MAX_PROMPT_TOKENS", 16)):
         value = os.environ.get(key)
         if value is not None and not _is_int_at_least(value, low):
             report.problem(f"{key}={value!r} is not a whole number of at least {low}", f"Unset {key} or fix it.")
+
+
+def _shown(key: str, value: str) -> str:
+    """A setting's value as the report shows it: never a key, nor a password in a server's URL."""
+    return "***" if key in _SECRET else display_url(value) if key in _URLS else value
 
 
 def _is_int_at_least(value: str, low: int) -> bool:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Generator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -45,7 +45,7 @@ from .engine import (
     split_sentinels,
 )
 from .errors import ModelNotServedError, ServerRejectedError, UnsupportedServerError, UsageError
-from .remote_http import Http
+from .remote_http import Http, open_server
 
 
 @dataclass(frozen=True)
@@ -76,17 +76,47 @@ class RemoteEngine:
         timings.reuse = "server"
         body = self.api.request(self.model, prompt, max_tokens, sampling, logit_bias or {}, special.stop_ids)
         events = self.http.events(self.api.completion_path, body)
+        room = max_tokens  # the request says max_tokens, but a server may not listen
         try:
             for event in _refusing_text_prompts(events, self.http):
                 if event is None:
                     yield Piece()  # a sign of life: the caller may look at the clock
                     continue
                 piece, last = self.api.piece(self.http, event, special)
+                piece, used = self._within(piece, room)
+                room -= used
                 yield piece
-                if last:
+                if last or room <= 0:
                     return
         finally:
             events.close()
+
+    def _within(self, piece: Piece, room: int) -> tuple[Piece, int]:
+        """piece cut to room tokens, and the tokens it holds. Text without ids (a server that
+        sends none) is counted through the server's tokenizer, one token at least, so that
+        max_tokens ends a stream from a server that ignores it."""
+        if piece.ids:
+            return (piece if len(piece.ids) <= room else replace(piece, ids=piece.ids[:room], text="")), \
+                min(len(piece.ids), room)
+        text = piece.text if isinstance(piece.text, str) else ""
+        if not text:
+            return piece, 0
+        count = len(self.tokenize_text(text))
+        if count <= room:
+            return piece, max(1, count)
+        return replace(piece, text=text[:self._longest_within(text, room)]), room
+
+    def _longest_within(self, text: str, room: int) -> int:
+        """The longest prefix of text that tokenizes into at most room tokens (a binary search:
+        a few tokenizer calls, once per completion)."""
+        low, high = 0, len(text)  # text[:low] fits, text[:high + 1] does not
+        while low < high:
+            middle = (low + high + 1) // 2
+            if len(self.tokenize_text(text[:middle])) <= room:
+                low = middle
+            else:
+                high = middle - 1
+        return low
 
 
 def _refusing_text_prompts(events: Generator[dict[str, Any] | None, None, None], http: Http
@@ -107,8 +137,7 @@ def connect(url: str, *, api: str | None = None, api_key: str | None = None, mod
     """Find out what the server at url is and serves, and describe it. recorded: special ids
     cg's store holds for the served model (None: looked up by the model's name)."""
     start = time.perf_counter()
-    base = url.rstrip("/") if "://" in url else f"http://{url.rstrip('/')}"
-    completions, http, props = _detect(Http(base, api_key), Api(api) if api else None)
+    completions, http, props = _detect(open_server(url, api_key), Api(api) if api else None)
     root = http.at(http.base.removesuffix("/v1"))
     tokenizer: Tokenizer = LlamaServerTokenizer() if props or _is_llama_server(root) else VllmTokenizer()
     served = _models(http, completions, props)

@@ -8,10 +8,16 @@ silent, and a caller with a time budget (--max-time) can act on it.
 
 Plain HTTP with the standard library: one connection per request, so threads (eval --jobs) can
 share an engine.
+
+Credentials: a user name and password in the URL (http://user:pass@host:8080) go as HTTP Basic
+auth, an API key (--api-key, CG_API_KEY) as a Bearer token; both at once are refused, as both
+would be the one Authorization header. A URL is only ever printed through display_url(), which
+drops them.
 """
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import math
@@ -21,9 +27,9 @@ import socket
 import threading
 import time
 from collections.abc import Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, unquote, urlsplit
 
 from .errors import AuthError, ServerError, ServerRejectedError, ServerUnreachableError, UsageError
 
@@ -53,13 +59,79 @@ def shown(data: bytes | str | object, limit: int = 120) -> str:
     return repr(text[:limit] + ("..." if len(text) > limit else ""))
 
 
+def display_url(url: str) -> str:
+    """A server URL as cg prints it (errors, --json, doctor) and sends requests to: without the
+    user name, password, query or fragment, which may hold secrets. Everything up to the last @
+    goes, so that a password holding a raw / ? or # (which URL parsers end the host at) does
+    not show either."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "http", url
+    rest = rest.rpartition("@")[2]
+    for end in "?#":
+        rest = rest.partition(end)[0]
+    return f"{scheme}://{rest.rstrip('/')}"
+
+
+def open_server(url: str, api_key: str | None = None) -> Http:
+    """The server at url (http:// when it names no scheme), with the Authorization header cg
+    sends it: the URL's user:password as HTTP Basic auth, or api_key as a Bearer token."""
+    shown_url = display_url(url)
+    parts = _checked(url, shown_url)
+    return Http(shown_url, _authorization(parts.username, parts.password, api_key or None, shown_url))
+
+
+def _checked(url: str, shown_url: str) -> SplitResult:
+    """url's parts, refused (naming only shown_url) where cg would send it anywhere but its host."""
+    bad_host = UsageError(f"the server URL {shown_url} has no valid host and port",
+                          "e.g. http://127.0.0.1:8080; a port is a number from 0 to 65535.")
+    try:
+        parts = urlsplit(url if "://" in url else f"http://{url}")
+    except ValueError:  # a [ that does not close
+        raise bad_host from None
+    if "@" in parts.path + parts.query + parts.fragment:
+        raise UsageError(f"the server URL {shown_url} has an @ after its host",
+                         "Percent-encode / ? # and @ in a user name or password (%2F %3F %23 %40).")
+    if parts.query or parts.fragment:
+        raise UsageError(f"the server URL {shown_url} has a query or fragment (? or #)",
+                         "Give the server's base URL, e.g. http://127.0.0.1:8080 or http://host:8000/v1.")
+    if parts.scheme not in ("http", "https"):
+        raise UsageError(f"the server URL {shown_url} is not http:// or https://", "e.g. http://127.0.0.1:8080")
+    try:
+        parts.port  # noqa: B018 -- it checks the port
+    except ValueError:
+        raise bad_host from None
+    if not parts.hostname:
+        raise bad_host
+    return parts
+
+
+def _authorization(user: str | None, password: str | None, api_key: str | None, shown_url: str) -> str | None:
+    if user is None and password is None:
+        if api_key is None:
+            return None
+        if not api_key.isprintable() or not api_key.isascii():
+            raise UsageError("the API key holds characters an HTTP header cannot carry (spaces are fine)",
+                             "Check --api-key / CG_API_KEY: no line breaks or control characters.")
+        return f"Bearer {api_key}"
+    if api_key is not None:
+        raise UsageError(f"the server URL {shown_url} holds a user name and password, and an API key is given too",
+                         "Give one: cg sends the URL's user:password as HTTP Basic auth and --api-key / CG_API_KEY "
+                         "as a Bearer token, in the same header.")
+    pair = f"{unquote(user or '')}:{unquote(password or '')}"
+    return "Basic " + base64.b64encode(pair.encode()).decode("ascii")
+
+
 @dataclass(frozen=True)
 class Http:
-    base: str  # scheme://host:port[/prefix], no trailing slash
-    api_key: str | None = None
+    """A server reached at base (as display_url gives it) with an Authorization header, which no
+    repr shows."""
+
+    base: str  # scheme://host:port[/prefix], no trailing slash, no credentials
+    authorization: str | None = field(default=None, repr=False)
 
     def at(self, base: str) -> Http:
-        return Http(base, self.api_key)
+        return Http(display_url(base), self.authorization)
 
     def _send(self, method: str, path: str, body: Any, deadline: float
               ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
@@ -67,8 +139,8 @@ class Http:
         cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
         conn = cls(parts.hostname or "127.0.0.1", parts.port, timeout=CONNECT_TIMEOUT)
         headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
+        if self.authorization:
+            headers["Authorization"] = self.authorization
         try:
             conn.connect()
             if conn.sock is not None:
@@ -180,7 +252,8 @@ class Http:
         message = message_of(data)
         if status in (401, 403):
             raise AuthError(f"the server at {self.base} refused the request ({status}): {message}",
-                            "Pass the server's key with --api-key or CG_API_KEY.")
+                            "Pass the server's key with --api-key or CG_API_KEY (or user:password@ in its URL "
+                            "for HTTP Basic auth).")
         if status >= 500:
             raise ServerError(f"the server at {self.base} failed ({status}) on {path}: {message}")
         raise ServerRejectedError(f"the server at {self.base} rejected {path} ({status}): {message}")
