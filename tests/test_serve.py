@@ -190,6 +190,20 @@ def test_the_openai_client(server, talkative_gguf, stream):
     assert [m.id for m in client.models.list().data] == ["talkative-f32"]
 
 
+def test_logit_bias_as_llama_server_and_openai_take_it(server, talkative_gguf):
+    """[[id, bias]] (llama-server) and {"id": bias} (OpenAI) are --logit-bias."""
+    bias = {ID["fim_sep"]: 50.0}
+    opts = RunOptions(model=str(talkative_gguf), n_ctx=CTX, max_tokens=8, quiet=True, logit_bias=bias)
+    want = complete(PREFIX, SUFFIX, opts=opts)
+    assert want.stop_reason == "stop_token"  # the bias made it stop at once
+    status, got = post(server.url, "/infill", {"input_prefix": PREFIX, "input_suffix": SUFFIX, "n_predict": 8,
+                                               "logit_bias": [[ID["fim_sep"], 50.0]]})
+    assert status == 200 and got["content"] == want.text and got["stop_type"] == "eos"
+    status, got = post(server.url, "/v1/completions", {"prompt": PREFIX, "suffix": SUFFIX, "max_tokens": 8,
+                                                       "logit_bias": {str(ID["fim_sep"]): 50}})
+    assert status == 200 and got["choices"][0]["text"] == want.text and got["choices"][0]["finish_reason"] == "stop"
+
+
 def test_a_llama_vim_infill_request(server, talkative_gguf):
     """llama.vim's request as it builds it (autoload/llama.vim): the line before the cursor in
     `prompt` goes after input_prefix; response_fields flatten paths; the JSON is compact
@@ -377,6 +391,11 @@ def test_eight_concurrent_clients_all_get_their_answers(server, talkative_gguf):
     ("/infill", {"input_prefix": "x", "stop": [1]}, 400),
     ("/infill", {"input_prefix": "x", "stream": "yes"}, 400),
     ("/infill", {"input_prefix": " ", "input_suffix": ""}, 400),  # nothing to complete
+    ("/infill", {"input_prefix": "x", "logit_bias": [[10**6, 1.0]]}, 400),  # not in the vocabulary
+    ("/infill", {"input_prefix": "x", "logit_bias": [[70]]}, 400),
+    ("/infill", {"input_prefix": "x", "logit_bias": {"²": 1}}, 400),
+    ("/infill", {"input_prefix": "x", "logit_bias": {"9" * 5000: 1}}, 400),
+    ("/infill", {"input_prefix": "x", "logit_bias": [[70, "big"]]}, 400),
     ("/api/generate", {"prompt": "x", "options": []}, 400),
     ("/api/generate", {"prompt": "x", "options": {"num_predict": 1.5}}, 400),
     ("/api/generate", {"prompt": ["x"]}, 400),

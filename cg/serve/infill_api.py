@@ -3,7 +3,7 @@
 The request: input_prefix, input_suffix, input_extra ([{filename, text}], the ring of chunks
 from other files, oldest first: nearest the current file last in the prompt), prompt (the
 cursor's line before the cursor: llama-server appends it to the prefix), n_predict,
-t_max_predict_ms, id_slot, the sampling fields, stop, stream, response_fields. Accepted and
+t_max_predict_ms, id_slot, the sampling fields, stop, logit_bias, stream, response_fields. Accepted and
 left to cg: n_indent (cg's block stop ends a completion where its block ends), samplers,
 cache_prompt (cg always keeps the last prompt; exact reuse gives a fresh run's result),
 t_max_prompt_ms (llama-server ignores it too).
@@ -18,7 +18,7 @@ from typing import Any
 
 from ..options import DEFAULT_MAX_TOKENS
 from .dialect import Call, Served, sse
-from .request import MAX_EXTRA, MAX_STOPS, MAX_TIME_MS, Fields, FimRequest, max_tokens, sampling
+from .request import MAX_EXTRA, MAX_STOPS, MAX_TIME_MS, Fields, FimRequest, logit_bias, max_tokens, sampling
 from .slots import Outcome
 
 # cg's stop reasons as llama-server names them: "word" is its name for a stop text; cg's cuts
@@ -42,7 +42,7 @@ class InfillApi:
             context=tuple(reversed(extra)),  # stream_complete takes the nearest first
             max_tokens=max_tokens(body, "n_predict") if body.has("n_predict") else DEFAULT_MAX_TOKENS,
             max_time=predict_ms / 1000 if predict_ms > 0 else None, sampling=sampling(body),
-            stop=body.texts("stop", MAX_STOPS), slot=slot if slot >= 0 else None)
+            stop=body.texts("stop", MAX_STOPS), logit_bias=logit_bias(body), slot=slot if slot >= 0 else None)
         return Call(request, stream=body.flag("stream", False), model=body.text("model") or served.model,
                     fields=body.texts("response_fields"))
 

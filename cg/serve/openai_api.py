@@ -14,7 +14,16 @@ import time
 from typing import Any
 
 from .dialect import Call, Served, counts, finish_reason, sse
-from .request import MAX_STOPS, BadRequest, Fields, FimRequest, max_tokens, prefix_and_suffix, sampling
+from .request import (
+    MAX_STOPS,
+    BadRequest,
+    Fields,
+    FimRequest,
+    logit_bias,
+    max_tokens,
+    prefix_and_suffix,
+    sampling,
+)
 from .slots import Outcome
 
 
@@ -27,7 +36,7 @@ class OpenAiApi:
             raise BadRequest("echo is not supported")
         prefix, suffix = prefix_and_suffix(_prompt(body), body.text("suffix") if body.has("suffix") else None)
         request = FimRequest(prefix=prefix, suffix=suffix, max_tokens=max_tokens(body, "max_tokens"),
-                             sampling=sampling(body), stop=body.texts("stop", MAX_STOPS))
+                             sampling=sampling(body), stop=body.texts("stop", MAX_STOPS), logit_bias=logit_bias(body))
         return Call(request, stream=body.flag("stream", False), model=body.text("model") or served.model)
 
     def whole(self, call: Call, outcome: Outcome, served: Served) -> dict[str, Any]:

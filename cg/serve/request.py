@@ -20,6 +20,8 @@ MAX_EXTRA = 64  # input_extra chunks (llama.vim sends a ring of 16)
 MAX_STOPS = 16  # stop texts
 MAX_LIST = 64  # other lists (samplers, response_fields)
 MAX_TIME_MS = 600_000  # t_max_predict_ms
+MAX_BIAS = 1024  # logit_bias entries
+BIAS_RANGE = 1e4  # a bias beyond this bans or forces a token as surely
 
 
 class BadRequest(Exception):
@@ -41,6 +43,7 @@ class FimRequest:
     max_time: float | None = None  # seconds, as --max-time
     sampling: Sampling = Sampling()
     stop: tuple[str, ...] = ()
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias), as --logit-bias
     slot: int | None = None  # a newer request naming the same slot replaces this one
 
 
@@ -166,6 +169,28 @@ def prefix_and_suffix(prompt: str, suffix: str | None) -> tuple[str, str]:
     if suffix is None:
         return rendered_fim(prompt) or (prompt, "")
     return prompt, suffix
+
+
+def logit_bias(fields: Fields) -> tuple[tuple[int, float], ...]:
+    """llama-server's `[[id, bias], ...]` or OpenAI's `{"id": bias}`; ids are checked against the
+    vocabulary where the completion runs (a 400 naming the id)."""
+    value = fields.data.get("logit_bias")
+    if value is None:
+        return ()
+    pairs = list(value.items()) if isinstance(value, dict) else value
+    if not isinstance(pairs, list) or len(pairs) > MAX_BIAS:
+        raise BadRequest(f"{fields.where}logit_bias must be [[token id, bias], ...] or {{\"token id\": bias}} "
+                         f"(at most {MAX_BIAS})")
+    out = []
+    for pair in pairs:
+        if not (isinstance(pair, list | tuple) and len(pair) == 2):
+            raise BadRequest(f"{fields.where}logit_bias entries must be [token id, bias]")
+        key = pair[0]
+        if isinstance(key, str) and key.isascii() and key.isdigit() and len(key) <= 10:
+            key = int(key)  # OpenAI's object keys are strings
+        token = Fields({"id": key, "bias": pair[1]}, f"{fields.where}logit_bias ")
+        out.append((token.integer("id", 0, 0, 1 << 31), token.number("bias", 0.0, -BIAS_RANGE, BIAS_RANGE)))
+    return tuple(out)
 
 
 def sampling(fields: Fields) -> Sampling:

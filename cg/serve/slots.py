@@ -190,7 +190,7 @@ class Worker:
             return Outcome("", None, cancelled=True)
         req = job.request
         opts = dataclasses.replace(self.base, max_tokens=max(req.max_tokens, 1), max_time=req.max_time,
-                                   sampling=req.sampling)
+                                   sampling=req.sampling, logit_bias=dict(req.logit_bias) or None)
         if req.max_tokens == 0:
             return self._evaluate_only(job, opts)
         engine = Steered(self.engine, job.cancelled)
@@ -216,7 +216,8 @@ class Worker:
         else:
             prompt = prompts.prefix_prompt(engine, req.prefix, opts)
         timings = Timings(load_ms=engine.load_ms)
-        for _ in decode(engine, prompt, max_tokens=1, sampling=opts.sampling, timings=timings, exact=opts.exact):
+        for _ in decode(engine, prompt, max_tokens=1, sampling=opts.sampling, logit_bias=opts.logit_bias,
+                        timings=timings, exact=opts.exact):
             pass
         info = engine.info
         done = Completion("", "max_tokens", len(prompt), 0, timings, info.name, info.special.has_fim, list(prompt))
