@@ -3,7 +3,7 @@ shares, and their defaults, declared once (the CLI builds its options from these
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .engine import Sampling
 
@@ -26,9 +26,10 @@ class RunOptions:
     threads: int | None = None
     verbose: bool = False  # llama.cpp's log on stderr
     gpu_layers: int | None = None  # None: every layer when llama.cpp has a GPU backend, else none
-    server: str | None = None  # run on this llama-server or OpenAI-compatible server instead
+    # run on this llama-server or OpenAI-compatible server instead; kept out of repr (a URL may hold a password)
+    server: str | None = field(default=None, repr=False)
     server_api: str | None = None  # "llama" or "openai"; None: found from the URL
-    api_key: str | None = None
+    api_key: str | None = field(default=None, repr=False)  # never shown
     sampling: Sampling = Sampling()
     max_tokens: int = DEFAULT_MAX_TOKENS
     max_time: float | None = None  # seconds; then the completion ends at the next newline

@@ -313,3 +313,10 @@ def test_no_url_shows_its_password(user, password, encode, api_key, tail):
     if encode and "@" not in tail:  # (else the password runs to the last @: "...Zq@host")
         expected = base64.b64encode(f"{user}:{secret}".encode()).decode()
         assert http.authorization == f"Basic {expected}"
+
+
+def test_run_options_repr_shows_no_key_or_server_password():
+    from cg.options import RunOptions
+
+    shown = repr(RunOptions(server="http://alice:S3cr3tPw@127.0.0.1:1", api_key="k3y-s3cret"))
+    assert "S3cr3tPw" not in shown and "k3y-s3cret" not in shown
