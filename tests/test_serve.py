@@ -550,6 +550,7 @@ def test_sigterm_while_decoding_stops_at_once(talkative_gguf):
 @pytest.mark.parametrize("args, said", [
     (["--jobs", "2"], "Error: cg's own server decodes one sequence at a time"),
     (["--api-key", "sekret"], "No such option '--api-key'"),
+    (["--llama-server", "--server", "http://127.0.0.1:9"], "--llama-server and --server contradict each other"),
 ])
 def test_refused_options(talkative_gguf, args, said):
     proc = run_cg("serve", str(talkative_gguf), "--port", str(free_port()), *args)
@@ -565,6 +566,14 @@ def test_a_bad_key_file_is_refused(talkative_gguf, tmp_path, content, said):
     key_file.write_text(content, encoding="utf-8")
     proc = run_cg("serve", str(talkative_gguf), "--port", str(free_port()), "--api-key-file", str(key_file))
     assert proc.returncode == 2 and proc.stderr.startswith("Error: the API key in") and said in proc.stderr
+
+
+def test_a_gateway_to_a_server_that_does_not_answer_is_a_clean_error():
+    port = free_port()
+    proc = run_cg("serve", "--server", f"http://127.0.0.1:{free_port()}", "--port", str(port))
+    assert proc.returncode == 5 and proc.stderr.startswith("Error: cannot reach the server at"), proc.stderr
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))  # released
 
 
 def test_a_taken_port_is_a_clean_error(talkative_gguf):

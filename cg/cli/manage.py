@@ -12,6 +12,7 @@ import typer
 
 from quantize.llama_quant import OutType
 
+from ..dialects import Api
 from ..errors import UsageError
 from ..evaluate.tasks import Benchmark
 from ..options import DEFAULT_CTX, EVAL_MAX_TOKENS, RunOptions
@@ -245,6 +246,12 @@ def serve(
     llama_server: Annotated[bool, typer.Option(
         "--llama-server", help="Start llama.cpp's llama-server with cg's flags instead (for cg's --server).")]
     = False,
+    server: Annotated[str | None, typer.Option(
+        "--server", help="Run the model on this llama-server or OpenAI-compatible server (URL): cg serve as the "
+                         "FIM-correct gateway in front of it. Not read from CG_SERVER.")] = None,
+    server_api: Annotated[Api | None, typer.Option(
+        "--server-api", case_sensitive=False, help="With --server: llama or openai (default: found from the URL).")]
+    = None,
     verbose: VerboseOpt = False,
 ) -> None:
     """Serve completions to editors: llama.cpp's /infill, Ollama's /api/generate and OpenAI's
@@ -255,6 +262,9 @@ def serve(
         raise UsageError(f"two models given: {model} and --model {model_opt}", "Pass one of them.")
     chosen = model or model_opt
     key = read_key(api_key_file)
+    if llama_server and server:
+        raise UsageError("--llama-server and --server contradict each other",
+                         "--llama-server starts a llama-server; --server uses one that runs already.")
     if llama_server:
         from ..llama_server import ServeOptions
         from ..llama_server import serve as run_llama_server
@@ -270,12 +280,13 @@ def serve(
     from ..serve.server import ServeSettings
     from ..serve.server import serve as run_server
 
-    def listening(url: str) -> None:
+    def listening(url: str, label: str) -> None:
         write_result(f"{url}\n")
-        print(f"cg is serving {chosen or 'the default model'} at {url}: /infill (llama.vim, llama.vscode), "
+        print(f"cg is serving {label} at {url}: /infill (llama.vim, llama.vscode), "
               "/api/generate (Ollama, Continue), /v1/completions (OpenAI); Ctrl-C stops it.", file=sys.stderr)
 
-    run = RunOptions(model=chosen, n_ctx=ctx, threads=threads, gpu_layers=gpu_layers, verbose=verbose, quiet=True)
+    run = RunOptions(model=chosen, n_ctx=ctx, threads=threads, gpu_layers=gpu_layers, verbose=verbose, quiet=True,
+                     server=server or None, server_api=server_api.value if server_api else None)
     run_server(ServeSettings(run=run, host=host, port=port, api_key=key, jobs=jobs), listening)
 
 

@@ -38,8 +38,9 @@ class ServeSettings:
     jobs: int = 1
 
 
-def serve(settings: ServeSettings, on_ready: Callable[[str], None]) -> None:
-    """Listen, load the model, and serve until a signal; on_ready(url) once both are done."""
+def serve(settings: ServeSettings, on_ready: Callable[[str, str], None]) -> None:
+    """Listen, load the model, and serve until a signal; on_ready(url, the model's label) once
+    both are done."""
     if settings.jobs != 1:
         raise UsageError("cg's own server decodes one sequence at a time for now (--jobs 1)",
                          "For parallel slots run llama-server through cg: cg serve --llama-server --jobs N")
@@ -61,7 +62,7 @@ def serve(settings: ServeSettings, on_ready: Callable[[str], None]) -> None:
                         model_size=path.stat().st_size if path.is_file() else 0)
         try:
             host, port = sock.getsockname()[:2]
-            stopped_by = asyncio.run(_run(server, sock, worker, lambda: on_ready(url(host, port))))
+            stopped_by = asyncio.run(_run(server, sock, worker, lambda: on_ready(url(host, port), info.label)))
         finally:
             worker.stop()
     finally:
