@@ -8,16 +8,21 @@ import gzip
 import hashlib
 import json
 import math
+import os
+import subprocess
+import sys
 import time
 from importlib import resources
 
 import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 
 from cg.cli import main
 from cg.engine import Sampling
 from cg.errors import OutputExistsError, UsageError
 from cg.evaluate.humaneval import EvalOptions, evaluate, pass_at_k
-from cg.evaluate.sandbox import Limits, run_program
+from cg.evaluate.sandbox import SPARE_TASKS, Limits, run_program
 from cg.evaluate.tasks import BENCHMARKS, Task, load, raw_lines, spread
 
 from .helpers import ID, forcing
@@ -117,6 +122,152 @@ def test_the_program_cannot_touch_the_callers_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     run_program("open('left-behind.txt', 'w').write('x')\n")
     assert list(tmp_path.iterdir()) == []
+
+
+LEAVERS = {
+    # A child in a session of its own (out of the program's process group), the program still running.
+    "setsid, timed out": "p = subprocess.Popen(['sleep', '61'], start_new_session=True)\nsave(p.pid)\ntime.sleep(60)\n",
+    # The same, the program ending at once (and passing).
+    "setsid, passed": "p = subprocess.Popen(['sleep', '61'], start_new_session=True)\nsave(p.pid)\n",
+    # A daemon: fork, setsid, fork again; its parents are gone before the program ends.
+    "double fork": ("if os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n        save(os.getpid())\n"
+                    "        os.execvp('sleep', ['sleep', '61'])\n    os._exit(0)\nos.wait()\n"
+                    "while not os.path.exists(PID):\n    time.sleep(0.01)\n"),
+}
+
+
+def _sleeping(pid: int) -> bool:
+    """pid is still one of the test's `sleep 61` processes (not gone, not a reused pid)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read() == b"sleep\x0061\x00"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the subreaper and /proc are Linux's")
+@pytest.mark.parametrize("case", list(LEAVERS))
+def test_no_process_a_program_starts_outlives_it(tmp_path, case):
+    pid_file = tmp_path / "pid"
+    program = (f"import os, subprocess, time\nPID = {str(pid_file)!r}\n"
+               "def save(pid):\n    open(PID + '.tmp', 'w').write(str(pid))\n    os.replace(PID + '.tmp', PID)\n"
+               + LEAVERS[case])
+    outcome = run_program(program, Limits(timeout=3))
+    assert outcome.result == ("timed out" if "timed out" in case else "passed")
+    pid = int(pid_file.read_text())
+    try:
+        deadline = time.monotonic() + 30  # a hang guard only: the sweep is done when run_program returns
+        while _sleeping(pid):
+            assert time.monotonic() < deadline, f"the {case} child {pid} outlived the program"
+            time.sleep(0.05)
+    finally:
+        if _sleeping(pid):
+            os.kill(pid, 9)
+
+
+def test_a_program_may_start_only_a_bounded_number_of_processes():
+    """RLIMIT_NPROC counts all the user's tasks: the program may add at most SPARE_TASKS (the
+    kernel enforces it for every user but root)."""
+    program = f"""import os, resource
+soft, hard = resource.getrlimit(resource.RLIMIT_NPROC)
+uid, mine = os.getuid(), 0
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        if os.stat("/proc/" + pid).st_uid == uid:
+            mine += int(open(f"/proc/{{pid}}/stat").read().rsplit(")", 1)[1].split()[17])
+    except OSError:
+        pass
+assert soft == hard != resource.RLIM_INFINITY, (soft, hard)
+assert soft - mine <= {SPARE_TASKS} + 64, (soft, mine)
+"""
+    outcome = run_program(program)
+    assert outcome.passed, outcome.result
+
+
+def test_a_reader_that_goes_away_ends_eval_quietly(tmp_path):
+    """`cg eval ... -o - | head -1`: exit 0 and nothing on stderr, as every other command. The
+    whole set is asked for so that its lines overfill the pipe: cg is still writing when the
+    reader goes."""
+    env = {**os.environ, "CG_HOME": str(tmp_path / "home")}
+    proc = subprocess.Popen([sys.executable, "-m", "cg", "eval", "humaneval-infill", "--self-check", "-o", "-"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    try:
+        first = json.loads(proc.stdout.readline())
+        proc.stdout.close()
+        err = proc.stderr.read()
+        proc.wait(timeout=120)
+    finally:
+        proc.kill()
+    assert first["passed"] and (proc.returncode, err) == (0, b"")
+
+
+SELF_CHECK = ["eval", "humaneval-infill", "--self-check", "-b", "random-span-light", "--jobs", "1"]
+
+
+@pytest.fixture(scope="module")
+def result_line(tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("results") / "r.jsonl"
+    assert main([*SELF_CHECK, "--limit", "1", "-o", str(out)]) == 0
+    return json.loads(out.read_text())
+
+
+def _line(record: dict) -> bytes:
+    return json.dumps(record).encode() + b"\n"
+
+
+HOSTILE = {
+    "no passed": (lambda r: _line({k: v for k, v in r.items() if k != "passed"}), "line 1: no 'passed'"),
+    "passed is a string": (lambda r: _line({**r, "passed": "no"}), "line 1: 'passed' is \"no\""),
+    "not UTF-8": (lambda r: _line(r) + b'{"task_id": "\xff\xfe"}\n', "line 2: not UTF-8 text"),
+    "notes": (lambda r: b"my notes\nthe last line, unterminated", "line 1: not JSON"),
+    "one unterminated line": (lambda r: b"the only line", "line 1: its last line is not a result"),
+    "a result, then notes": (lambda r: _line(r) + b"todo: more", "line 2: its last line is not a result"),
+    "an array": (lambda r: b"[1, 2]\n", "line 1: not a JSON object"),
+    "NaN seconds": (lambda r: _line(r).replace(b'"gen_seconds": 0.0', b'"gen_seconds": NaN'),
+                    "line 1: 'gen_seconds' is nan"),
+    "sample is true": (lambda r: _line({**r, "sample": True}), "line 1: 'sample' is true"),
+    "deep nesting": (lambda r: b"[" * 100_000 + b"]" * 100_000 + b"\n", "line 1: not JSON"),
+    "a huge number": (lambda r: _line(r).replace(b'"sample": 0', b'"sample": ' + b"9" * 5000), "line 1: not JSON"),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE))
+def test_resume_refuses_a_file_that_is_not_cgs_and_leaves_it_as_it_is(tmp_path, capsys, result_line, case):
+    make, why = HOSTILE[case]
+    out = tmp_path / "r.jsonl"
+    out.write_bytes(content := make(result_line))
+    code = main([*SELF_CHECK, "--limit", "2", "-o", str(out), "--resume"])
+    first = capsys.readouterr().err.splitlines()[0]
+    assert code == 2 and first.startswith(f"Error: {out} is not a cg eval results file ({why}")
+    assert out.read_bytes() == content
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.binary(min_size=1, max_size=300))
+def test_resume_never_rewrites_a_file_it_did_not_write(tmp_path, capsys, content):
+    assume(not content.startswith(b'{"task_id": '))
+    out = tmp_path / "any.jsonl"
+    out.write_bytes(content)
+    assert main([*SELF_CHECK, "--limit", "1", "-o", str(out), "--resume"]) == 2
+    assert out.read_bytes() == content
+    assert capsys.readouterr().err.startswith(f"Error: {out} is not a cg eval results file")
+
+
+@pytest.mark.parametrize("other", [["--repair-newline"], ["--timeout", "5"], ["-b", "single-line"]])
+def test_resume_refuses_the_results_of_another_run(tmp_path, capsys, other):
+    out = tmp_path / "r.jsonl"
+    assert main([*SELF_CHECK, "--limit", "2", "-o", str(out)]) == 0
+    content = out.read_bytes()[:-10]  # interrupted in the last line: still not rewritten
+    out.write_bytes(content)
+    capsys.readouterr()
+    assert main([*SELF_CHECK, "--limit", "2", "-o", str(out), "--resume", *other]) == 2
+    assert capsys.readouterr().err.startswith(f"Error: {out} holds the results of another run")
+    assert out.read_bytes() == content
+    # The same options continue it: the cut line is redone, the first one kept.
+    assert main([*SELF_CHECK, "--limit", "3", "-o", str(out), "--resume", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["tasks"], summary["passed"], summary["resumed"]) == (3, 3, 1)
+    assert len(out.read_text().splitlines()) == 3
 
 
 def canonical_forcer(engine):

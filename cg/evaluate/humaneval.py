@@ -6,11 +6,15 @@ Generation runs `gen_jobs` tasks at a time (1 for the local engine: one llama.cp
 against a server, which batches them); scoring runs in up to `jobs` sandboxed subprocesses
 alongside. Result lines are written in task order whatever finishes first, flushed one by one, so
 a parallel run writes the same file as a serial one and an interrupted run continues with --resume.
+Every line carries the run it belongs to (a digest of the benchmark, model and settings), so
+--resume continues only a results file of the same run and leaves any other file as it is.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
 import sys
 import time
@@ -35,6 +39,11 @@ STOP_WORDS = ("\nclass", "\ndef", "\n#", "\nif")
 PASS_AT = (1, 10, 100)
 
 Record = dict[str, Any]
+# What each result line holds, by type; --resume reads a file only if every line has them all.
+RECORD_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "task_id": str, "completion": str, "sample": int, "passed": bool, "result": str, "completion_tokens": int,
+    "stop_reason": str, "gen_seconds": (int, float), "score_seconds": (int, float), "run": str}
+_LINE_START = b'{"task_id": '  # how json.dumps begins each record (task_id comes first)
 
 
 @dataclass
@@ -100,38 +109,42 @@ def tasks_for(benchmark: str) -> list[Task]:
 
 def evaluate(eo: EvalOptions, *, engine: Engine | None = None,
              processor_for: Callable[[Task], LogitsProcessor] | None = None,
-             tasks: list[Task] | None = None) -> Summary:
-    """Run the benchmark; `processor_for(task)` may add a logits processor per task (tests, sampling hooks)."""
+             tasks: list[Task] | None = None, emit: Callable[[str], None] | None = None) -> Summary:
+    """Run the benchmark; `processor_for(task)` may add a logits processor per task (tests, sampling hooks).
+    emit: where result lines go with --out - (default: sys.stdout); the CLI passes its stdout
+    writer, which ends cg quietly when the reader goes away."""
     if eo.n_samples > 1 and eo.run.sampling.temperature == 0 and not eo.self_check:
         raise UsageError("--n-samples above 1 needs --temperature above 0 (greedy samples are all alike)",
                          "Add e.g. --temperature 0.8, or drop --n-samples.")
     start = time.perf_counter()
     chosen = spread(tasks if tasks is not None else tasks_for(eo.benchmark), eo.limit)
     wanted = [(t, s) for t in chosen for s in range(eo.n_samples)]
-    done = _previous(eo, {(t.task_id, s) for t, s in wanted})
-    pending = [(t, s) for t, s in wanted if (t.task_id, s) not in done]
-    model = "canonical solutions (--self-check)"
+    previous = _previous(eo)  # before the model loads: a file that is not cg's is refused at once
+    model, model_id = "canonical solutions (--self-check)", "canonical"
     if not eo.self_check:
         engine = engine or get_engine(eo.run)
-        model = engine.info.label
+        model, model_id = engine.info.label, f"{engine.info.name} at {engine.info.server or 'local'}"
         if not engine.info.special.has_fim:
             raise NoFimError(f"{model} has no fill-in-the-middle tokens: HumanEval infilling measures FIM",
                              "Install CodeGemma (cg download codegemma-2b) or pass --model with a CodeGemma GGUF.")
+    run_id = _run_id(eo, model_id)
+    done = previous.resumed(run_id, {(t.task_id, s) for t, s in wanted}) if previous else {}
+    pending = [(t, s) for t, s in wanted if (t.task_id, s) not in done]
 
     def generate(task: Task, sample: int) -> tuple[str, Record, float]:
         if eo.self_check:
-            return task.canonical_solution, {"completion_tokens": 0, "stop_reason": "canonical"}, 0.0
+            return task.canonical_solution, {"completion_tokens": 0, "stop_reason": "canonical", "run": run_id}, 0.0
         t0 = time.perf_counter()
         # Exact reuse only: a task's result must not depend on the tasks before it.
         opts = replace(eo.run, exact=True, sampling=replace(eo.run.sampling, seed=eo.run.sampling.seed + sample))
         result = complete(task.prompt, task.suffix, opts=opts, engine=engine, require_fim=True,
                           stop=STOP_WORDS if eo.stop_words else (),
                           logits_processor=processor_for(task) if processor_for else None)
-        return result.text, {"completion_tokens": result.completion_tokens, "stop_reason": result.stop_reason}, \
-            time.perf_counter() - t0
+        return result.text, {"completion_tokens": result.completion_tokens, "stop_reason": result.stop_reason,
+                             "run": run_id}, time.perf_counter() - t0
 
     results: dict[tuple[str, int], Record] = dict(done)
-    with _results_writer(eo, [(t.task_id, s) for t, s in pending]) as write, \
+    with _results_writer(eo, [(t.task_id, s) for t, s in pending], emit) as write, \
             progress_bar(f"HumanEval {eo.benchmark}", total=len(pending)) as advance:
         for record in _run(pending, generate, eo):
             results[(record["task_id"], record["sample"])] = record
@@ -208,44 +221,112 @@ def _summary(eo: EvalOptions, tasks: list[Task], results: dict[tuple[str, int], 
         score_seconds=sum(r["score_seconds"] for r in records) / count, wall_seconds=wall)
 
 
-def _previous(eo: EvalOptions, wanted: set[tuple[str, int]]) -> dict[tuple[str, int], Record]:
-    """Results already in --out (with --resume); refuses to overwrite one without --resume/--force."""
+def _run_id(eo: EvalOptions, model: str) -> str:
+    """A digest of what decides a run's results (not how many tasks, nor how parallel): every
+    line carries it, and --resume continues only lines of the same run."""
+    run = eo.run
+    what = {"benchmark": str(eo.benchmark), "model": model, "self_check": eo.self_check,
+            "stop_words": eo.stop_words, "repair_newline": eo.repair_newline, "limits": asdict(eo.limits),
+            "sampling": asdict(run.sampling), "max_tokens": run.max_tokens, "n_ctx": run.n_ctx,
+            "max_time": run.max_time, "max_prompt_tokens": run.max_prompt_tokens,
+            "logit_bias": sorted((run.logit_bias or {}).items())}
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class _Previous:
+    """A results file cg wrote: its records (the last one of each task and sample), the runs
+    they belong to, and how many bytes of whole lines it holds."""
+
+    path: Path
+    records: dict[tuple[str, int], Record]
+    runs: set[str]
+    whole: int
+    size: int
+
+    def resumed(self, run_id: str, wanted: set[tuple[str, int]]) -> dict[tuple[str, int], Record]:
+        """The records to keep; the line an interruption cut is dropped (it is redone)."""
+        if self.runs - {run_id}:
+            raise InputError(f"{self.path} holds the results of another run (another model, benchmark or settings)",
+                             "Resume it with the options it was made with; or pass --force to start over, "
+                             "or another --out.")
+        if self.whole < self.size:
+            with open(self.path, "r+b") as f:
+                f.truncate(self.whole)
+        return {key: record for key, record in self.records.items() if key in wanted}
+
+
+def _previous(eo: EvalOptions) -> _Previous | None:
+    """The results already in --out (with --resume), checked to be a cg results file; refuses
+    to overwrite an existing file without --resume or --force."""
     if eo.out is None or str(eo.out) == "-" or not eo.out.exists():
-        return {}
+        return None
     if not eo.resume:
         if eo.force:
-            return {}
+            return None
         raise OutputExistsError(f"{eo.out} already exists",
                                 "Pass --resume to continue it, or --force to start over.")
-    data = eo.out.read_bytes()
-    if data and not data.endswith(b"\n"):  # a line cut by an interruption: drop it, it is redone
-        data = data[:data.rfind(b"\n") + 1]
-        with open(eo.out, "r+b") as f:
-            f.truncate(len(data))
-    done = {}
-    for line in data.decode("utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        key = (record.get("task_id"), record.get("sample", 0))
-        if key in wanted:
-            done[key] = record
-    return done
+    if not eo.out.is_file():
+        raise InputError(f"{eo.out} is not a regular file", "Pass a results file to --out.")
+    previous = _Previous(eo.out, {}, set(), 0, eo.out.stat().st_size)
+    with open(eo.out, "rb") as f:
+        for number, line in enumerate(f, 1):
+            if not line.endswith(b"\n"):  # a line an interruption cut, if cg began it
+                if not line.startswith(_LINE_START):
+                    raise _not_results(eo.out, number, "its last line is not a result")
+                break
+            record = _record(line)
+            if isinstance(record, str):
+                raise _not_results(eo.out, number, record)
+            previous.records[(record["task_id"], record["sample"])] = record
+            previous.runs.add(record["run"])
+            previous.whole += len(line)
+    return previous
+
+
+def _record(line: bytes) -> Record | str:
+    """One result line, or why it is not one."""
+    try:
+        record = json.loads(line.decode("utf-8"))
+    except UnicodeDecodeError:
+        return "not UTF-8 text"
+    except (ValueError, RecursionError):  # JSONDecodeError, an over-long number, deep nesting
+        return "not JSON"
+    if not isinstance(record, dict):
+        return "not a JSON object"
+    for name, kind in RECORD_FIELDS.items():
+        value = record.get(name)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            return f"no {name!r}" if value is None else f"{name!r} is {json.dumps(value)[:40]}"
+        if isinstance(value, float | int) and not isinstance(value, bool) and not (math.isfinite(value) and value >= 0):
+            return f"{name!r} is {value}"
+    return record
+
+
+def _not_results(path: Path, number: int, why: str) -> InputError:
+    return InputError(f"{path} is not a cg eval results file (line {number}: {why}); it was left as it is",
+                      "Pass --force to overwrite it, or another --out.")
 
 
 @contextmanager
-def _results_writer(eo: EvalOptions, order: list[tuple[str, int]]) -> Iterator[Callable[[Record], None]]:
+def _results_writer(eo: EvalOptions, order: list[tuple[str, int]],
+                    emit: Callable[[str], None] | None) -> Iterator[Callable[[Record], None]]:
     """Appends one JSON line per result in `order`, each flushed as soon as all before it are
     written (so --resume loses nothing and a parallel run writes a serial run's file)."""
     if eo.out is None:
         yield lambda _record: None
         return
+    file = None
     if str(eo.out) == "-":
-        file = sys.stdout
+        line_out = emit or _to_stdout
     else:
         eo.out.parent.mkdir(parents=True, exist_ok=True)
         file = open(eo.out, "a" if eo.resume else "w", encoding="utf-8")  # noqa: SIM115 - closed below
+
+        def line_out(line: str) -> None:
+            file.write(line)
+            file.flush()
+
     waiting: dict[tuple[str, int], Record] = {}
     position = 0
 
@@ -253,15 +334,19 @@ def _results_writer(eo: EvalOptions, order: list[tuple[str, int]]) -> Iterator[C
         nonlocal position
         waiting[(record["task_id"], record["sample"])] = record
         while position < len(order) and order[position] in waiting:
-            file.write(json.dumps(waiting.pop(order[position]), ensure_ascii=False) + "\n")
-            file.flush()
+            line_out(json.dumps(waiting.pop(order[position]), ensure_ascii=False) + "\n")
             position += 1
 
     try:
         yield write
     finally:
-        if file is not sys.stdout:
+        if file is not None:
             file.close()
+
+
+def _to_stdout(line: str) -> None:
+    sys.stdout.write(line)
+    sys.stdout.flush()
 
 
 def default_jobs() -> int:
