@@ -118,43 +118,11 @@ class GGUFHeader:
     def check(self) -> None:
         """Every key and tensor description reads, and every tensor's data lies inside the file
         (what llama.cpp checks when it loads the file; a truncated download fails here)."""
-        from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
-
         offset, alignment = 24, _DEFAULT_ALIGNMENT
         for value, offset in self._walk():  # noqa: B007 - the last offset is where tensors start
             if value.key == _ALIGNMENT_KEY:
-                alignment = self._alignment(value)
-        sizes = {t.value: size for t, size in GGML_QUANT_SIZES.items() if isinstance(t, GGMLQuantizationType)}
-        tensors = []
-        for _ in range(self.n_tensors):
-            name, offset = self._string(offset)
-            (n_dims,) = self._unpack("<I", offset)
-            if n_dims > MAX_DIMS:
-                raise GGUFHeaderError(f"tensor {_name(name)} has {n_dims} dimensions (at most {MAX_DIMS})")
-            dims = self._unpack(f"<{n_dims}Q", offset + 4)
-            kind, start = self._unpack("<IQ", offset + 4 + 8 * n_dims)
-            offset += 16 + 8 * n_dims
-            if kind not in sizes:
-                raise GGUFHeaderError(f"tensor {_name(name)} has an unknown type {kind}")
-            tensors.append((name, dims, sizes[kind], start))
-        data_start = -(-offset // alignment) * alignment
-        for name, dims, (block, size), start in tensors:
-            elements = 1
-            for d in dims:
-                elements *= d
-            if dims and dims[0] % block:
-                raise GGUFHeaderError(f"tensor {_name(name)}'s rows do not fill whole blocks of {block}")
-            if data_start + start + elements // block * size > len(self.data):
-                raise GGUFHeaderError(f"tensor {_name(name)}'s data lies past the end of the file "
-                                      f"({len(self.data)} bytes): the file is truncated")
-
-    def _alignment(self, value: _Value) -> int:
-        if value.type != 4:  # u32, as the format says
-            raise GGUFHeaderError(f"{_ALIGNMENT_KEY} is not a u32")
-        (alignment,) = self._unpack("<I", value.offset)
-        if alignment == 0 or alignment & (alignment - 1):
-            raise GGUFHeaderError(f"{_ALIGNMENT_KEY} is {alignment}, not a power of two")
-        return int(alignment)
+                alignment = _alignment(self, value)
+        _check_tensors(self, offset, alignment)
 
     def scalars(self) -> dict[str, int | float | bool | str]:
         """Every scalar value by key (arrays left out)."""
@@ -206,6 +174,45 @@ class GGUFHeader:
                 return None
             offset += 8 + self._unpack("<Q", offset)[0]
         return None
+
+
+def _alignment(header: GGUFHeader, value: _Value) -> int:
+    if value.type != 4:  # u32, as the format says
+        raise GGUFHeaderError(f"{_ALIGNMENT_KEY} is not a u32")
+    (alignment,) = header._unpack("<I", value.offset)
+    if alignment == 0 or alignment & (alignment - 1):
+        raise GGUFHeaderError(f"{_ALIGNMENT_KEY} is {alignment}, not a power of two")
+    return int(alignment)
+
+
+def _check_tensors(header: GGUFHeader, offset: int, alignment: int) -> None:
+    """The tensor descriptions from offset on; each tensor's data must lie inside the file."""
+    from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    sizes = {t.value: size for t, size in GGML_QUANT_SIZES.items() if isinstance(t, GGMLQuantizationType)}
+    tensors = []
+    for _ in range(header.n_tensors):
+        name, offset = header._string(offset)
+        (n_dims,) = header._unpack("<I", offset)
+        if n_dims > MAX_DIMS:
+            raise GGUFHeaderError(f"tensor {_name(name)} has {n_dims} dimensions (at most {MAX_DIMS})")
+        dims = header._unpack(f"<{n_dims}Q", offset + 4)
+        kind, start = header._unpack("<IQ", offset + 4 + 8 * n_dims)
+        offset += 16 + 8 * n_dims
+        if kind not in sizes:
+            raise GGUFHeaderError(f"tensor {_name(name)} has an unknown type {kind}")
+        tensors.append((name, dims, sizes[kind], start))
+    data_start = -(-offset // alignment) * alignment
+    end = len(header.data)
+    for name, dims, (block, size), start in tensors:
+        elements = 1
+        for d in dims:
+            elements *= d
+        if dims and dims[0] % block:
+            raise GGUFHeaderError(f"tensor {_name(name)}'s rows do not fill whole blocks of {block}")
+        if data_start + start + elements // block * size > end:
+            raise GGUFHeaderError(f"tensor {_name(name)}'s data lies past the end of the file ({end} bytes): "
+                                  "the file is truncated")
 
 
 def _name(raw: bytes) -> str:
