@@ -133,7 +133,7 @@ def _models(report: Report) -> None:
         report.problem(str(getattr(exc, "message", exc)), str(getattr(exc, "hint", "")) or "See the error above.")
         return
     for rec in records:
-        if not Path(rec.path).exists():
+        if not Path(rec.path).exists() and not rec.bundled:  # the bundled one is placed again when used
             report.problem(f"model {rec.name} is registered but its file is missing: {rec.path}",
                            f"cg models rm {rec.name}, then download or convert it again.")
     names = [f"{'*' if chosen and chosen.name == r.name else ''}{r.name} ({r.quant or '-'}, {r.size / 2**20:.0f} MiB)"

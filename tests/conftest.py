@@ -23,10 +23,12 @@ from .synthetic import write_checkpoint
 @pytest.fixture(scope="session", autouse=True)
 def cg_home(tmp_path_factory) -> Path:
     home = tmp_path_factory.mktemp("cg-home")
-    old = {k: os.environ.get(k) for k in ("CG_HOME", "CG_MODEL", "CG_DEBUG", "PRE_COMMIT_HOME")}
+    old = {k: os.environ.get(k) for k in ("CG_HOME", "CG_MODEL", "CG_DEBUG", "PRE_COMMIT_HOME", "XDG_CACHE_HOME")}
     os.environ["CG_HOME"] = str(home)
-    # Nothing a test runs writes outside its temporary folders (pre-commit keeps a store in ~/.cache).
+    # Nothing a test runs writes outside its temporary folders (pre-commit keeps a store in ~/.cache,
+    # the bundled model its one shared copy).
     os.environ["PRE_COMMIT_HOME"] = str(tmp_path_factory.mktemp("pre-commit-home"))
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
     os.environ.pop("CG_MODEL", None)
     os.environ.pop("CG_DEBUG", None)
     yield home

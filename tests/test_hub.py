@@ -90,8 +90,9 @@ def test_safetensors_repo_becomes_the_model_cg_complete_uses(env, fakehub, capsy
     assert result["model"] == store.get("codegemma-2b-q4_k_m").path
     assert result["fim"] and result["completion_tokens"] == 4
     code, out, _ = cg(capsys, "models", "--json")
-    [row] = json.loads(out)
+    [row, bundled] = json.loads(out)  # the bundled model is listed too, not the default any more
     assert row["default"] and row["source"] == "google/codegemma-2b" and row["size"] > 0
+    assert bundled["name"] == store.BUNDLED_NAME and not bundled["default"]
     # A second run finds it installed and downloads nothing.
     fakehub.requests.clear()
     code, out, err = cg(capsys, "download", "codegemma-2b", "--token", TOKEN)

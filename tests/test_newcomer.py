@@ -138,7 +138,7 @@ def test_the_readme_editor_recipe_runs_in_vim(tmp_path, talkative_gguf, line, ke
     from pathlib import Path
 
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    [recipe] = re.findall(r"^```vim\n(.*?)^```", readme, re.M | re.S)
+    [recipe] = [b for b in re.findall(r"^```vim\n(.*?)^```", readme, re.M | re.S) if "CgComplete" in b]
     command = re.search(r"system\('([^']+)'", recipe).group(1)
     assert command.strip() in readme.split("as the mapping runs it:", 1)[1]
     vim = shutil.which("vim") or shutil.which("nvim")
@@ -178,3 +178,28 @@ def test_an_unreachable_hub_with_nothing_cached_does_not_suggest_the_cache(tmp_p
     proc = run_cg("download", "codegemma-2b", env=env)
     assert proc.returncode == 5 and "google/codegemma-2b is not cached" in proc.stderr
     assert "HF_HUB_OFFLINE" not in proc.stderr and "Hint: Check your connection" in proc.stderr
+
+
+def test_the_bundled_model_is_listed_selectable_removable_and_shared(tmp_path):
+    """`-m gemma3-270m` worked and doctor named it the default, but `cg models` listed nothing,
+    `cg models default/rm gemma3-270m` found no such model, and each home held its own 242 MiB copy."""
+    import os
+    from pathlib import Path
+
+    a, b = {"CG_HOME": str(tmp_path / "a")}, {"CG_HOME": str(tmp_path / "b")}
+    listed = json.loads(run_cg("models", "--json", env=a).stdout)
+    assert [(m["name"], m["quant"], m["default"]) for m in listed] == [(store.BUNDLED_NAME, "q4_k_m", True)]
+    assert listed[0]["size"] > 200 * 2**20
+    assert run_cg("models", "default", store.BUNDLED_NAME, env=a).returncode == 0
+    in_a = Path(listed[0]["path"])
+    assert run_cg("complete", "-q", "-m", store.BUNDLED_NAME, "-n", "2", "--prefix", "x = ", env=b).returncode == 0
+    [in_b] = (tmp_path / "b" / "models").glob("*.gguf")
+    shared = store.shared_dir() / in_a.name  # the one copy (conftest points XDG_CACHE_HOME at a temporary folder)
+    assert os.path.samefile(in_a, shared) and os.path.samefile(in_b, shared)
+    assert shared.stat().st_nlink >= 3 or in_a.is_symlink()  # hard links where one file system holds all
+    assert run_cg("models", env=a).stdout.startswith(f"* {store.BUNDLED_NAME}\tq4_k_m\t")
+    removed = run_cg("models", "rm", store.BUNDLED_NAME, env=a)
+    assert removed.returncode == 0 and removed.stderr.startswith(f"Removed {store.BUNDLED_NAME}")
+    assert not in_a.exists() and shared.exists() and in_b.exists()
+    again = run_cg("generate", "-q", "x =", "-n", "2", env=a)  # the fallback places it again
+    assert again.returncode == 0 and os.path.samefile(in_a, shared)

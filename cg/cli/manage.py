@@ -185,11 +185,11 @@ def models_list(ctx: typer.Context, as_json: Annotated[bool, typer.Option(
         return
     from .. import store
 
-    records = store.list_models()
-    chosen = store.best_installed()
+    records = store.available()  # the bundled model too, even before its first use places it here
+    chosen = store.default_name()
     rows: list[dict[str, Any]] = [
         {"name": r.name, "quant": r.quant, "size": r.size, "source": r.source, "revision": r.revision,
-         "path": r.path, "default": chosen is not None and chosen.name == r.name} for r in records]
+         "path": r.path, "default": chosen == r.name} for r in records]
     if as_json:
         write_result(json.dumps(rows, indent=2) + "\n")
         return
@@ -211,7 +211,8 @@ def models_rm(name: Annotated[str, typer.Argument(metavar="NAME", help="An insta
     from .. import store
 
     rec = store.remove(name)
-    print(f"Removed {rec.name}", file=sys.stderr)
+    again = " (the bundled model: cg places it again when it falls back to it)" if rec.bundled else ""
+    print(f"Removed {rec.name}{again}", file=sys.stderr)
 
 
 @models_app.command("default")
