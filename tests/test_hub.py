@@ -270,6 +270,16 @@ def test_a_broken_repo_gguf_is_refused_and_leaves_nothing(env, fakehub, good_ggu
     assert store.list_models() == [] and not list((env / "cg").rglob("*.gguf"))
 
 
+def test_a_failed_registration_leaves_no_model_file(env, fakehub, capsys, monkeypatch):
+    def full(_record):  # fault injection: the registry cannot be written (a full disk)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(store, "register", full)
+    code, _out, err = cg(capsys, "download", "someone/codegemma-2b-GGUF", "--quant", "q8_0")
+    assert code == 1 and "No space left" in err
+    assert not list((env / "cg").rglob("*.gguf"))
+
+
 def test_the_check_passes_the_files_cg_writes_and_llama_cpps(tiny_gguf, bundled_gguf):
     for path in (tiny_gguf, bundled_gguf):  # the bundled 270M comes from llama.cpp's converter
         check_file(path)
