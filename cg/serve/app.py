@@ -17,7 +17,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
@@ -121,6 +121,8 @@ class Server:
                 return await self._answer(api, call, request)
             except BadRequest as exc:
                 return json_response(api.error(exc.status, exc.message), exc.status)
+            except ClientDisconnect:  # gone while sending its body: nobody to answer
+                return Response(status_code=499)
             except Exception as exc:  # a bug: one line in the log, a 500 to the client, the server stays up
                 print(f"Error: cg serve: {type(exc).__name__}: {exc}", file=sys.stderr)
                 return json_response(api.error(500, "internal error"), 500)
