@@ -122,6 +122,8 @@ class GGUFHeader:
         for value, offset in self._walk():  # noqa: B007 - the last offset is where tensors start
             if value.key == _ALIGNMENT_KEY:
                 alignment = _alignment(self, value)
+            if value.type == _ARRAY and self._unpack("<I", value.offset)[0] == _ARRAY:
+                raise GGUFHeaderError(f"key {value.key!r} is an array of arrays, which llama.cpp does not read")
         _check_tensors(self, offset, alignment)
 
     def scalars(self) -> dict[str, int | float | bool | str]:
