@@ -366,14 +366,13 @@ def _place(cached: Path, target: Path, filename: str, repo_id: str) -> dict[str,
     the disk allows, else a copy. Returns its special ids. A file that fails the check leaves
     nothing in the store (the hub cache keeps what the repository holds)."""
     from .gguf_header import GGUFHeaderError, check_file
-    from .local import check_gguf_file
 
     blob = cached.resolve()
-    check_gguf_file(blob)
     try:
         check_file(blob)
-    except GGUFHeaderError as exc:
-        raise ModelFileError(f"{filename} from {repo_id} is not a GGUF cg can load: {exc}",
+    except (GGUFHeaderError, OSError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else exc
+        raise ModelFileError(f"{filename} from {repo_id} is not a GGUF cg can load: {reason}",
                              "The file is damaged or not a llama.cpp GGUF; pick another --quant or repository."
                              ) from None
     ids = special_ids_to_record(blob, announce=True, shown=Path(filename).name)

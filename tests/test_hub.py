@@ -244,6 +244,8 @@ def patched(data: bytes, offset: int, fmt: str, value: int) -> bytes:
 CRAFTED = {
     "nested": (lambda good: nested_gguf(50_000), "arrays nested more than"),
     "array-of-arrays": (lambda good: nested_gguf(2), "key 'x' is an array of arrays"),
+    "not-gguf": (lambda good: b"<html>not found</html>", "not a GGUF file"),
+    "empty": (lambda good: b"", "the file is empty"),
     "cut-in-data": (lambda good: good[:len(good) - 4096], "lies past the end of the file"),
     "cut-in-header": (lambda good: good[:2048], "truncated"),
     "kv-count": (lambda good: patched(good, 16, "<Q", 2**40), "announces 1099511627776 keys"),
