@@ -346,6 +346,19 @@ def test_a_newer_request_for_the_slot_replaces_the_one_decoding(server, talkativ
     assert new["tokens_cached"] >= 128
 
 
+def test_requests_for_other_slots_wait_their_turn(server):
+    idle(server.url)
+    first: dict[str, Any] = {}
+    thread = threading.Thread(target=lambda: first.setdefault("answer", post(
+        server.url, "/infill", {"id_slot": 1, "input_prefix": PREFIX, "n_predict": 40})))
+    thread.start()
+    processing(server.url)
+    status, other = post(server.url, "/infill", {"id_slot": 2, "input_prefix": "x = ", "n_predict": 3})
+    thread.join(120)
+    assert status == 200 and other["tokens_predicted"] == 3
+    assert first["answer"][1]["tokens_predicted"] == 40 and first["answer"][1]["stop_type"] == "limit"
+
+
 def test_eight_concurrent_clients_all_get_their_answers(server, talkative_gguf):
     import ollama
     import openai
@@ -387,7 +400,8 @@ def test_eight_concurrent_clients_all_get_their_answers(server, talkative_gguf):
     ("/infill", {"input_prefix": "x", "input_extra": "x"}, 400),
     ("/infill", {"input_prefix": "x", "input_extra": [{"filename": "a", "text": 1}]}, 400),
     ("/infill", {"input_prefix": "x", "input_extra": [{"filename": "a", "text": "b"}] * (MAX_EXTRA + 1)}, 400),
-    ("/infill", {"input_prefix": "x", "id_slot": 3}, 400),
+    ("/infill", {"input_prefix": "x", "id_slot": 10**6}, 400),
+    ("/infill", {"input_prefix": "x", "id_slot": -2}, 400),
     ("/infill", {"input_prefix": "x", "top_p": 2}, 400),
     ("/infill", {"input_prefix": "x", "stop": [1]}, 400),
     ("/infill", {"input_prefix": "x", "stream": "yes"}, 400),

@@ -23,6 +23,7 @@ from .slots import Outcome
 
 # cg's stop reasons as llama-server names them: "word" is its name for a stop text; cg's cuts
 # (end of block, suffix overlap...) are that kind of stop.
+MAX_SLOT = 1023  # ids name replacement groups: one worker decodes for all of them
 _STOP_TYPE = {"stop_token": "eos", "max_tokens": "limit", "time_limit": "limit"}
 
 
@@ -36,7 +37,7 @@ class InfillApi:
             body.integer(name, 0, low, high)
         body.flag("cache_prompt", True)
         body.texts("samplers")
-        slot = body.integer("id_slot", -1, -1, served.slots - 1)
+        slot = body.integer("id_slot", -1, -1, MAX_SLOT)
         request = FimRequest(
             prefix=body.text("input_prefix") + body.text("prompt"), suffix=body.text("input_suffix"),
             context=tuple(reversed(extra)),  # stream_complete takes the nearest first
