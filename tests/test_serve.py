@@ -351,8 +351,7 @@ def test_requests_for_other_slots_wait_their_turn(server):
     first: dict[str, Any] = {}
     thread = threading.Thread(target=lambda: first.setdefault("answer", post(
         server.url, "/infill", {"id_slot": 1, "input_prefix": PREFIX, "n_predict": 40})))
-    thread.start()
-    processing(server.url)
+    thread.start()  # running or still queued when the next one comes: either way it is not replaced
     status, other = post(server.url, "/infill", {"id_slot": 2, "input_prefix": "x = ", "n_predict": 3})
     thread.join(120)
     assert status == 200 and other["tokens_predicted"] == 3
