@@ -137,7 +137,7 @@ def load(path: Path | str, *, n_ctx: int = 4096, n_threads: int | None = None, s
     moved; the window itself still applies. It costs memory only on such models."""
     path = Path(path)
     check_gguf_file(path)
-    n_ctx = context_size(n_ctx)  # asked as made, so every array and budget uses what llama.cpp has
+    asked, n_ctx = n_ctx, context_size(n_ctx)  # asked as made: every array and budget uses what llama.cpp has
     threads = n_threads or os.cpu_count() or 1
     start = time.perf_counter()
     with llama_log.capture(verbose) as log:
@@ -154,7 +154,7 @@ def load(path: Path | str, *, n_ctx: int = 4096, n_threads: int | None = None, s
         except (ValueError, RuntimeError) as exc:
             reason = log.last_error() or str(exc)
             if "context" in str(exc).lower():  # the model loaded; its context (--ctx) could not be made
-                raise PromptTooLongError(f"cannot make a {n_ctx}-token context for {path.name}: {reason}",
+                raise PromptTooLongError(f"cannot make a {asked}-token context for {path.name}: {reason}",
                                          "Lower --ctx (CodeGemma was trained for 8192 tokens).") from None
             raise ModelFileError(f"cannot load {path}: {reason}",
                                  "The file may be truncated or corrupt; download or convert it again.") from None

@@ -337,7 +337,9 @@ def test_a_signal_at_any_instant_of_the_model_load_ends_cg(tmp_path, tiny_gguf):
              (signal.SIGTERM, 143, ["generate", "def f():", *model])]
     for i, at in enumerate(sorted({1, 2, *range(n // 7, n, n // 7), n - 1})):
         delay = ("0.0005", "0.002")[i % 2]  # before llama.cpp's next line, or a few lines later
-        for sig, code, args in cases:
+        # Near the load's end the signal may land once decoding has begun: generate's first
+        # tokens would then rightly be out, so it is swept over the load's first 6/7 only.
+        for sig, code, args in cases if at < n - n // 7 else cases[:1]:
             proc = subprocess.run([sys.executable, "-c", _LOAD_SWEEP, str(at), str(int(sig)), delay, *args],
                                   env=env, capture_output=True, text=True, timeout=120)
             what = f"callback {at} of {n}, +{delay} s, {signal.Signals(sig).name}: {proc.stderr}"
