@@ -88,50 +88,87 @@ def _starts(language: Language) -> dict[str, str]:
 
 
 class Lexer:
-    """Scans text for brackets outside strings and comments (escapes honoured in strings)."""
+    """Scans text for brackets outside strings and comments (escapes honoured in strings).
+
+    Jumps from one character that matters to the next with regular expressions: a file of
+    16 MiB is lexed at the cursor, and a character loop in Python took seconds per megabyte."""
 
     def __init__(self, language: Language, state: LexState | None = None):
         self.starts = _starts(language)
         self.state = state or LexState()
+        # Alternation tries the starts in order, longest first (`"""` before `"`).
+        self._code = re.compile("|".join(map(re.escape, self.starts)) + r"|[()\[\]{}]")
+        self._closing: dict[str, re.Pattern[str]] = {}
+
+    def _closer(self, inside: str) -> re.Pattern[str]:
+        """What ends a string or comment: its closing text, or first an escape that hides one."""
+        if inside not in self._closing:
+            escape = "" if inside in ("\n", "*/") else r"\\[\s\S]?|"
+            self._closing[inside] = re.compile(escape + re.escape(inside))
+        return self._closing[inside]
 
     def feed(self, text: str, base: int = 0) -> int | None:
         """Scan text; return the position (plus base) of the first closing bracket that closes
         one opened before the floor, or None."""
-        st, i, n = self.state, 0, len(text)
-        while i < n:
+        st, i = self.state, 0
+        while True:
             if st.inside:
-                if text[i] == "\\" and st.inside not in ("\n", "*/"):
-                    i += 2
-                elif text.startswith(st.inside, i):
-                    i += 0 if st.inside == "\n" else len(st.inside)  # the newline itself is code
+                found = self._closer(st.inside).search(text, i)
+                if found is None:
+                    return None
+                if not found.group().startswith("\\"):
+                    # The newline that ends a line comment is code itself.
+                    i = found.start() if st.inside == "\n" else found.end()
                     st.inside = ""
                 else:
-                    i += 1
+                    i = found.end()
                 continue
-            opener = next((o for o in self.starts if text.startswith(o, i)), None)
-            if opener is not None:
-                st.inside = self.starts[opener]
-                i += len(opener)
-                continue
-            ch = text[i]
-            if ch in OPENERS:
-                st.stack.append(ch)
-            elif ch in CLOSERS and st.stack and st.stack[-1] == _PAIR[ch]:
+            found = self._code.search(text, i)
+            if found is None:
+                return None
+            token, i = found.group(), found.end()
+            if token in self.starts:
+                st.inside = self.starts[token]
+            elif token in OPENERS:
+                st.stack.append(token)
+            elif st.stack and st.stack[-1] == _PAIR[token]:
                 st.stack.pop()
                 if len(st.stack) < st.floor:
                     st.floor = len(st.stack)
-                    return base + i
-            i += 1
-        return None
+                    return base + found.start()
 
 
 def state_at_cursor(prefix: str, language: Language) -> LexState:
     """The lexer's state at the cursor: the brackets open there (all below the floor), and
     whether the cursor sits in a string or comment."""
-    lexer = Lexer(language)
-    lexer.feed(prefix)
+    return _scan_prefix(prefix, language)[0]
+
+
+def _scan_prefix(prefix: str, language: Language) -> tuple[LexState, int]:
+    """The state at the cursor, and the indentation of the line where the cursor's statement
+    starts (`def f(a,` / `      b):` is one statement, at the indentation of `def`)."""
+    lexer, statement, starts_statement = Lexer(language), 0, True
+    lines = prefix.split("\n")
+    for i, line in enumerate(lines):
+        if starts_statement and line.strip():
+            statement = indent_width(line)
+        lexer.feed(line + "\n" if i < len(lines) - 1 else line)
+        st = lexer.state
+        starts_statement = not st.stack and not st.inside and not line.rstrip("\r").endswith("\\")
     lexer.state.floor = len(lexer.state.stack)
-    return lexer.state
+    return lexer.state, statement
+
+
+def cursor_block(prefix: str, suffix: str, language: Language) -> BlockRules:
+    """Block rules for a completion at the cursor (indentation and brackets). A cursor that ends
+    a line opening a block (`def add(a, b):|` in Python) makes that block's body the whole
+    block: it ends where the indentation comes back to the opener's. (A `{` needs no such
+    rule: the bracket opened before the cursor ends the block when it closes.)"""
+    state, statement = _scan_prefix(prefix, language)
+    line_prefix = prefix.rsplit("\n", 1)[-1]
+    opens = (language in (Language.PYTHON, Language.GENERIC) and not state.stack and not state.inside
+             and line_prefix.rstrip().endswith(":") and not suffix.split("\n", 1)[0].strip())
+    return BlockRules(language, state, line_prefix, suffix, indentation=True, opener=statement if opens else None)
 
 
 # A top-level definition's first line, in the languages cg knows (decorators count: they start one).
@@ -147,6 +184,7 @@ class BlockRules:
     line_prefix: str = ""  # the cursor's line up to the cursor
     suffix: str = ""
     indentation: bool = False  # end at the first line below the block's indentation
+    opener: int | None = None  # the cursor ends a line opening a block, indented this much: its body is the block
     repetition: bool = False  # end where an earlier block of two lines starts again
     one_definition: bool = False  # end after the first complete top-level definition
 
@@ -168,6 +206,8 @@ class BlockWatcher:
         self.processed = 0  # offset past the last complete line examined
         self.lines: list[tuple[int, str]] = []  # (start, text) of complete lines
         self.level: int | None = indent_width(rules.line_prefix) if rules.line_prefix.strip() else None
+        if rules.opener is not None:
+            self.level = rules.opener + 1  # the body: any line indented deeper than its opener
         self.pairs: dict[tuple[str, str], int] = {}  # two consecutive lines -> index of the first
         self.phase = 0  # one_definition: 0 before the definition, 1 in its header, 2 in its body
         self.verdict = Verdict()

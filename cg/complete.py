@@ -20,7 +20,7 @@ from .engine import Engine, LogitsProcessor, Timings, decode
 from .engines import get_engine
 from .errors import InputError, NoFimError
 from .options import DEFAULT_CTX, DEFAULT_MAX_TOKENS, EVAL_MAX_TOKENS, GENERATE_MAX_TOKENS, RunOptions
-from .postprocess import CutRules, TextCutter, strip_fence
+from .postprocess import CutRules, TextCutter
 
 __all__ = ["DEFAULT_CTX", "DEFAULT_MAX_TOKENS", "EVAL_MAX_TOKENS", "GENERATE_MAX_TOKENS", "Completion", "Event",
            "RunOptions", "asks_for_one_thing", "complete", "generate", "get_engine", "stream_complete",
@@ -148,14 +148,11 @@ def stream_complete(prefix: str, suffix: str = "", *, opts: RunOptions = RunOpti
     elif require_fim:
         raise NoFimError(f"{engine.info.label} has no fill-in-the-middle tokens")
     else:
-        prompts.warn(opts, f"{engine.info.label} has no FIM tokens: continuing the prefix only")
+        prompts.warn_once(opts, f"no-fim:{engine.info.label}",
+                          f"{engine.info.label} has no FIM tokens: continuing the prefix only")
         prompt = prompts.prefix_prompt(engine, prefix, opts)
     line_prefix = prefix.rsplit("\n", 1)[-1]
-    block = None
-    if block_stop:
-        language = blocks.language_of(path)
-        block = blocks.BlockRules(language, blocks.state_at_cursor(prefix, language), line_prefix, suffix,
-                                  indentation=True)
+    block = blocks.cursor_block(prefix, suffix, blocks.language_of(path)) if block_stop else None
     rules = CutRules(suffix=suffix, max_lines=max_lines, single_line=single_line, stop_texts=_stop_texts(stop),
                      line_prefix=line_prefix, block=block)
     yield from run_stream(engine, prompt, rules, opts, fim_used=use_fim, logits_processor=logits_processor)
@@ -172,17 +169,19 @@ def complete(prefix: str, suffix: str = "", *, opts: RunOptions = RunOptions(),
                                  block_stop=block_stop, engine=engine, logits_processor=logits_processor))
 
 
-def stream_generate(prompt: str, *, opts: RunOptions = RunOptions(), chat: bool | None = None,
+def stream_generate(prompt: str, *, raw: bool = False, opts: RunOptions = RunOptions(), chat: bool | None = None,
                     stop: Sequence[str] = (), one_definition: bool | None = None, engine: Engine | None = None,
                     logits_processor: LogitsProcessor | None = None) -> Iterator[Event]:
-    """Continue text (base models) or answer it (instruction models), streaming raw text.
+    """Continue text (base models) or answer it (instruction models), streaming final text.
 
     A base model's continuation ends where it starts to repeat an earlier block of two or more
     lines; and, when the prompt asks for one thing ("Write a function that ..."), after the first
-    complete top-level definition.
+    complete top-level definition. Unless raw, an answer that starts with a fenced code block is
+    that block: its body, ending at the closing fence.
 
     Args:
         prompt: the text to continue or the instruction to answer.
+        raw: keep the answer as the model wrote it (fences and what follows them).
         opts: model, context, sampling and limits (RunOptions).
         chat: force the instruction turn format on or off (default: from the model).
         one_definition: end after the first top-level definition (None: when the prompt asks for one thing).
@@ -199,7 +198,7 @@ def stream_generate(prompt: str, *, opts: RunOptions = RunOptions(), chat: bool 
         ids = prompts.prefix_prompt(engine, prompt, opts)
     one = asks_for_one_thing(prompt) if one_definition is None else one_definition
     block = None if use_chat else blocks.BlockRules(repetition=True, one_definition=one)
-    rules = CutRules(stop_texts=_stop_texts(stop), block=block, strip_leading=one and not use_chat)
+    rules = CutRules(stop_texts=_stop_texts(stop), block=block, strip_leading=one and not use_chat, fence=not raw)
     yield from run_stream(engine, ids, rules, opts, fim_used=False, logits_processor=logits_processor)
 
 
@@ -216,10 +215,6 @@ def asks_for_one_thing(prompt: str) -> bool:
 def generate(prompt: str, *, raw: bool = False, opts: RunOptions = RunOptions(), chat: bool | None = None,
              stop: Sequence[str] = (), one_definition: bool | None = None, engine: Engine | None = None,
              logits_processor: LogitsProcessor | None = None) -> Completion:
-    """Generate (Args: see stream_generate); unless raw, an answer that is one fenced code block
-    becomes its body."""
-    result = _join(stream_generate(prompt, opts=opts, chat=chat, stop=stop, one_definition=one_definition,
-                                   engine=engine, logits_processor=logits_processor))
-    if not raw:
-        result.text = strip_fence(result.text)
-    return result
+    """Generate and return the whole Completion (Args: see stream_generate)."""
+    return _join(stream_generate(prompt, raw=raw, opts=opts, chat=chat, stop=stop, one_definition=one_definition,
+                                 engine=engine, logits_processor=logits_processor))

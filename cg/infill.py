@@ -22,7 +22,7 @@ from .prompts import note
 from .textfile import Edit, SourceFile, check_replaceable, read_source, scan_text, write_sources
 
 DEFAULT_MARKER = "cg: fill"
-_TARGET = re.compile(r"^(?P<file>.+?):(?P<line>[^:]*)(?::(?P<col>[^:]*))?$")
+_NUMBER = re.compile(r"\s*[+-]?[0-9]+\s*")  # what LINE and COL may be (int() takes it; "-1" is refused later)
 # The comments that can hold a marker: each language's own, any of them where cg does not know it.
 _COMMENTS = {Language.PYTHON: ("#",), Language.SHELL: ("#",), Language.C_LIKE: ("//", "/*"),
              Language.GENERIC: ("#", "//", "--", ";", "/*", "<!--")}
@@ -76,19 +76,33 @@ def _git_lines(text: str) -> list[str]:
 
 
 def parse_target(spec: str) -> tuple[Path, int | None, int | None]:
-    """FILE:LINE[:COL] -> (path, line, col); a bare FILE -> (path, None, None)."""
-    match = _TARGET.match(spec)
-    if not match or Path(spec).exists():
+    """FILE:LINE[:COL] -> (path, line, col); a bare FILE -> (path, None, None).
+
+    File names may hold colons (`a:b.py:2`): the longest name that exists wins, the spec itself
+    first. Where no name exists, the trailing fields that are numbers are LINE and COL, so the
+    error names the file that is missing."""
+    if Path(spec).exists() or ":" not in spec:
         return Path(spec), None, None
-    try:
-        line = int(match["line"])
-        col = int(match["col"]) if match["col"] is not None else None
-    except ValueError:
+    parts = spec.split(":")
+    splits = [(":".join(parts[:-n]), parts[-n:]) for n in (1, 2) if len(parts) > n]
+    found = next(((name, fields) for name, fields in splits if name and Path(name).exists()), None)
+    numeric = [(name, fields) for name, fields in splits if name and all(map(_NUMBER.fullmatch, fields))]
+    name, fields = found or (numeric[-1] if numeric else (None, []))
+    if name is None or not all(map(_NUMBER.fullmatch, fields)):
         raise InputError(f"bad target {spec!r}: LINE and COL must be numbers",
-                         "Use FILE:LINE or FILE:LINE:COL, e.g. src/app.py:12:5") from None
+                         "Use FILE:LINE or FILE:LINE:COL, e.g. src/app.py:12:5")
+    line, col = int(fields[0]), (int(fields[1]) if len(fields) > 1 else None)
     if line < 1 or (col is not None and col < 1):
         raise InputError(f"bad target {spec!r}: LINE and COL start at 1", "Use FILE:LINE or FILE:LINE:COL.")
-    return Path(match["file"]), line, col
+    return Path(name), line, col
+
+
+def _check_not_a_bare_line(specs: Sequence[str]) -> None:
+    """`cg infill src/app.py 42`: 42 was meant as the line of the file before it."""
+    for before, spec in zip(["FILE", *specs], specs, strict=False):
+        if _NUMBER.fullmatch(spec) and not Path(spec).exists():
+            raise InputError(f"file not found: {spec}", f"To fill line {spec.strip()} of {before}, write "
+                                                        f"{before}:{spec.strip()} (FILE:LINE, no space).")
 
 
 def check_marker(marker: str) -> None:
@@ -199,6 +213,7 @@ def collect_targets(specs: Sequence[str], marker: str, encoding: str, on_note: C
     other-encoding files pass through). The same target given twice (`a.py ./a.py`, `a.py:2
     a.py:2`) counts once; two that overlap (a marker line and a position on it) are refused."""
     check_marker(marker)
+    _check_not_a_bare_line(specs)
     files: dict[Path, tuple[SourceFile, list[Target]]] = {}
     for spec in specs:
         path, line, col = parse_target(spec)
@@ -225,12 +240,12 @@ def _add_target(src: SourceFile, targets: list[Target], target: Target) -> None:
             return  # the same target again
         # A marker's line is replaced whole: nothing else may touch it. Insertion points never overlap.
         if (target.marker or other.marker) and start <= o_end and o_start <= end:
-            raise UsageError(f"targets overlap: {_shown(other)} and {_shown(target)}",
+            raise UsageError(f"targets overlap: {shown(other)} and {shown(target)}",
                              "Give each place once: a marker line is replaced whole.")
     targets.append(target)
 
 
-def _shown(target: Target) -> str:
+def shown(target: Target) -> str:
     where = f"{target.path}:{target.line}" + (f":{target.col}" if target.col else "")
     return f"{where} (marker)" if target.marker else where
 

@@ -13,8 +13,11 @@ from .blocks import CLOSERS, OPENERS, BlockRules, BlockWatcher
 
 _TRAILING_BLANK = re.compile(r"(?:\r?\n[ \t\r]*)+\Z")
 _LEADING_BLANK = re.compile(r"(?:[ \t\r]*\n)+")
-# One fenced block; its closing fence may be missing (a stop rule ended the answer before it).
-_FENCE = re.compile(r"\A```[\w.+#-]*[ \t]*\r?\n(.*?)(?:\r?\n?```[ \t]*)?\Z", re.DOTALL)
+# A fenced code block's opening line (a language name may follow), its closing line, and a partial
+# line that may still become the closing one.
+_OPENING_FENCE = re.compile(r"```[\w.+#-]*[ \t]*\r?")
+_CLOSING_FENCE = re.compile(r"[ \t]*```+[ \t]*\r?")
+_CLOSING_FENCE_START = re.compile(r"[ \t]*`*[ \t]*\r?")
 
 
 @dataclass(frozen=True)
@@ -25,6 +28,7 @@ class CutRules:
     stop_texts: tuple[str, ...] = ()  # sentinel text arriving as plain text, user stop words
     line_prefix: str = ""  # the cursor's line up to the cursor (for the rest-of-line rule)
     block: BlockRules | None = None  # where the code block ends (blocks.py)
+    fence: bool = False  # an answer that starts with a fenced code block is that block's body (FenceCut)
     strip_leading: bool = False  # drop blank lines before the first line with text
 
 
@@ -57,12 +61,44 @@ def drop_trailing_blank_lines(text: str) -> str:
     return "" if not text.strip() else text
 
 
-def strip_fence(text: str) -> str:
-    """The body of the answer when the whole answer is one fenced code block, else the answer."""
-    match = _FENCE.match(text.strip())
-    if match and "```" not in match.group(1):
-        return match.group(1)
-    return text
+class PrefixMatcher:
+    """The longest prefix of `pattern` that the text fed so far ends with, ignoring trailing
+    whitespace (as `text.rstrip()` would). Knuth-Morris-Pratt, its failure table built only as
+    far as a match reaches: the work is linear in the text fed, whatever the pattern's length (a
+    cursor in a 16 MiB line must not cost a pass over the line's rest per token)."""
+
+    def __init__(self, pattern: str):
+        self.pattern = pattern
+        self.fail: list[int] = []  # fail[i]: the longest proper border of pattern[:i + 1]
+        self.state = 0  # the prefix length the text ends with
+        self.body_state = 0  # the same, at the text's last non-whitespace character
+        self.body_end = 0  # the length of the text without its trailing whitespace
+        self.fed = 0
+        self.steps = 0  # characters compared: bounded work, for the tests
+
+    def feed(self, text: str) -> None:
+        pattern, m, fail, q = self.pattern, len(self.pattern), self.fail, self.state
+        for i, ch in enumerate(text, start=self.fed):
+            while q and (q == m or pattern[q] != ch):
+                q = fail[q - 1]
+                self.steps += 1
+            self.steps += 1
+            if q < m and pattern[q] == ch:
+                q += 1
+                if len(fail) < q:
+                    self._extend()
+            if not ch.isspace():
+                self.body_state, self.body_end = q, i + 1
+        self.state, self.fed = q, self.fed + len(text)
+
+    def _extend(self) -> None:
+        """One more entry of the failure table (a match only grows one character at a time)."""
+        pattern, fail, i = self.pattern, self.fail, len(self.fail)
+        k = fail[i - 1] if i else 0
+        while i and k and pattern[k] != pattern[i]:
+            k = fail[k - 1]
+            self.steps += 1
+        fail.append(k + 1 if i and pattern[k] == pattern[i] else 0)
 
 
 class TextCutter:
@@ -83,10 +119,13 @@ class TextCutter:
                             and not rules.suffix.startswith(("\n", "\r")))
         self.blocks = BlockWatcher(rules.block) if rules.block else None
         self._block_hold: int | None = None
+        self._rest_match = PrefixMatcher(self.rest) if self.rest else None
+        self._fence = FenceCut() if rules.fence else None
 
     @property
     def done(self) -> bool:
-        return self.reason is not None
+        """A rule cut the text, or it is complete (its code block closed): no more pieces."""
+        return self.reason is not None or (self._fence is not None and self._fence.closed)
 
     def mark_time_limit(self) -> None:
         """The time budget is spent: end at the first newline from here on."""
@@ -104,7 +143,7 @@ class TextCutter:
         """Add a decoded piece; return the text that is now final."""
         if self.done:
             return ""
-        self.text += piece
+        self._add(self._fence.feed(piece) if self._fence is not None else piece)
         if self.rules.strip_leading and self.emitted == 0:
             blank = _LEADING_BLANK.match(self.text)
             if blank and self.text[blank.end():].strip():
@@ -116,9 +155,18 @@ class TextCutter:
         out, self.emitted = self.text[self.emitted:safe], safe
         return out
 
+    def _add(self, piece: str) -> None:
+        self.text += piece
+        if self._rest_match is not None:
+            self._rest_match.feed(piece)
+
     def finish(self) -> str:
         """No more pieces: return the rest of the final text."""
-        if not self.done:
+        closed = self.reason is None and self.done  # the fenced block closed before the text ended
+        if self._fence is not None and self.reason is None:
+            self._add(self._fence.finish())  # what it held: a last line that was not the closing fence
+            self._apply(*self._scan())
+        if self.reason is None:
             start = self.text.rfind("\n") + 1
             last = self.text[start:]
             if self.overlap and last.strip() == self.overlap:
@@ -126,17 +174,19 @@ class TextCutter:
             elif self.rest and repeats_rest_of_line(self.rules.line_prefix + self.text[:start], last, self.rest):
                 # The last line is the one the rest of the cursor's line follows.
                 self._apply(start + len(last.rstrip()) - len(self.rest), "suffix_overlap")
-        if not self.done and self.blocks is not None:
+        if self.reason is None and self.blocks is not None:
             # No more text: the last line is complete, so one the watcher held is decided now.
             verdict = self.blocks.check(self.text + "\n")
             if verdict.cut is not None and verdict.cut <= len(self.text):
                 self._apply(verdict.cut, verdict.reason)
-        ended_line = self._ended_line if self.done else _TRAILING_BLANK.search(self.text) is not None
+        ended_line = self._ended_line if self.reason is not None else _TRAILING_BLANK.search(self.text) is not None
         final = drop_trailing_blank_lines(self.text)
         if self._keep_break and ended_line and final:
             final += "\n"
         out = final[self.emitted:]
         self.emitted = len(final)
+        if closed:
+            self.reason = "end_of_block"
         return out
 
     def _apply(self, cut: int | None, reason: str | None) -> None:
@@ -204,39 +254,76 @@ class TextCutter:
                 if text.endswith(stop[:k]):
                     hold = min(hold, len(text) - k)
                     break
-        if self.rest:
+        if self._rest_match is not None and self._rest_match.body_state:
             # The last line may still end by repeating the rest of the cursor's line.
-            body = text.rstrip()
-            for k in range(len(self.rest), 0, -1):
-                if body.endswith(self.rest[:k]):
-                    hold = min(hold, len(body) - k)
-                    break
+            hold = min(hold, self._rest_match.body_end - self._rest_match.body_state)
         return hold
 
 
-class FenceStream:
-    """Streams generated text, holding it back only while it may be one fenced block.
+class FenceCut:
+    """An answer that starts with a fenced code block is that block: its body streams as it
+    comes, and the answer ends at the closing fence (a chat model's prose after it is not code).
 
-    Gives the same text as strip_fence() on the whole answer.
+    Held back only while undecided: the first line, until it shows whether it opens a fence, and
+    a line that may still become the closing fence, with the line break before it.
     """
 
     def __init__(self) -> None:
         self.text = ""
         self.emitted = 0
         self.fenced: bool | None = None
+        self.body = 0  # where the body starts (after the opening fence line)
+        self.line = 0  # the start of the first line not yet known to be body
+        self.closed = False
 
     def feed(self, piece: str) -> str:
-        self.text += piece
-        if self.fenced is None:
-            stripped = self.text.lstrip()
-            if "\n" not in stripped:
-                return ""
-            self.fenced = stripped.startswith("```")
-        if self.fenced:
+        if self.closed:
             return ""
-        out, self.emitted = self.text[self.emitted:], len(self.text)
-        return out
+        self.text += piece
+        if self.fenced is None and not self._decide():
+            return ""
+        if not self.fenced:
+            return self._release(len(self.text))
+        while (end := self.text.find("\n", self.line)) >= 0:
+            if _CLOSING_FENCE.fullmatch(self.text, self.line, end):
+                return self._close()
+            self.line = end + 1
+        partial_may_close = _CLOSING_FENCE_START.fullmatch(self.text, self.line) is not None
+        return self._release(self._before_line() if partial_may_close else len(self.text))
 
     def finish(self) -> str:
-        final = strip_fence(self.text) if self.fenced is not False else self.text
-        return final if self.emitted == 0 else final[self.emitted:]
+        """No more text: a last line that is the closing fence goes too."""
+        if self.closed:
+            return ""
+        if self.fenced and _CLOSING_FENCE.fullmatch(self.text, self.line):
+            return self._close()
+        return self._release(len(self.text))
+
+    def _decide(self) -> bool:
+        start = len(self.text) - len(self.text.lstrip())
+        end = self.text.find("\n", start)
+        if end < 0:
+            return False
+        self.fenced = _OPENING_FENCE.fullmatch(self.text, start, end) is not None
+        if self.fenced:
+            self.emitted = self.body = self.line = end + 1
+        return True
+
+    def _before_line(self) -> int:
+        """Where the body ends if the line at self.line is the closing fence: before its line break."""
+        return self.line - 1 if self.line > self.body else self.line
+
+    def _close(self) -> str:
+        self.closed = True
+        return self._release(self._before_line())
+
+    def _release(self, upto: int) -> str:
+        out = self.text[self.emitted:upto]
+        self.emitted = max(self.emitted, upto)
+        return out
+
+
+def strip_fence(text: str) -> str:
+    """The whole answer through FenceCut: the body of a fenced code block it starts with, else the answer."""
+    fence = FenceCut()
+    return fence.feed(text) + fence.finish()

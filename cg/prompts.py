@@ -26,6 +26,13 @@ def note(opts: RunOptions, message: str) -> None:
         print(f"Note: {message}", file=sys.stderr)
 
 
+def warn_once(opts: RunOptions, key: str, message: str) -> None:
+    """A warning that holds for the whole run (a model's missing tokens), not each target."""
+    if not opts.quiet and key not in _said:
+        _said.add(key)
+        warn(opts, message)
+
+
 def note_once(opts: RunOptions, key: str, message: str) -> None:
     if not opts.quiet and key not in _said:
         _said.add(key)

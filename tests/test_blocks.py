@@ -9,14 +9,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cg.blocks import BlockRules, Language, continues_statement, language_of, state_at_cursor
+from cg.blocks import BlockRules, Language, Lexer, LexState, _starts, continues_statement, cursor_block, language_of
 from cg.postprocess import CutRules, TextCutter
 
 
-def rules(prefix: str, suffix: str = "", language: Language = Language.PYTHON, **kw) -> CutRules:
-    line_prefix = prefix.rsplit("\n", 1)[-1]
-    block = BlockRules(language, state_at_cursor(prefix, language), line_prefix, suffix, indentation=True, **kw)
-    return CutRules(suffix=suffix, line_prefix=line_prefix, block=block)
+def rules(prefix: str, suffix: str = "", language: Language = Language.PYTHON) -> CutRules:
+    block = cursor_block(prefix, suffix, language)
+    return CutRules(suffix=suffix, line_prefix=block.line_prefix, block=block)
 
 
 def run(text: str, cut_rules: CutRules, seed: int = 0) -> tuple[str, str | None]:
@@ -67,6 +66,26 @@ CASES = [
     ("if [ -f x ]; then\n", "", "  echo yes\nelse\n  echo no\nfi\necho done\n", Language.SHELL,
      ("  echo yes\nelse\n  echo no\nfi", "end_of_block")),
     ("for f in *.py; do\n", "", "  wc -l \"$f\"\ndone\nls\n", Language.SHELL, ("  wc -l \"$f\"\ndone", "end_of_block")),
+    # The cursor ends a line that opens a block: the block is its body, ended where the
+    # indentation comes back to the opener's (it ran on into `def remove`, `def multiply`...).
+    ("def add(a, b):", "\n", "\n    return a + b\n\ndef remove(a, b):\n    return a - b\n", Language.PYTHON,
+     ("\n    return a + b", "end_of_block")),
+    ("def add(a, b):", "\n", "\n    return a + b\n\ndef remove(a, b):\n", Language.GENERIC,
+     ("\n    return a + b", "end_of_block")),
+    ("class Calc:\n    def add(self, a, b):", "\n", "\n        return a + b\n\n    def add(self, a, b):\n",
+     Language.PYTHON, ("\n        return a + b", "end_of_block")),
+    ("def f(x):\n    if x:", "\n    return 0\n", "\n        y()\n    else:\n        z()\n    return 1\n",
+     Language.PYTHON,
+     ("\n        y()\n    else:\n        z()", "end_of_block")),
+    ("def f(a,\n      b):", "\n", "\n    return a\ndef g(): pass\n", Language.PYTHON,  # the statement's indentation
+     ("\n    return a", "end_of_block")),
+    ("def f(): ", "\n", "return 1\ndef g(): pass\n", Language.PYTHON, ("return 1", "end_of_block")),
+    # The same in brace languages: the brace opened before the cursor closes the block.
+    ("function add(a, b) {", "\n", "\n  return a + b;\n}\nfunction remove() {}\n", Language.C_LIKE,
+     ("\n  return a + b;\n}", "end_of_block")),
+    # Not an opener: a colon in a comment, or text after the cursor on its line.
+    ("x = 1  # note:", "\n", " fix\ny = 2\n", Language.PYTHON, (" fix\ny = 2", None)),
+    ("if x:", " pass\n", " y\nz = 1\n", Language.PYTHON, (" y\nz = 1", None)),
     # A top-level cursor: nothing is below level 0, so indentation does not end it.
     ("", "", "x = 1\ny = 2\n", Language.PYTHON, ("x = 1\ny = 2", None)),
 ]
@@ -141,3 +160,47 @@ def test_one_definition_ends_after_the_first_top_level_one():
        seed=st.integers(0, 1000))
 def test_streaming_equals_the_joined_result(body, seed):
     run("\n".join(body) + "\n", rules("def f():\n", "\nnext()\n"), seed)
+
+
+def _reference_lex(text: str, language: Language, state: LexState) -> int | None:
+    """The lexer as a plain character loop (what cg's regular-expression lexer must equal)."""
+    starts, i = _starts(language), 0
+    while i < len(text):
+        if state.inside:
+            if text[i] == "\\" and state.inside not in ("\n", "*/"):
+                i += 2
+            elif text.startswith(state.inside, i):
+                i += 0 if state.inside == "\n" else len(state.inside)
+                state.inside = ""
+            else:
+                i += 1
+            continue
+        opener = next((o for o in starts if text.startswith(o, i)), None)
+        if opener is not None:
+            state.inside, i = starts[opener], i + len(opener)
+            continue
+        if text[i] in "([{":
+            state.stack.append(text[i])
+        elif text[i] in ")]}" and state.stack and state.stack[-1] == "([{"[")]}".index(text[i])]:
+            state.stack.pop()
+            if len(state.stack) < state.floor:
+                state.floor = len(state.stack)
+                return i
+        i += 1
+    return None
+
+
+_LEX_PIECES = [*"()[]{}'\"`#/*\\\n x", '"""', "'''", "//", "/*", "*/"]
+
+
+@settings(max_examples=400, deadline=None)
+@given(text=st.lists(st.sampled_from(_LEX_PIECES), max_size=30).map("".join),
+       language=st.sampled_from(list(Language)), floor=st.integers(0, 2),
+       splits=st.lists(st.integers(1, 40), max_size=4))
+def test_the_lexer_equals_a_character_loop(text, language, floor, splits):
+    cuts = sorted({min(s, len(text)) for s in splits} - {0, len(text)})
+    pieces = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)], strict=True)]
+    fast, slow = Lexer(language, LexState(stack=["("] * floor, floor=floor)), LexState(stack=["("] * floor, floor=floor)
+    for piece in pieces:
+        assert fast.feed(piece) == _reference_lex(piece, language, slow)
+        assert (fast.state.inside, fast.state.stack, fast.state.floor) == (slow.inside, slow.stack, slow.floor)

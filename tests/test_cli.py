@@ -153,3 +153,116 @@ def test_same_seed_same_output(bundled_gguf):
     a = generate("The best way to sort a list in Python is", opts=opts).text
     b = generate("The best way to sort a list in Python is", opts=opts).text
     assert a == b and a.strip()
+
+
+def run_on_tty(*args: str, stdin: bytes = b"", timeout: float = 300) -> tuple[int, bytes, str]:
+    """`cg ARGS` with stdout a terminal (a pty) and stdin a pipe: (exit code, what the terminal got, stderr)."""
+    import pty
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "cg", *args], stdin=subprocess.PIPE, stdout=slave,
+                            stderr=subprocess.PIPE)
+    os.close(slave)
+    proc.stdin.write(stdin)
+    proc.stdin.close()
+    out = b""
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(master)
+    err = proc.stderr.read().decode()
+    return proc.wait(timeout=timeout), out, err
+
+
+def test_a_terminal_gets_a_final_line_break_and_a_pipe_exactly_the_text(tiny_gguf):
+    """The shell prompt joined the completion's last line on a terminal."""
+    base = ["-m", str(tiny_gguf), "--ctx", "512", "-n", "6", *NO_STOPS]
+    for args, stdin in [(["complete", *base], "x = <CURSOR>"), (["generate", *base], "x =")]:
+        piped = run_cg(*args, stdin=stdin)
+        assert piped.returncode == 0 and piped.stdout and not piped.stdout.endswith("\n")
+        code, shown, err = run_on_tty(*args, stdin=stdin.encode())
+        assert (code, err) == (0, "")
+        assert shown == (piped.stdout + "\n").replace("\n", "\r\n").encode()  # the terminal maps \n to \r\n
+
+
+def test_several_completions_are_labelled_on_a_terminal(tmp_path, tiny_gguf):
+    f = tmp_path / "a.py"
+    f.write_text("a = \nb = \n")
+    args = ["infill", f"{f}:1", f"{f}:2", "-m", str(tiny_gguf), "--ctx", "512", "-n", "3", *NO_STOPS]
+    piped = run_cg(*args)
+    first, second = (json.loads(line)["text"] for line in run_cg(*args, "--json").stdout.splitlines())
+    assert piped.stdout == f"{first}\n{second}"  # a pipe: exactly the texts (--json tells them apart)
+    code, shown, err = run_on_tty(*args)
+    assert (code, err) == (0, "")
+    expected = f"==> {f}:1 <==\n{first.rstrip(chr(10))}\n\n==> {f}:2 <==\n{second.rstrip(chr(10))}\n"
+    assert shown.decode() == expected.replace("\n", "\r\n")
+
+
+def test_the_no_fim_warning_is_given_once_per_run(tmp_path, bundled_gguf):
+    f = tmp_path / "a.py"
+    f.write_text("a = \nb = \nc = \n")
+    proc = run_cg("infill", f"{f}:1", f"{f}:2", f"{f}:3", "-m", str(bundled_gguf), "-n", "2")
+    assert proc.returncode == 0 and proc.stderr.count("has no FIM tokens") == 1, proc.stderr
+
+
+@pytest.mark.parametrize("args", [["generate", "also an arg"], ["complete", "--prefix", "x = "],
+                                  ["complete", "--suffix", "\n"]])
+def test_input_on_the_command_line_and_stdin_is_refused(capsys, monkeypatch, args):
+    """`echo x | cg generate "also an arg"` dropped standard input silently."""
+    code, out, err = cg(capsys, monkeypatch, *args, stdin="x\n")
+    assert code == 2 and out == ""
+    one_error(err, "")
+    assert "standard input both given" in err
+
+
+def test_stdin_refused_from_a_real_pipe_and_file_but_not_an_empty_one(tmp_path):
+    read, write = os.pipe()
+    os.write(write, b"x\n")
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        proc = subprocess.run([sys.executable, "-m", "cg", "generate", "an arg"], stdin=pipe, capture_output=True,
+                              text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.startswith("Error: a prompt argument and standard input both given")
+    data = tmp_path / "in.txt"
+    data.write_text("x\n")
+    with data.open("rb") as stdin:
+        proc = subprocess.run([sys.executable, "-m", "cg", "complete", "--prefix", "x"], stdin=stdin,
+                              capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "--prefix and standard input both given" in proc.stderr
+    # Nothing waiting on standard input (/dev/null, an empty pipe): the argument is the input.
+    empty = run_cg("complete", "-m", "/no/such.gguf", "--prefix", "x")
+    with open(os.devnull, "rb") as null:
+        devnull = subprocess.run([sys.executable, "-m", "cg", "complete", "-m", "/no/such.gguf", "--prefix", "x"],
+                                 stdin=null, capture_output=True, text=True, timeout=120)
+    assert empty.stderr.startswith("Error: model not found") and devnull.stderr.startswith("Error: model not found")
+
+
+@pytest.mark.parametrize("args", [["complete", "-n", "abc"], ["generate", "-n", "abc", "x"],
+                                  ["complete", "--ctx", "lots"]])
+def test_a_bad_integer_says_integer(capsys, monkeypatch, args):
+    code, out, err = cg(capsys, monkeypatch, *args)
+    assert code == 2 and out == ""
+    one_error(err, "Invalid value")
+    assert f"'{args[2]}' is not a valid integer." in err and "range" not in err
+
+
+def test_a_fenced_answer_streams_and_stops_at_the_closing_fence(tiny_engine, tiny_opts):
+    """generate printed nothing until the whole answer was in (`| head -c 20` did not stop it)."""
+    from cg.complete import stream_generate
+
+    from .helpers import forcing
+
+    ids = tiny_engine.tokenize_text("```python\nprint(1)\nprint(2)\n```\nThis prints 1 and 2.\n")
+    opts = RunOptions(**{**tiny_opts.__dict__, "max_tokens": 64})
+    events = list(stream_generate("say hi", opts=opts, engine=tiny_engine, chat=True,
+                                  logits_processor=forcing([*ids, 107])))
+    assert "print(1)" in "".join(e.text for e in events if e.result is None)  # out before the answer ended
+    result = events[-1].result
+    assert result is not None and result.stop_reason == "end_of_block"
+    assert "".join(e.text for e in events) == "print(1)\nprint(2)"
+    assert result.completion_tokens < len(ids)  # decoding stopped at the fence, not at the end

@@ -12,7 +12,7 @@ from cg.cli import main
 from cg.complete import RunOptions
 from cg.errors import InputError, StaleFileError, WriteError
 
-from .helpers import ID, NO_STOPS, scripted
+from .helpers import ID, NO_STOPS, run_cg, scripted
 
 
 @pytest.fixture()
@@ -215,3 +215,54 @@ def test_context_auto_for_js_ts_c_and_rust(tmp_path):
     lib = tmp_path / "crate" / "src" / "lib.rs"
     lib.write_text("pub mod parser;\nmod lexer;\nmod tests {\n}\n")
     assert rel(local_imports(lib)) == ["crate/src/parser.rs", "crate/src/lexer/mod.rs"]
+
+
+def test_a_file_name_with_colons_is_a_target(tmp_path, run):
+    """`a:b.py:2` is line 2 of the file `a:b.py` (it was `LINE and COL must be numbers`)."""
+    f = tmp_path / "a:b.py"
+    f.write_bytes(b"x = 1\ny = \n")
+    run([f"{f}:2"], text="2", write=True)
+    assert f.read_bytes() == b"x = 1\ny = 2\n"
+    run([f"{f}:1:2"], text="z", write=True)
+    assert f.read_bytes() == b"xz = 1\ny = 2\n"
+
+
+def test_the_longest_existing_file_name_wins(tmp_path):
+    (tmp_path / "a.py").write_text("x\n")
+    (tmp_path / "a.py:2").write_text("y\n")
+    assert infill_mod.parse_target(f"{tmp_path}/a.py:2") == (tmp_path / "a.py:2", None, None)
+    assert infill_mod.parse_target(f"{tmp_path}/a.py:2:1") == (tmp_path / "a.py:2", 1, None)
+    assert infill_mod.parse_target(f"{tmp_path}/a.py:3:1") == (tmp_path / "a.py", 3, 1)
+    # No such file: the trailing numbers are LINE and COL, so the error names the missing file.
+    assert infill_mod.parse_target(f"{tmp_path}/x:y.py:3:4") == (tmp_path / "x:y.py", 3, 4)
+    with pytest.raises(InputError, match="LINE and COL must be numbers"):
+        infill_mod.parse_target(f"{tmp_path}/a.py:x")
+
+
+def test_a_bare_line_number_argument_hints_at_file_line(tmp_path, capsys):
+    f = tmp_path / "app.py"
+    f.write_text("x = 1\n")
+    assert main(["infill", str(f), "42"]) == 2
+    assert capsys.readouterr() == ("", f"Error: file not found: 42\nHint: To fill line 42 of {f}, write {f}:42 "
+                                       "(FILE:LINE, no space).\n")
+
+
+def test_a_cursor_at_the_end_of_a_def_line_fills_its_body_only(tmp_path, run):
+    """The model's body, then `def remove...`: the block opened by the cursor's line ends where
+    the indentation comes back to the `def` (it ran on to max_tokens)."""
+    f = tmp_path / "app.py"
+    f.write_text("def add(a, b):\n\nprint(add(1, 2))\n")
+    results = run([f"{f}:1"], text="\n    return a + b\n\ndef remove(a, b):\n    return a - b\n", write=True)
+    assert f.read_text() == "def add(a, b):\n    return a + b\n\nprint(add(1, 2))\n"
+    assert results[0].filled[0].completion.stop_reason == "end_of_block"
+
+
+def test_a_cursor_in_a_very_long_line_is_not_quadratic(tmp_path, tiny_gguf):
+    """The rest of the cursor's line was checked prefix by prefix for every token: a 1 MB rest
+    took 35 s, 4 MB over 300 s. The timeout is only a hang guard."""
+    line = "x = [" + ", ".join(["1"] * 700_000) + "]"  # 2 MiB
+    f = tmp_path / "big.py"
+    f.write_text(f"def f():\n{line}\ny = 2\n")
+    proc = run_cg("infill", f"{f}:2:{len(line) // 2}", "-m", str(tiny_gguf), "--ctx", "512", "-n", "16", "-q",
+                  *NO_STOPS, timeout=300)
+    assert proc.returncode == 0 and proc.stderr == ""

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cg import fim
-from cg.postprocess import CutRules, FenceStream, TextCutter, drop_trailing_blank_lines, strip_fence
+from cg.postprocess import CutRules, FenceCut, PrefixMatcher, TextCutter, drop_trailing_blank_lines, strip_fence
 
 
 def run(pieces, rules=None):
@@ -111,14 +111,80 @@ def test_whitespace_only_result_is_empty():
 @pytest.mark.parametrize("answer,body", [
     ("```python\ndef f():\n    pass\n```", "def f():\n    pass"),
     ("\n```\nx = 1\n```\n", "x = 1"),
-    ("Here:\n```\nx\n```", "Here:\n```\nx\n```"),
-    ("```a\nx\n```\ntext\n```b\ny\n```", "```a\nx\n```\ntext\n```b\ny\n```"),
+    ("Here:\n```\nx\n```", "Here:\n```\nx\n```"),  # does not start with a fence: kept as written
+    # The block is the answer: what follows its closing fence is not code.
+    ("```a\nx\n```\ntext\n```b\ny\n```", "x"),
+    ("```python\nprint(1)\n```\n\nThis prints 1.\n", "print(1)"),
+    ("```\n```\n", ""),
+    ("```python\nx = 1\n  ``", "x = 1\n  ``"),  # no closing fence: the body as it is
+    ("```python extra words\nx\n```", "```python extra words\nx\n```"),  # not an opening fence line
 ])
-def test_strip_fence_and_fence_stream_agree(answer, body):
+def test_strip_fence_and_fence_cut_agree(answer, body):
     assert strip_fence(answer) == body
-    stream = FenceStream()
-    out = "".join(stream.feed(c) for c in answer) + stream.finish()
+    fence = FenceCut()
+    out = "".join(fence.feed(c) for c in answer) + fence.finish()
     assert out == body
+
+
+@settings(max_examples=300, deadline=None)
+@given(lines=st.lists(st.sampled_from(["```", "```python", "  ```", "x = 1", "  `", "", "text", "``", "``` "]),
+                      max_size=7),
+       end=st.sampled_from(["", "\n"]), splits=st.lists(st.integers(1, 60), max_size=8))
+def test_fence_cut_streams_what_the_whole_answer_gives(lines, end, splits):
+    answer = "\n".join(lines) + end
+    cuts = sorted({min(s, len(answer)) for s in splits} - {0, len(answer)})
+    fence, shown = FenceCut(), ""
+    for a, b in zip([0, *cuts], [*cuts, len(answer)], strict=True):
+        shown += fence.feed(answer[a:b])
+        assert strip_fence(answer).startswith(shown)
+    assert shown + fence.finish() == strip_fence(answer)
+
+
+def test_a_fenced_answer_streams_its_body_and_ends_at_the_closing_fence():
+    cutter = TextCutter(CutRules(fence=True))
+    shown = cutter.feed("```python\n") + cutter.feed("def f():\n") + cutter.feed("    return 1\n")
+    assert shown == "def f():\n    return 1" and not cutter.done  # out before the block is over
+    shown += cutter.feed("``")
+    assert shown == "def f():\n    return 1" and not cutter.done  # may be the closing fence: held
+    shown += cutter.feed("`\nThis function returns 1.")
+    assert cutter.done  # decoding stops here
+    assert (shown + cutter.finish(), cutter.reason) == ("def f():\n    return 1", "end_of_block")
+
+
+def _longest_prefix_ending(text: str, pattern: str) -> int:
+    body = text.rstrip()
+    return next((k for k in range(len(pattern), 0, -1) if body.endswith(pattern[:k])), 0)
+
+
+@settings(max_examples=400, deadline=None)
+@given(pattern=st.text(st.sampled_from("ab a"), min_size=1, max_size=12).map(str.strip).filter(bool),
+       pieces=st.lists(st.text(st.sampled_from("ab \t\n"), max_size=8), max_size=8))
+def test_prefix_matcher_equals_the_brute_force(pattern, pieces):
+    matcher, text = PrefixMatcher(pattern), ""
+    for piece in pieces:
+        matcher.feed(piece)
+        text += piece
+        k = _longest_prefix_ending(text, pattern)
+        assert (matcher.body_state, matcher.body_end) == (k, len(text.rstrip()))
+
+
+@pytest.mark.parametrize("rest, generated", [
+    ("a" * 400_000, "a" * 3_000),  # every character extends the match
+    ("ab" * 200_000 + "c", "ab" * 1_500 + "abc"),
+    ("aab" * 100_000, ("aa" + "aab" * 7) * 80),  # matches that keep falling back
+    ("x" * 400_000, "y" * 3_000),
+])
+def test_the_rest_of_line_hold_is_linear_in_the_text_not_the_line(rest, generated):
+    """A cursor inside a very long line: the hold for "may still repeat the rest of the line"
+    looks at each generated character a bounded number of times, whatever the rest's length
+    (it tried every prefix of the rest for every piece: 35 s for a 1 MB rest)."""
+    cutter = TextCutter(CutRules(suffix=rest + "\n", line_prefix="x = "))
+    shown = "".join(cutter.feed(generated[i:i + 3]) for i in range(0, len(generated), 3))
+    matcher = cutter._rest_match
+    assert matcher is not None and matcher.steps <= 4 * len(generated)
+    assert len(matcher.fail) <= len(generated)  # the table grew only as far as a match reached
+    k = _longest_prefix_ending(generated, rest[: len(generated) + 1])
+    assert shown == generated[: len(generated) - k]
 
 
 def test_trim_to_budget_keeps_nearest_tokens():

@@ -3,8 +3,12 @@ commands live in generation.py and manage.py."""
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import stat
 import sys
+import termios
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -15,7 +19,6 @@ from ..errors import InputError, UsageError
 
 if TYPE_CHECKING:
     from ..complete import Event
-    from ..postprocess import FenceStream
 
 app = typer.Typer(
     name="cg",
@@ -96,6 +99,47 @@ def read_stdin() -> str:
         raise InputError("standard input is not UTF-8 text", "Pipe UTF-8 source code into cg.") from None
 
 
+def stdin_pending() -> bool:
+    """Does standard input hold text (a pipe or a file with data)? Looks without reading or
+    waiting: the bytes a pipe holds (FIONREAD), what is left of a file. A terminal, /dev/null or
+    a pipe nobody has written to yet hold nothing."""
+    stream = sys.stdin
+    if stream is None or stream.isatty():
+        return False
+    try:
+        fd = stream.fileno()
+    except (OSError, ValueError):  # an in-memory stream (io.UnsupportedOperation is both)
+        buffer = getattr(stream, "buffer", stream)
+        try:
+            here = buffer.tell()
+            end = buffer.seek(0, os.SEEK_END)
+            buffer.seek(here)
+        except (OSError, ValueError):  # not seekable: nothing to tell
+            return False
+        return bool(end > here)
+    mode = os.fstat(fd).st_mode
+    if stat.S_ISREG(mode):
+        return os.fstat(fd).st_size > os.lseek(fd, 0, os.SEEK_CUR)
+    if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
+        count = fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0")
+        return bool(int.from_bytes(count, sys.byteorder))
+    return False
+
+
+def refuse_stdin(given: str) -> None:
+    """Input given on the command line and standard input too: cg would read one and drop the other."""
+    if stdin_pending():
+        raise UsageError(f"{given} and standard input both given: cg reads only one of them",
+                         "Pass the input one way (in a loop that reads standard input, add < /dev/null).")
+
+
+def end_line() -> None:
+    """On a terminal, end the output's last line so the shell's prompt does not join it (as
+    simonw/llm does); a pipe or file gets exactly the text."""
+    if sys.stdout is not None and sys.stdout.isatty():
+        write_result("\n")
+
+
 def emit(events: Iterator[Event], as_json: bool) -> None:
     """Write final text as it arrives (stdout gets exactly the text), or one JSON object."""
     parts = []
@@ -106,18 +150,6 @@ def emit(events: Iterator[Event], as_json: bool) -> None:
         if event.result is not None and as_json:
             event.result.text = "".join(parts)
             write_result(json.dumps(event.result.to_json(), ensure_ascii=False) + "\n")
-
-
-def through(events: Iterator[Event], transform: FenceStream) -> Iterator[Event]:
-    """Pass a stream through a text transform (FenceStream), keeping it a stream."""
-    from ..complete import Event
-
-    for event in events:
-        text = transform.feed(event.text)
-        if event.result is not None:
-            yield Event(text + transform.finish(), event.token, event.finish_reason, event.result)
-            return
-        if text:
-            yield Event(text, event.token)
-
-
+    text = "".join(parts)
+    if not as_json and text and not text.endswith("\n"):
+        end_line()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -14,10 +15,10 @@ import typer
 from ..errors import UsageError
 from ..options import GENERATE_MAX_TOKENS, RunOptions
 from ..prompts import note
-from .app import app, emit, read_stdin, read_text, through, write_result
+from .app import app, emit, read_stdin, read_text, refuse_stdin, write_result
 
 if TYPE_CHECKING:
-    from ..infill import FileResult
+    from ..infill import FileResult, Filled
 
 from .options import (
     BlockStopOpt,
@@ -26,6 +27,7 @@ from .options import (
     RequireFimOpt,
     SingleLineOpt,
     StopOpt,
+    int_option,
     model_options,
 )
 
@@ -76,7 +78,9 @@ def _complete_input(prefix: str | None, suffix: str | None, prefix_file: Path | 
         raise UsageError("--suffix and --suffix-file both given", "Use one of them.")
     pre = read_text(prefix_file, "prefix file") if prefix_file else prefix
     suf = read_text(suffix_file, "suffix file") if suffix_file else suffix
-    if pre is None and suf is None:
+    if pre is not None or suf is not None:
+        refuse_stdin("--prefix" if pre is not None else "--suffix")
+    else:
         if not marker:
             raise UsageError("--marker must not be empty")
         text = read_stdin()
@@ -100,12 +104,13 @@ def _say_markers(text: str, marker: str, run: RunOptions) -> None:
 @model_options
 def generate(
     prompt: Annotated[str | None, typer.Argument(help="The prompt (default: standard input).")] = None,
-    raw: Annotated[bool, typer.Option("--raw", help="Keep a fenced code block as it is.")] = False,
+    raw: Annotated[bool, typer.Option("--raw", help="Keep the answer as written: fences and the text after "
+                                                    "them.")] = False,
     chat: Annotated[bool | None, typer.Option("--chat/--no-chat",
                                                  help="Force the instruction turn format on or off.")] = None,
     stop: StopOpt = None,
     as_json: JsonOpt = False,
-    max_tokens: Annotated[int | None, typer.Option(
+    max_tokens: Annotated[int | None, int_option(
         "--max-tokens", "-n", min=1, help=f"Most tokens to generate (default {GENERATE_MAX_TOKENS}; given, the answer "
                                           "no longer ends after one definition).")] = None,
     *,
@@ -113,14 +118,13 @@ def generate(
 ) -> None:
     """Generate code from a prompt (instruction models answer it, base models continue it)."""
     from ..complete import stream_generate
-    from ..postprocess import FenceStream
 
+    if prompt is not None:
+        refuse_stdin("a prompt argument")
     text = prompt if prompt is not None else read_stdin()
     run = dataclasses.replace(run, max_tokens=max_tokens or GENERATE_MAX_TOKENS)
-    events = stream_generate(text, opts=run, chat=chat, stop=stop or (),
+    events = stream_generate(text, raw=raw, opts=run, chat=chat, stop=stop or (),
                              one_definition=None if max_tokens is None else False)
-    if not raw:
-        events = through(events, FenceStream())
     emit(events, as_json)
 
 
@@ -170,10 +174,29 @@ def infill(
     elif diff:
         write_result(b"".join(r.diff() for r in results))
     elif not write:
-        write_result("\n".join(f.completion.text for f in filled))
+        _print_completions(filled)
     if write:
         for r in results:
             _say_filled(r, run)
+
+
+def _print_completions(filled: list[Filled]) -> None:
+    """In a pipe, the completions joined by a line break, exactly (--json tells them apart). On
+    a terminal, each under a `==> FILE:LINE <==` line (as head(1) labels files) when there are
+    several, and the last line ended."""
+    from ..infill import shown
+
+    if not sys.stdout.isatty():
+        write_result("\n".join(f.completion.text for f in filled))
+        return
+    if len(filled) == 1:
+        write_result(_line_ended(filled[0].completion.text))
+    else:
+        write_result("\n".join(f"==> {shown(f.target)} <==\n{_line_ended(f.completion.text)}" for f in filled))
+
+
+def _line_ended(text: str) -> str:
+    return text + "\n" if text and not text.endswith("\n") else text
 
 
 def _say_filled(result: FileResult, run: RunOptions) -> None:

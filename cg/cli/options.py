@@ -51,6 +51,18 @@ class FiniteFloat(click.ParamType):  # type: ignore[type-arg]  # generic in newe
         return number
 
 
+class Integer(click.IntRange):
+    """A whole number within bounds. click.IntRange's type name is "integer range", so `-n abc`
+    said "'abc' is not a valid integer range": it is an integer that was asked for."""
+
+    name = "integer"
+
+
+def int_option(*names: str, min: int | None = None, max: int | None = None, help: str | None = None,
+               envvar: str | None = None) -> Any:
+    return typer.Option(*names, click_type=Integer(min, max), help=help, envvar=envvar)
+
+
 def _float_option(*names: str, low: float | None = None, high: float | None = None, help: str | None = None,
                   envvar: str | None = None) -> Any:
     return typer.Option(*names, click_type=FiniteFloat(low, high), help=help, envvar=envvar)
@@ -59,17 +71,17 @@ def _float_option(*names: str, low: float | None = None, high: float | None = No
 # Options some commands share without running a model, or with a meaning of their own.
 ModelOpt = Annotated[str | None, typer.Option("--model", "-m",
                                               help="GGUF path or installed model name (env CG_MODEL).")]
-CtxOpt = Annotated[int, typer.Option("--ctx", min=64, help="Context size in tokens.")]
-ThreadsOpt = Annotated[int | None, typer.Option("--threads", "-t", min=1, help="CPU threads (default: all cores).")]
-GpuLayersOpt = Annotated[int | None, typer.Option(
+CtxOpt = Annotated[int, int_option("--ctx", min=64, help="Context size in tokens.")]
+ThreadsOpt = Annotated[int | None, int_option("--threads", "-t", min=1, help="CPU threads (default: all cores).")]
+GpuLayersOpt = Annotated[int | None, int_option(
     "--gpu-layers", "-ngl", envvar="CG_GPU_LAYERS", min=-1,
     help="Layers to run on the GPU (-1: all). Default: all when llama.cpp has a GPU backend, else 0.")]
 ApiKeyOpt = Annotated[str | None, typer.Option("--api-key", envvar="CG_API_KEY", help="The server's API key.")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", help="Show llama.cpp's log on stderr.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No warnings or notes on stderr.")]
-MaxTokensOpt = Annotated[int, typer.Option("--max-tokens", "-n", min=1, help="Most tokens to generate.")]
+MaxTokensOpt = Annotated[int, int_option("--max-tokens", "-n", min=1, help="Most tokens to generate.")]
 StopOpt = Annotated[list[str] | None, typer.Option("--stop", help="Extra stop text (repeatable).")]
-MaxLinesOpt = Annotated[int | None, typer.Option("--max-lines", min=1, help="Cut after this many lines.")]
+MaxLinesOpt = Annotated[int | None, int_option("--max-lines", min=1, help="Cut after this many lines.")]
 SingleLineOpt = Annotated[bool, typer.Option("--single-line", help="Stop at the end of the first line.")]
 BlockStopOpt = Annotated[bool, typer.Option("--block-stop/--no-block-stop",
                                             help="End where the code block at the cursor ends (default: on).")]
@@ -93,7 +105,7 @@ SHARED = (
     Shared("ctx", CtxOpt, DEFAULT_CTX, "n_ctx"),
     Shared("threads", ThreadsOpt, None, "threads"),
     Shared("gpu_layers", GpuLayersOpt, None, "gpu_layers"),
-    Shared("max_prompt_tokens", Annotated[int | None, typer.Option(
+    Shared("max_prompt_tokens", Annotated[int | None, int_option(
         "--max-prompt-tokens", envvar="CG_MAX_PROMPT_TOKENS", min=16,
         help="Most prompt tokens. Default: 2048 when the model runs on the CPU, else the whole context.")],
         None, "max_prompt_tokens"),
@@ -110,7 +122,7 @@ SHARED = (
     Shared("temperature", Annotated[float, _float_option("--temperature", low=0.0, help="0 is greedy (default).")],
            SAMPLING.temperature, "sampling.temperature"),
     Shared("top_p", Annotated[float, _float_option("--top-p", low=0.0, high=1.0)], SAMPLING.top_p, "sampling.top_p"),
-    Shared("top_k", Annotated[int, typer.Option("--top-k", min=0)], SAMPLING.top_k, "sampling.top_k"),
+    Shared("top_k", Annotated[int, int_option("--top-k", min=0)], SAMPLING.top_k, "sampling.top_k"),
     Shared("min_p", Annotated[float, _float_option("--min-p", low=0.0, high=1.0)], SAMPLING.min_p, "sampling.min_p"),
     Shared("repeat_penalty", Annotated[float, _float_option("--repeat-penalty", low=0.0,
                                                             help="1.0 is none (default, as Google advises).")],
