@@ -136,6 +136,8 @@ class TextCutter:
     def end_for_time(self) -> None:
         """The time budget is spent and no more text is coming soon: end at the last line break
         (a text without one is kept whole: it is a single line in progress)."""
+        if not self.done and self._fence is not None:
+            self._add(self._fence.finish())  # what the fence held back is all there is
         if not self.done:
             self._apply(self.text.rfind("\n") + 1 or len(self.text), "time_limit")
 

@@ -151,6 +151,18 @@ def test_a_fenced_answer_streams_its_body_and_ends_at_the_closing_fence():
     assert (shown + cutter.finish(), cutter.reason) == ("def f():\n    return 1", "end_of_block")
 
 
+@pytest.mark.parametrize("pieces, expected", [
+    (["x = 1"], ("x = 1", "time_limit")),  # one line in progress, still held by the fence: kept whole
+    (["```python\n", "a = 1\n", "``"], ("a = 1", "time_limit")),  # a partial last line goes, as always
+    (["```python\n", "a = 1\n", "```"], ("a = 1", "end_of_block")),
+])
+def test_the_time_limit_keeps_what_the_fence_held(pieces, expected):
+    cutter = TextCutter(CutRules(fence=True))
+    shown = "".join(cutter.feed(p) for p in pieces)
+    cutter.end_for_time()  # the server went quiet after the time was up
+    assert (shown + cutter.finish(), cutter.reason) == expected
+
+
 def _longest_prefix_ending(text: str, pattern: str) -> int:
     body = text.rstrip()
     return next((k for k in range(len(pattern), 0, -1) if body.endswith(pattern[:k])), 0)
