@@ -38,6 +38,7 @@ class Completion:
     fim: bool = True
     prompt_ids: list[int] = field(default_factory=list, repr=False)
     server: str | None = None  # the server's URL when one ran the model
+    context: list[str] = field(default_factory=list)  # the other files given (--context, auto's imports)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -49,6 +50,7 @@ class Completion:
             "model": self.model,
             "fim": self.fim,
             "server": self.server,
+            "context": self.context,
         }
 
 
@@ -155,7 +157,10 @@ def stream_complete(prefix: str, suffix: str = "", *, opts: RunOptions = RunOpti
     block = blocks.cursor_block(prefix, suffix, blocks.language_of(path)) if block_stop else None
     rules = CutRules(suffix=suffix, max_lines=max_lines, single_line=single_line, stop_texts=_stop_texts(stop),
                      line_prefix=line_prefix, block=block)
-    yield from run_stream(engine, prompt, rules, opts, fim_used=use_fim, logits_processor=logits_processor)
+    for event in run_stream(engine, prompt, rules, opts, fim_used=use_fim, logits_processor=logits_processor):
+        if event.result is not None:
+            event.result.context = [name for name, _ in context]
+        yield event
 
 
 def complete(prefix: str, suffix: str = "", *, opts: RunOptions = RunOptions(),

@@ -197,12 +197,8 @@ def fill_file(src: SourceFile, targets: list[Target], opts: RunOptions, *, conte
 def _context_files(src: SourceFile, context: Sequence[Path] | str, opts: RunOptions) -> list[tuple[str, str]]:
     """--context FILE... (the user's choice, read as given), or the local imports (confined to the
     repository; what is skipped is said on stderr)."""
-    if context != "auto":
-        return [(header_path(Path(c)), read_source(Path(c)).text) for c in context]
-    skipped = repo_context.Skipped()
-    files = repo_context.read_context(repo_context.local_imports(src.path, src.text, skipped), skipped)
-    for path, why in skipped.items:
-        note(opts, f"--context auto skipped {path}: {why}")
+    files = (repo_context.auto_context(src.path, src.text, lambda said: note(opts, said))
+             if context == repo_context.AUTO else repo_context.named_context([Path(c) for c in context]))
     return [(header_path(f), text) for f, text in files]
 
 

@@ -16,10 +16,14 @@ from __future__ import annotations
 import os
 import re
 import stat
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .errors import InputError, UsageError
+
 MAX_CONTEXT_BYTES = 1 << 20  # an imported file larger than this is not source worth a prompt
+AUTO = "auto"  # --context auto: the local files the file being completed imports
 
 
 @dataclass
@@ -73,6 +77,31 @@ def read_context(files: list[Path], skipped: Skipped) -> list[tuple[Path, str]]:
         except UnicodeDecodeError:
             skipped.add(f, "not UTF-8 text")
     return out
+
+
+def named_context(files: Sequence[Path]) -> list[tuple[Path, str]]:
+    """--context FILE...: the user's choice, read as given (any folder); an error names the file as
+    a context file, so it is not taken for the file being completed."""
+    from .textfile import read_source
+
+    for f in files:
+        if not os.path.lexists(f):
+            raise InputError(f"context file not found: {f}",
+                             "Check the path; `--context auto` adds the files the code imports instead.")
+    return [(Path(f), read_source(f).text) for f in files]
+
+
+def auto_context(path: Path | None, text: str, on_skip: Callable[[str], None]) -> list[tuple[Path, str]]:
+    """--context auto: the local files `path` imports (text: its code), read and confined; each one
+    skipped is said through on_skip."""
+    if path is None:
+        raise UsageError("--context auto needs --path FILE: the imports are found from that file's folder "
+                         "and repository", "Pass --path src/app.py (the file being edited), or name the files.")
+    skipped = Skipped()
+    files = read_context(local_imports(path, text, skipped), skipped)
+    for where, why in skipped.items:
+        on_skip(f"--context auto skipped {where}: {why}")
+    return files
 
 
 def git_root(path: Path) -> Path | None:

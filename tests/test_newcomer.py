@@ -203,3 +203,27 @@ def test_the_bundled_model_is_listed_selectable_removable_and_shared(tmp_path):
     assert not in_a.exists() and shared.exists() and in_b.exists()
     again = run_cg("generate", "-q", "x =", "-n", "2", env=a)  # the fallback places it again
     assert again.returncode == 0 and os.path.samefile(in_a, shared)
+
+
+def test_context_auto_works_with_path_and_json_lists_the_files(tmp_path, tiny_gguf):
+    """`cg complete --context auto` said `context file not found: auto`; `--context
+    pkg/nothere.py` said `file not found`, as if it were the file being filled; nothing showed
+    which files auto added."""
+    (tmp_path / ".git").mkdir()
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "util.py").write_text("def helper():\n    return 1\n")
+    (tmp_path / "app.py").write_text("from pkg.util import helper\n\nx = \n")
+    src = "from pkg.util import helper\n\nx = <CURSOR>\n"
+    args = ["-m", str(tiny_gguf), "--ctx", "512", "-n", "2", *NO_STOPS]
+    no_path = run_cg("complete", "--context", "auto", *args, stdin=src, cwd=tmp_path)
+    assert no_path.returncode == 2 and no_path.stderr.startswith("Error: --context auto needs --path FILE")
+    for command in (["complete", "--path", "app.py"], ["infill", "app.py:3"]):
+        auto = run_cg(*command, "--context", "auto", "--json", *args, stdin=src, cwd=tmp_path)
+        assert auto.returncode == 0 and json.loads(auto.stdout)["context"] == ["pkg/util.py"], auto.stderr
+        named = run_cg(*command, "--context", "pkg/util.py", "--json", *args, stdin=src, cwd=tmp_path)
+        assert json.loads(named.stdout)["context"] == ["pkg/util.py"]
+        missing = run_cg(*command, "--context", "pkg/nothere.py", *args, stdin=src, cwd=tmp_path)
+        assert missing.returncode == 2 and missing.stderr.startswith("Error: context file not found: pkg/nothere.py")
+        assert "--context auto" in missing.stderr
+    plain = run_cg("complete", "--json", *args, stdin=src, cwd=tmp_path)
+    assert json.loads(plain.stdout)["context"] == []

@@ -64,10 +64,22 @@ def complete(
     from ..complete import stream_complete
 
     pre, suf = _complete_input(prefix, suffix, prefix_file, suffix_file, marker, run)
-    ctx_files = [(str(p), read_text(p, "context file")) for p in context or []]
+    ctx_files = _context_files(context or [], path, pre + suf, run)
     events = stream_complete(pre, suf, opts=run, path=path, context=ctx_files, spm=spm, max_lines=max_lines,
                              single_line=single_line, require_fim=require_fim, stop=stop or (), block_stop=block_stop)
     emit(events, as_json)
+
+
+def _context_files(context: list[Path], path: str | None, text: str, run: RunOptions) -> list[tuple[str, str]]:
+    """--context FILE... as given, or `auto`: the local files that --path's code imports (as
+    cg infill's --context auto, named as infill names them)."""
+    from .. import repo_context
+    from ..infill import header_path
+
+    if [str(c) for c in context] == [repo_context.AUTO]:
+        found = repo_context.auto_context(Path(path) if path else None, text, lambda said: note(run, said))
+        return [(header_path(f), body) for f, body in found]
+    return [(str(f), body) for f, body in repo_context.named_context(context)]
 
 
 def _complete_input(prefix: str | None, suffix: str | None, prefix_file: Path | None, suffix_file: Path | None,

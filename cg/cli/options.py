@@ -24,6 +24,7 @@ import typer
 from ..dialects import Api
 from ..engine import Sampling
 from ..errors import UsageError
+from ..local import CTX_STEP
 from ..options import DEFAULT_CTX, DEFAULT_MAX_TOKENS, SPLICE_BY_DEFAULT, RunOptions
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -71,7 +72,8 @@ def _float_option(*names: str, low: float | None = None, high: float | None = No
 # Options some commands share without running a model, or with a meaning of their own.
 ModelOpt = Annotated[str | None, typer.Option("--model", "-m",
                                               help="GGUF path or installed model name (env CG_MODEL).")]
-CtxOpt = Annotated[int, int_option("--ctx", min=64, help="Context size in tokens.")]
+CtxOpt = Annotated[int, int_option("--ctx", min=64, help=f"Context size in tokens (llama.cpp rounds it up to a "
+                                                         f"multiple of {CTX_STEP}).")]
 ThreadsOpt = Annotated[int | None, int_option("--threads", "-t", min=1, help="CPU threads (default: all cores).")]
 GpuLayersOpt = Annotated[int | None, int_option(
     "--gpu-layers", "-ngl", envvar="CG_GPU_LAYERS", min=-1,
