@@ -243,12 +243,14 @@ def test_stdin_refused_from_a_real_pipe_and_file_but_not_an_empty_one(tmp_path):
 
 
 @pytest.mark.parametrize("args", [["complete", "-n", "abc"], ["generate", "-n", "abc", "x"],
-                                  ["complete", "--ctx", "lots"]])
+                                  ["complete", "--ctx", "lots"], ["eval", "humaneval-infill", "-n", "abc"],
+                                  ["serve", "--port", "abc"]])
 def test_a_bad_integer_says_integer(capsys, monkeypatch, args):
+    """`-n abc` said "'abc' is not a valid integer range"."""
     code, out, err = cg(capsys, monkeypatch, *args)
     assert code == 2 and out == ""
     one_error(err, "Invalid value")
-    assert f"'{args[2]}' is not a valid integer." in err and "range" not in err
+    assert f"'{next(a for a in args if a in ('abc', 'lots'))}' is not a valid integer." in err and "range" not in err
 
 
 def test_a_fenced_answer_streams_and_stops_at_the_closing_fence(tiny_engine, tiny_opts):

@@ -17,7 +17,7 @@ from ..errors import UsageError
 from ..evaluate.tasks import Benchmark
 from ..options import DEFAULT_CTX, EVAL_MAX_TOKENS, RunOptions
 from .app import app, eval_app, models_app, write_result
-from .options import CtxOpt, GpuLayersOpt, ModelOpt, ThreadsOpt, VerboseOpt, model_options
+from .options import CtxOpt, GpuLayersOpt, ModelOpt, ThreadsOpt, VerboseOpt, int_option, model_options
 
 
 def default_model_name(src_dir: Path, out_type: OutType) -> str:
@@ -99,7 +99,7 @@ def download(
 
 BenchmarkOpt = Annotated[Benchmark, typer.Option(
     "--benchmark", "-b", help="single-line 1033 tasks, multi-line 5815, random-span 1640, random-span-light 164.")]
-LimitOpt = Annotated[int | None, typer.Option("--limit", min=1, help="Run N tasks spread evenly over the set.")]
+LimitOpt = Annotated[int | None, int_option("--limit", min=1, help="Run N tasks spread evenly over the set.")]
 
 
 @eval_app.command("humaneval-infill")
@@ -107,7 +107,7 @@ LimitOpt = Annotated[int | None, typer.Option("--limit", min=1, help="Run N task
 def eval_humaneval_infill(
     benchmark: BenchmarkOpt = Benchmark.SINGLE_LINE,
     limit: LimitOpt = None,
-    jobs: Annotated[int | None, typer.Option(
+    jobs: Annotated[int | None, int_option(
         "--jobs", "-j", min=1,
         help="Programs scored at once (default: cores-1, at most 4); with --server, completions in flight too.",
     )] = None,
@@ -121,12 +121,12 @@ def eval_humaneval_infill(
         "--stop-words", help="Also stop at HumanEval's usual words (\\nclass, \\ndef, \\n#, \\nif).")] = False,
     repair_newline: Annotated[bool, typer.Option(
         "--repair-newline", help="Not the official scoring: add the line break a whole-line answer lacks.")] = False,
-    n_samples: Annotated[int, typer.Option(
+    n_samples: Annotated[int, int_option(
         "--n-samples", min=1, help="Samples per task (with --temperature > 0): reports pass@k too.")] = 1,
     export: Annotated[Path | None, typer.Option("--export", hidden=True, help="The same as `cg eval export`.")] = None,
     timeout: Annotated[float, typer.Option("--timeout", min=0.1, help="Seconds each test program may run.")] = 10.0,
-    memory: Annotated[int, typer.Option("--memory-mb", min=64, help="Memory limit of each test program.")] = 1024,
-    max_tokens: Annotated[int, typer.Option("--max-tokens", "-n", min=1, help="Most tokens to generate.")]
+    memory: Annotated[int, int_option("--memory-mb", min=64, help="Memory limit of each test program.")] = 1024,
+    max_tokens: Annotated[int, int_option("--max-tokens", "-n", min=1, help="Most tokens to generate.")]
     = EVAL_MAX_TOKENS,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
     *,
@@ -233,12 +233,12 @@ def serve(
         metavar="[MODEL]", help="Installed model name or GGUF path (default: as complete).")] = None,
     model_opt: ModelOpt = None,
     ctx: CtxOpt = DEFAULT_CTX,
-    jobs: Annotated[int, typer.Option(
+    jobs: Annotated[int, int_option(
         "--jobs", "-j", min=1, help="Parallel slots: 1 for cg's own server (for now); with --llama-server, for "
                                     "cg eval --jobs.")] = 1,
     host: Annotated[str, typer.Option("--host", help="Address to listen on (beyond loopback: set a key).")]
     = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 8080,
+    port: Annotated[int, int_option("--port", min=1, max=65535)] = 8080,
     threads: ThreadsOpt = None,
     gpu_layers: GpuLayersOpt = None,
     api_key_file: Annotated[Path | None, typer.Option(
