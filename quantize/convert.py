@@ -23,6 +23,7 @@ from . import (
 )
 from .base import Converter
 from .checkpoint import Checkpoint, open_checkpoint
+from .config import show
 from .errors import ConversionError, OutputExistsError
 from .llama_quant import OutType, quantize_gguf
 from .readers import CHUNK_BYTES, READERS, rows
@@ -109,8 +110,8 @@ def convert(src_dir: Path | str, out: Path | str, *, type: OutType | str | None 
         raise ConversionError(f"unknown type {type!r}",
                               "Choose one of: " + ", ".join(t.value for t in OutType)) from None
     converter = registry.lookup(ckpt.architecture)(ckpt.config)
-    vocab = load_vocab(ckpt.folder, ckpt.config.get("vocab_size"))
-    plan = plan_tensors(ckpt, converter)
+    plan = plan_tensors(ckpt, converter)  # before the vocabulary: it checks vocab_size against the embedding
+    vocab = load_vocab(ckpt.folder, converter.n_vocab)
     target = Path(out)
     check_replaceable(target)  # a device or FIFO is never replaced, --force or not
     if target.exists() and not force:
@@ -132,25 +133,27 @@ def convert(src_dir: Path | str, out: Path | str, *, type: OutType | str | None 
                     quantize_gguf(intermediate, tmp, out_type, threads=threads,
                                   on_progress=lambda i, total: advance(completed=i, total=total))
     requantized = ckpt.jlama is not None and not copied and out_type != OutType.F32
-    return Converted(target, vocab, str(ckpt.config.get("_name_or_path") or ckpt.folder), out_type, ckpt.jlama,
+    return Converted(target, vocab, ckpt.name_or_path or str(ckpt.folder), out_type, ckpt.jlama,
                      requantized, written.copied_blocks, written.rounded_blocks)
 
 
 def plan_tensors(ckpt: Checkpoint, converter: Converter) -> list[PlannedTensor]:
     """Names and checked shapes of every tensor, and none missing, before any data is read."""
-    expected = converter.expected_tensors()
+    converter.check_blocks(ckpt.tensors)  # first: the expected tensors are n_blocks times a block's
+    expected = converter.tensor_dims()
     plan = []
     for hf_name in sorted(ckpt.tensors, key=_natural_key):
         if converter.skip(hf_name):
             continue
         entry = ckpt.tensors[hf_name]
         name = converter.map_name(hf_name)
-        shape = expected.get(name)
-        if shape is None:
-            raise ConversionError(f"unexpected tensor {hf_name!r} for {converter.arch_name}",
+        dims = expected.get(name)
+        if dims is None:
+            raise ConversionError(f"unexpected tensor {show(hf_name, 100)} for {converter.arch_name}",
                                   "The checkpoint does not match its config.json architecture.")
-        if tuple(entry.shape) != shape:
-            raise ConversionError(f"tensor {hf_name} has shape {list(entry.shape)}, expected {list(shape)}",
+        if entry.shape != tuple(d.size for d in dims):
+            raise ConversionError(f"tensor {hf_name} in {entry.file.name} has shape {list(entry.shape)}; config.json "
+                                  f"makes it {[d.size for d in dims]} ({', '.join(d.field for d in dims)})",
                                   "The weights do not match config.json; download the checkpoint again.")
         plan.append(PlannedTensor(entry, name))
     missing = sorted(set(expected) - {p.name for p in plan}, key=_natural_key)
@@ -162,8 +165,9 @@ def plan_tensors(ckpt: Checkpoint, converter: Converter) -> list[PlannedTensor]:
     return plan
 
 
-def _natural_key(name: str) -> list[int | str]:
-    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
+def _natural_key(name: str) -> list[tuple[int, str]]:
+    # Digit runs compare by value, without int(): a header may hold a name with 5000 digits.
+    return [(len(p.lstrip("0")), p.lstrip("0")) if i % 2 else (0, p) for i, p in enumerate(re.split(r"(\d+)", name))]
 
 
 def _intermediate_type(plan: list[PlannedTensor]) -> OutType:
@@ -195,7 +199,7 @@ def write_gguf(ckpt: Checkpoint, converter: Converter, vocab: Vocab, plan: list[
 
     writer = gguf.GGUFWriter(None, converter.arch_name)
     writer.add_type(gguf.GGUFType.MODEL)
-    writer.add_name(ckpt.config.get("_name_or_path") or ckpt.folder.name)
+    writer.add_name(ckpt.name_or_path or ckpt.folder.name)
     converter.set_params(writer)
     writer.add_file_type(file_type.ftype)
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)

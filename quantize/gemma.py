@@ -8,10 +8,12 @@ mlx-lm's ModelArgs); everything after that reads the dataclass, not the dict.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-from .base import Converter
+from .base import Converter, Dim
+from .config import CHECKS, bad_field, positive_float, section
 from .errors import ConversionError
 
 if TYPE_CHECKING:
@@ -46,17 +48,27 @@ class GemmaParams:
 
     @classmethod
     def from_config(cls: type[P], config: dict[str, Any]) -> P:
+        """The fields config.json gives, each checked by its type (config.CHECKS), then defaults."""
+        hints = typing.get_type_hints(cls)
         values: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
             key = cls.HF_KEYS.get(f.name)
             if key is not None and config.get(key) is not None:
-                values[f.name] = config[key]
+                kind = next(t for t in typing.get_args(hints[f.name]) or (hints[f.name],) if t is not type(None))
+                values[f.name] = CHECKS[kind](key, config[key])
             elif f.default is dataclasses.MISSING:
                 raise ConversionError(f"config.json has no {key or f.name!r}",
                                       "The checkpoint's config.json is incomplete; download it again.")
         params = cls(**values)
-        return dataclasses.replace(params, kv_heads=params.kv_heads or params.heads,
-                                   head_dim=params.head_dim or params.hidden // params.heads)
+        keys = cls.HF_KEYS
+        if not params.head_dim and params.hidden % params.heads:
+            raise bad_field(keys["hidden"], params.hidden, f"not a multiple of {keys['heads']} {params.heads} "
+                            f"(and there is no {keys['head_dim']})")
+        params = dataclasses.replace(params, kv_heads=params.kv_heads or params.heads,
+                                     head_dim=params.head_dim or params.hidden // params.heads)
+        if params.heads % params.kv_heads:  # each KV head serves a whole group of query heads
+            raise bad_field(keys["heads"], params.heads, f"not a multiple of {keys['kv_heads']} {params.kv_heads}")
+        return params
 
 
 @dataclass(frozen=True)
@@ -95,14 +107,21 @@ class Gemma3Params(GemmaParams):
     def from_config(cls, config: dict[str, Any]) -> Gemma3Params:
         params = super().from_config(config)
         # Newer configs nest RoPE per attention type; the global layers' values are the model's.
-        rope = config.get("rope_parameters") or {}
-        full = rope.get("full_attention", rope) if isinstance(rope, dict) else {}
-        theta = full.get("rope_theta", config.get("rope_theta", params.rope_theta))
-        scaling = full if full.get("rope_type") else (config.get("rope_scaling") or {})
-        kind = scaling.get("rope_type", scaling.get("type"))
-        linear = kind == "linear" and scaling.get("factor")
+        where = "rope_parameters"
+        full = section(where, config.get(where))
+        if "full_attention" in full:
+            where += ".full_attention"
+            full = section(where, full["full_attention"])
+        theta = params.rope_theta
+        if full.get("rope_theta") is not None:
+            theta = positive_float(f"{where}.rope_theta", full["rope_theta"])
+        if not full.get("rope_type"):
+            where, full = "rope_scaling", section("rope_scaling", config.get("rope_scaling"))
+        kind = full.get("rope_type", full.get("type"))
+        factor = full.get("factor")
+        linear = kind == "linear" and factor is not None
         return dataclasses.replace(params, rope_theta=theta, rope_scaling="linear" if linear else None,
-                                   rope_factor=scaling["factor"] if linear else None)
+                                   rope_factor=positive_float(f"{where}.factor", factor) if linear else None)
 
 
 class GemmaConverter(Converter):
@@ -120,22 +139,31 @@ class GemmaConverter(Converter):
     def n_blocks(self) -> int:
         return self.params.layers
 
+    @property
+    def n_blocks_key(self) -> str:
+        return self.params.HF_KEYS["layers"]
+
+    @property
+    def n_vocab(self) -> int:
+        return self.params.vocab
+
     def skip(self, hf_name: str) -> bool:
         # lm_head is tied to the embeddings; llama.cpp reuses token_embd.
         return super().skip(hf_name) or hf_name == "lm_head.weight"
 
-    def expected_tensors(self) -> dict[str, tuple[int, ...]]:
-        p = self.params
-        q, kv = p.heads * p.head_dim, p.kv_heads * p.head_dim
+    def tensor_dims(self) -> dict[str, tuple[Dim, ...]]:
+        p, key = self.params, self.params.HF_KEYS
+        hidden, ffn, head = Dim(p.hidden, key["hidden"]), Dim(p.ffn, key["ffn"]), Dim(p.head_dim, key["head_dim"])
+        q = Dim(p.heads * p.head_dim, f"{key['heads']}*{key['head_dim']}")
+        kv = Dim(p.kv_heads * p.head_dim, f"{key['kv_heads']}*{key['head_dim']}")
         per_block = {
-            "attn_q": (q, p.hidden), "attn_k": (kv, p.hidden), "attn_v": (kv, p.hidden),
-            "attn_output": (p.hidden, q), "ffn_gate": (p.ffn, p.hidden), "ffn_up": (p.ffn, p.hidden),
-            "ffn_down": (p.hidden, p.ffn),
-            **{n: (p.head_dim,) if n in ("attn_q_norm", "attn_k_norm") else (p.hidden,) for n in self.block_norms},
+            "attn_q": (q, hidden), "attn_k": (kv, hidden), "attn_v": (kv, hidden), "attn_output": (hidden, q),
+            "ffn_gate": (ffn, hidden), "ffn_up": (ffn, hidden), "ffn_down": (hidden, ffn),
+            **{n: (head,) if n in ("attn_q_norm", "attn_k_norm") else (hidden,) for n in self.block_norms},
         }
-        out = {"token_embd.weight": (p.vocab, p.hidden), "output_norm.weight": (p.hidden,)}
+        out = {"token_embd.weight": (Dim(p.vocab, key["vocab"]), hidden), "output_norm.weight": (hidden,)}
         for i in range(p.layers):
-            out.update({f"blk.{i}.{kind}.weight": shape for kind, shape in per_block.items()})
+            out.update({f"blk.{i}.{kind}.weight": dims for kind, dims in per_block.items()})
         return out
 
     def transform(self, gguf_name: str, block: np.ndarray) -> np.ndarray:

@@ -15,7 +15,6 @@ matched inside user code even with special parsing off.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,8 @@ from gguf import TokenType
 
 from cg_core.tokens import BY_NAME, KEYED, SENTINELS
 
+from .checkpoint import read_json
+from .config import bad_field, section, show, text, token_id
 from .errors import ConversionError
 
 
@@ -71,7 +72,15 @@ def _from_sentencepiece(model: Path, vocab_size: int | None) -> _Pieces:
     from sentencepiece import SentencePieceProcessor
 
     sp = SentencePieceProcessor()
-    sp.LoadFromFile(str(model))
+    try:
+        sp.LoadFromFile(str(model))
+    except (RuntimeError, OSError) as exc:  # sentencepiece's parse errors are RuntimeErrors
+        reason = " ".join(str(exc).split())[:120]  # sentencepiece's message, on one line
+        raise ConversionError(f"{model.name} in {model.parent} is not a SentencePiece model ({reason})",
+                              "Download the checkpoint's tokenizer.model again.") from None
+    if sp.vocab_size() < 1:
+        raise ConversionError(f"{model.name} in {model.parent} holds no tokens",
+                              "Download the checkpoint's tokenizer.model again.")
     out = _padded(vocab_size or sp.vocab_size())
     for i in range(min(len(out.tokens), sp.vocab_size())):
         out.tokens[i] = sp.IdToPiece(i).encode("utf-8")
@@ -90,26 +99,34 @@ _BYTE_PIECE = re.compile(r"<0x[0-9A-F]{2}>")
 def _from_tokenizer_json(path: Path, vocab_size: int | None, config: dict[str, Any]) -> _Pieces:
     """The SentencePiece view of a tokenizer.json written from a SentencePiece BPE model."""
     data = _read_json(path)
-    model = data.get("model") or {}
-    if model.get("type") != "BPE" or not isinstance(model.get("vocab"), dict):
+    model = section("model", data.get("model"), path.name)
+    if model.get("type") != "BPE" or not isinstance(model.get("vocab"), dict) or not model["vocab"]:
         raise ConversionError(f"{path} is not a SentencePiece-style BPE tokenizer (model type "
-                              f"{model.get('type')!r})", "cg reads Gemma's tokenizer.json, or a tokenizer.model.")
-    by_id = {int(i): piece for piece, i in model["vocab"].items()}
-    for added in data.get("added_tokens") or []:
-        by_id.setdefault(int(added["id"]), added["content"])
+                              f"{show(model.get('type'))})", "cg reads Gemma's tokenizer.json, or a tokenizer.model.")
+    pieces = {piece: token_id(f"model.vocab {show(piece)}", i, path.name) for piece, i in model["vocab"].items()}
+    by_id = {i: piece for piece, i in pieces.items()}
+    added_ids = set()
+    added_tokens = data.get("added_tokens") or []
+    if not isinstance(added_tokens, list):
+        raise bad_field("added_tokens", added_tokens, "not a list", path.name)
+    for added in added_tokens:
+        if not isinstance(added, dict) or not isinstance(added.get("content"), str):
+            raise bad_field("added_tokens", added, "not a token (an object with its content and id)", path.name)
+        added_ids.add(token_id(f"added_tokens {show(added['content'])}", added.get("id"), path.name))
+        by_id.setdefault(added["id"], added["content"])
     out = _padded(vocab_size or max(by_id) + 1)
     ids = {}
     for name in ("bos", "eos", "unk", "pad"):
-        text = _token_content(config.get(f"{name}_token")) or f"<{name}>"
-        if text in model["vocab"]:
-            ids[name] = int(model["vocab"][text])
-    if model.get("unk_token") in model["vocab"]:
-        ids["unk"] = model["vocab"][model["unk_token"]]
+        content = _token_content(config.get(f"{name}_token")) or f"<{name}>"
+        if content in pieces:
+            ids[name] = pieces[content]
+    if isinstance(model.get("unk_token"), str) and model["unk_token"] in pieces:
+        ids["unk"] = pieces[model["unk_token"]]
     # Meta pieces (control, unknown, user-defined = the added tokens; bytes) score 0; the learned
     # ones -rank, ranked by id from the first of them.
     byte_ids = ({i for i, piece in by_id.items() if _BYTE_PIECE.fullmatch(piece)} if model.get("byte_fallback")
                 else set())
-    meta = {int(a["id"]) for a in data.get("added_tokens") or []} | set(ids.values()) | byte_ids
+    meta = added_ids | set(ids.values()) | byte_ids
     base = min((i for i in by_id if i not in meta), default=0)
     control = {ids[n] for n in ("bos", "eos", "pad") if n in ids}
     for i, piece in by_id.items():
@@ -134,8 +151,8 @@ def load_vocab(folder: Path, vocab_size: int | None) -> Vocab:
                               "Gemma checkpoints ship a SentencePiece tokenizer.model; download it too.")
     tokens, scores, types = pieces.tokens, pieces.scores, pieces.types
     _apply_added_tokens(folder, config, tokens, scores, types)
-    vocab = Vocab(tokens, scores, types, add_bos=bool(config.get("add_bos_token", True)),
-                  add_eos=bool(config.get("add_eos_token", False)))
+    vocab = Vocab(tokens, scores, types, add_bos=_flag(config, "add_bos_token", True),
+                  add_eos=_flag(config, "add_eos_token", False))
     vocab.special = _special_ids(pieces.ids, vocab, config, _read_json(folder / "special_tokens_map.json"))
     for sentinel in SENTINELS:
         token = vocab.id_of(sentinel.text)
@@ -144,33 +161,43 @@ def load_vocab(folder: Path, vocab_size: int | None) -> Vocab:
     return vocab
 
 
+def _flag(config: dict[str, Any], key: str, default: bool) -> bool:
+    value = config.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, bool):  # "false" would be true to bool()
+        raise bad_field(key, value, "not true or false", "tokenizer_config.json")
+    return value
+
+
 def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConversionError(f"{path.name} in {path.parent} is not valid JSON ({exc})",
-                              "Download the checkpoint's tokenizer files again.") from None
-    return data if isinstance(data, dict) else {}
+    """An optional tokenizer file: {} where the checkpoint has none."""
+    return read_json(path) if path.is_file() else {}
 
 
 def _apply_added_tokens(folder: Path, config: dict[str, Any], tokens: list[bytes], scores: list[float],
                         types: list[TokenType]) -> None:
     size = len(tokens)
-    for text, token in _read_json(folder / "added_tokens.json").items():
+    for content, value in _read_json(folder / "added_tokens.json").items():
+        token = token_id(show(content), value, "added_tokens.json")
         if token < size:
-            tokens[token], scores[token], types[token] = text.encode("utf-8"), -1000.0, TokenType.USER_DEFINED
-    for key, data in config.get("added_tokens_decoder", {}).items():
-        token, text = int(key), data["content"]
+            tokens[token], scores[token], types[token] = content.encode("utf-8"), -1000.0, TokenType.USER_DEFINED
+    where = "tokenizer_config.json"
+    for key, data in section("added_tokens_decoder", config.get("added_tokens_decoder"), where).items():
+        if not (key.isascii() and key.isdigit() and len(key) <= 10):
+            raise bad_field("added_tokens_decoder", key, "not a token id", where)
+        token = token_id(f"added_tokens_decoder {show(key)}", int(key), where)
+        if not isinstance(data, dict):
+            raise bad_field(f"added_tokens_decoder {show(key)}", data, "not an object", where)
+        content = text(f"added_tokens_decoder {show(key)} content", data.get("content"), where)
         if token >= size:
             continue
-        if data.get("special") or looks_special(text):
+        if data.get("special") or looks_special(content):
             types[token] = TokenType.CONTROL
         else:
-            text = text.replace("\u2581", " ")  # llama.cpp pre-normalizes user-defined spaces
+            content = content.replace("\u2581", " ")  # llama.cpp pre-normalizes user-defined spaces
             types[token] = TokenType.USER_DEFINED
-        scores[token], tokens[token] = -1000.0, text.encode("utf-8")
+        scores[token], tokens[token] = -1000.0, content.encode("utf-8")
 
 
 def _special_ids(fallback: dict[str, int], vocab: Vocab, config: dict[str, Any],
@@ -192,7 +219,7 @@ def _special_ids(fallback: dict[str, int], vocab: Vocab, config: dict[str, Any],
 
 def _token_content(value: Any) -> str | None:
     if isinstance(value, dict):
-        return value.get("content")
+        value = value.get("content")
     return value if isinstance(value, str) else None
 
 

@@ -17,6 +17,7 @@ from cg.cli import main
 from quantize.convert import convert
 
 from . import jlama_writer
+from .corrupt import edit_config, edit_header, two_same_size
 from .fakehub import FakeHub, Repo, folder_files
 from .helpers import NO_STOPS, run_cg
 from .synthetic import write_checkpoint
@@ -208,3 +209,76 @@ def test_cg_download_of_a_jlama_repo(jq4, tmp_path, monkeypatch, capsys):
     assert record.quant == "q4_0" and record.special_ids["fim_sep"] == 70
     assert main(["complete", "-n", "3", *NO_STOPS, "--json", "--prefix", "def f():\n"]) == 0
     assert json.loads(capsys.readouterr().out)["model"] == record.path
+
+
+def _q4_pair(header):
+    return two_same_size(header, "Q4")
+
+
+def _scales_on_their_tensor(header):
+    """A Q4 tensor's W.qb scales pointed into W's own nibbles."""
+    name = next(n for n in sorted(header) if header[n]["dtype"] == "Q4")
+    scales, start = header[name + ".qb"], header[name]["data_offsets"][0]
+    scales["data_offsets"] = [start, start + scales["data_offsets"][1] - scales["data_offsets"][0]]
+
+
+def _q4_offsets(value):
+    def change(header):
+        entry = header[next(n for n in sorted(header) if header[n]["dtype"] == "Q4")]
+        entry["data_offsets"] = value(entry["data_offsets"])
+    return change
+
+
+def _scales_offsets(value):
+    def change(header):
+        entry = header[next(n for n in sorted(header) if n.endswith(".qb"))]
+        entry["data_offsets"] = value(entry["data_offsets"])
+    return change
+
+
+def _overlap_q4(header):
+    a, b = _q4_pair(header)
+    header[b]["data_offsets"] = list(header[a]["data_offsets"])
+
+
+# Jlama's Q4 / I8 tensors and their W.qb scales go through the same header checks as float ones.
+@pytest.mark.parametrize("change, words", [
+    (_overlap_q4, ["overlap"]),  # exit 0 before: two weights read from one range of nibbles
+    (_scales_on_their_tensor, ["overlap"]),
+    (_q4_offsets(lambda o: [str(o[0]), str(o[1])]), ["data_offsets"]),
+    (_scales_offsets(lambda o: [o[0] - 10**6, o[1] - 10**6]), ["data_offsets"]),  # negative: OSError Errno 22
+    (_scales_offsets(lambda o: [float(o[0]), float(o[1])]), ["data_offsets"]),
+])
+def test_hostile_jlama_headers_are_input_errors(jq4, tmp_path, capsys, change, words):
+    broken = Path(shutil.copytree(jq4, tmp_path / "broken"))
+    edit_header(broken / "model.safetensors", change)
+    out = tmp_path / "out.gguf"
+    assert main(["quantize", str(broken), "-o", str(out)]) == 2
+    line = capsys.readouterr().err.splitlines()[0]
+    assert line.startswith("Error: ") and "model.safetensors" in line and all(w in line for w in words), line
+    assert not out.exists() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_jlama_config_claiming_more_layers_is_refused_before_allocating(jq4, tmp_path, capsys):
+    broken = Path(shutil.copytree(jq4, tmp_path / "broken"))
+    edit_config(broken, num_hidden_layers=10**9)
+    assert main(["quantize", str(broken), "-o", str(tmp_path / "out.gguf")]) == 2
+    assert "config.json num_hidden_layers is 1000000000" in capsys.readouterr().err.splitlines()[0]
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda t: t["model"]["vocab"].update({"<pad>": "0"}), ["model.vocab", "<pad>"]),  # ValueError before
+    (lambda t: t["model"]["vocab"].update({"<pad>": -1}), ["model.vocab", "<pad>"]),  # wrote token -1 before
+    (lambda t: t.update(added_tokens=5), ["added_tokens"]),
+    (lambda t: t.update(added_tokens=[{"id": 3}]), ["added_tokens"]),
+    (lambda t: t.update(model=[]), ["model"]),
+])
+def test_a_hostile_tokenizer_json_is_an_input_error(jq4, tmp_path, capsys, change, words):
+    broken = Path(shutil.copytree(jq4, tmp_path / "broken"))
+    tokenizer = json.loads((broken / "tokenizer.json").read_text())
+    change(tokenizer)
+    (broken / "tokenizer.json").write_text(json.dumps(tokenizer))
+    assert main(["quantize", str(broken), "-o", str(tmp_path / "out.gguf")]) == 2
+    line = capsys.readouterr().err.splitlines()[0]
+    assert "tokenizer.json" in line and all(w in line for w in words), line
+    assert not (tmp_path / "out.gguf").exists()
