@@ -22,6 +22,9 @@ from .tensors import TensorEntry
 
 __all__ = ["Checkpoint", "TensorEntry", "open_checkpoint", "read_header", "read_json"]
 
+# Gemma's tokenizer.json, the largest JSON file of a checkpoint, is 17-33 MB.
+MAX_JSON_BYTES = 256 * 2**20
+
 @dataclass
 class Checkpoint:
     folder: Path
@@ -100,6 +103,9 @@ def _shard_names(index: Path) -> list[str]:
 
 def read_json(path: Path) -> dict[str, Any]:
     """A JSON object from the checkpoint, keys unique; anything else is a clear input error."""
+    if path.stat().st_size > MAX_JSON_BYTES:  # read whole, so its size is the memory it takes
+        raise ConversionError(f"{path} is {path.stat().st_size} bytes, more than a checkpoint's JSON file holds "
+                              f"({MAX_JSON_BYTES >> 20} MiB at most)", "Download the checkpoint's JSON files again.")
     try:
         data = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_unique_keys)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, _DuplicateKey) as exc:

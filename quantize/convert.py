@@ -110,6 +110,7 @@ def convert(src_dir: Path | str, out: Path | str, *, type: OutType | str | None 
         raise ConversionError(f"unknown type {type!r}",
                               "Choose one of: " + ", ".join(t.value for t in OutType)) from None
     converter = registry.lookup(ckpt.architecture)(ckpt.config)
+    source = ckpt.name_or_path or str(ckpt.folder)  # checked before any output exists
     plan = plan_tensors(ckpt, converter)  # before the vocabulary: it checks vocab_size against the embedding
     vocab = load_vocab(ckpt.folder, converter.n_vocab)
     target = Path(out)
@@ -133,7 +134,7 @@ def convert(src_dir: Path | str, out: Path | str, *, type: OutType | str | None 
                     quantize_gguf(intermediate, tmp, out_type, threads=threads,
                                   on_progress=lambda i, total: advance(completed=i, total=total))
     requantized = ckpt.jlama is not None and not copied and out_type != OutType.F32
-    return Converted(target, vocab, ckpt.name_or_path or str(ckpt.folder), out_type, ckpt.jlama,
+    return Converted(target, vocab, source, out_type, ckpt.jlama,
                      requantized, written.copied_blocks, written.rounded_blocks)
 
 

@@ -100,6 +100,14 @@ def test_deeply_nested_config(bad, capsys):
     assert "config.json" in refused(bad, capsys)
 
 
+@pytest.mark.parametrize("file", ["config.json", "tokenizer_config.json"])
+def test_a_huge_json_file_is_not_read(bad, capsys, file):
+    with open(bad / file, "r+b") as f:
+        f.truncate(2**31)  # sparse: 2 GiB of NULs that read_text() would hold twice over
+    line = refused(bad, capsys)
+    assert file in line and "MiB at most" in line, line
+
+
 @pytest.fixture(scope="module")
 def scratch(tiny_ckpt, tmp_path_factory) -> Path:
     """One copy whose config.json each generated example rewrites (nothing else is written)."""
