@@ -281,3 +281,15 @@ def test_a_fifo_for_weights_is_refused_not_read(tiny_ckpt, tmp_path):
     proc = run_cg("quantize", str(bad), "--type", "f32", "-o", str(tmp_path / "out.gguf"), timeout=120)  # hang guard
     assert proc.returncode == 2 and proc.stderr.startswith("Error: ") and WEIGHTS in proc.stderr.splitlines()[0]
     assert not (tmp_path / "out.gguf").exists()
+
+
+@pytest.mark.parametrize("layers", [10**9, "2"])
+def test_the_cg_process_reports_a_bad_layer_count(tiny_ckpt, tmp_path, layers):
+    """Issue 28 item 9 as reported: `cg quantize` with 10**9 layers grew to 3.76 GB, then MemoryError."""
+    bad = Path(shutil.copytree(tiny_ckpt, tmp_path / "bad"))
+    edit_config(bad, num_hidden_layers=layers)
+    proc = run_cg("quantize", str(bad), "--type", "q8_0", "-o", str(tmp_path / "out.gguf"), timeout=300)
+    assert proc.returncode == 2 and proc.stdout == "", proc.stderr
+    error, hint = proc.stderr.splitlines()
+    assert error.startswith("Error: config.json num_hidden_layers is ") and hint.startswith("Hint: "), proc.stderr
+    assert not (tmp_path / "out.gguf").exists()
