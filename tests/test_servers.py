@@ -459,6 +459,37 @@ def test_cg_serve_without_llama_server_says_how_to_get_it(tmp_path):
 
 
 
+def _infill(url: str, body: dict) -> dict:
+    req = urllib.request.Request(url + "/infill", json.dumps(body).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=120) as resp:
+        return json.loads(resp.read())
+
+
+def test_cg_serve_as_the_gateway_in_front_of_a_server(leaky_server, leaky_gguf, tmp_path):
+    """cg serve --server URL: llama.vim's /infill in front of a llama-server whose GGUF lacks the
+    <|file_separator|> key. Pushed towards it, llama-server's own /infill runs on to n_predict;
+    through cg serve the text is the local engine's, ended at <|file_separator|>."""
+    bias = {**NO_STOPS_BIAS, ID["fim_sep"]: 4.0}
+    body = {"input_prefix": CASES[0][0], "input_suffix": CASES[0][1], "n_predict": 24,
+            "logit_bias": [[t, b] for t, b in bias.items()]}
+    here = complete(*CASES[0], opts=local(leaky_gguf, logit_bias=bias))
+    assert here.stop_reason == "stop_token"
+    assert _infill(leaky_server.url, {**body, "temperature": 0})["stop_type"] == "limit"  # ran past it
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "cg", "serve", "--server", leaky_server.url, "--port", str(port),
+                             "--ctx", "1024"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "CG_HOME": str(tmp_path)})
+    try:
+        url = proc.stdout.readline().strip()
+        assert url == f"http://127.0.0.1:{port}", proc.stderr
+        got = _infill(url, body)
+        assert (got["content"], got["stop_type"], got["tokens_evaluated"]) == (here.text, "eos", len(here.prompt_ids))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and "Stopped cg serve." in err
+
+
 def test_a_corrupt_store_is_a_clear_error_through_a_server_too(llama_server, tmp_path):
     """The ids cg recorded for a served model come from the store: a corrupt one is the usual
     error, never silently dropped (completions would run past <|file_separator|>)."""
