@@ -7,6 +7,7 @@ can take back, so the streamed output and the joined output are always the same.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .blocks import CLOSERS, OPENERS, BlockRules, BlockWatcher
@@ -211,23 +212,7 @@ class TextCutter:
             pos = self.text.find(stop)
             if pos >= 0:
                 consider(pos, "stop_token")
-        start, seen_text, count = 0, False, 0
-        while (end := self.text.find("\n", start)) >= 0:
-            line = self.text[start:end]
-            count += 1
-            if count == 1 and self.rest and repeats_rest_of_line(self.rules.line_prefix, line, self.rest):
-                # Cursor inside a line: its first line typed the rest again, then went on.
-                consider(len(line.rstrip()) - len(self.rest), "suffix_overlap")
-            if self.overlap and line.strip() == self.overlap:
-                consider(start, "suffix_overlap")
-            seen_text = seen_text or bool(line.strip())
-            if self.rules.single_line and seen_text:
-                consider(end, "max_lines")
-            if self.rules.max_lines and count >= self.rules.max_lines:
-                consider(end, "max_lines")
-            if self._time_mark is not None and end >= self._time_mark:
-                consider(end, "time_limit")
-            start = end + 1
+        _line_cuts(self.text, self.rules, self.rest, self.overlap, self._time_mark, consider)
         if self.blocks is not None:
             verdict = self.blocks.check(self.text)
             self._block_hold = verdict.hold
@@ -260,6 +245,28 @@ class TextCutter:
             # The last line may still end by repeating the rest of the cursor's line.
             hold = min(hold, self._rest_match.body_end - self._rest_match.body_state)
         return hold
+
+
+def _line_cuts(text: str, rules: CutRules, rest: str, overlap: str, time_mark: int | None,
+               consider: Callable[[int, str], None]) -> None:
+    """The line rules' places to end the text (TextCutter._scan): each complete line in turn."""
+    start, seen_text, count = 0, False, 0
+    while (end := text.find("\n", start)) >= 0:
+        line = text[start:end]
+        count += 1
+        if count == 1 and rest and repeats_rest_of_line(rules.line_prefix, line, rest):
+            # Cursor inside a line: its first line typed the rest again, then went on.
+            consider(len(line.rstrip()) - len(rest), "suffix_overlap")
+        if overlap and line.strip() == overlap:
+            consider(start, "suffix_overlap")
+        seen_text = seen_text or bool(line.strip())
+        if rules.single_line and seen_text:
+            consider(end, "max_lines")
+        if rules.max_lines and count >= rules.max_lines:
+            consider(end, "max_lines")
+        if time_mark is not None and end >= time_mark:
+            consider(end, "time_limit")
+        start = end + 1
 
 
 class FenceCut:
