@@ -1,6 +1,6 @@
 """cg serve against llama-server on an editing trace, with llama.vim's own /infill requests.
 
-    python benchmarks/bench_serve.py [--model X.gguf] [--llama-server PATH] [--n-predict 16] [--ctx 8192]
+    python benchmarks/bench_serve.py [--model X.gguf] [--llama-server PATH] [--n-predict 16] [--ctx 8192] [--splice]
 
 The trace, in a large file (the standard library's argparse.py, about 2,600 lines): typing one
 30-character line key by key (a request per keystroke), moving the cursor down 10 lines one at a
@@ -198,13 +198,14 @@ def main() -> None:
     ap.add_argument("--n-predict", type=int, default=16)
     ap.add_argument("--ctx", type=int, default=8192)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--splice", action="store_true", help="cg serve --splice (reuse after a change)")
     args = ap.parse_args()
     a, b = source("argparse"), source("textwrap")
     results: dict[str, dict[str, list[Sample]]] = {}
     cancels: dict[str, list[float]] = {}
     port = free_port()
     with running([sys.executable, "-m", "cg", "serve", args.model, "--port", str(port), "--ctx", str(args.ctx),
-                  "--threads", str(args.threads)], port):
+                  "--threads", str(args.threads), *(["--splice"] if args.splice else [])], port):
         results["cg serve"] = measure(port, a, b, args.n_predict)
         cancels["cg serve (closed)"] = [cancel_seconds(port, a, idle_cg) for _ in range(3)]
         cancels["cg serve (replaced)"] = [replace_seconds(port, a) for _ in range(3)]

@@ -245,6 +245,22 @@ def test_warm_up_then_reuse(server, talkative_gguf):
     assert done["content"] == expected(talkative_gguf, PREFIX, SUFFIX, 6, context=(("helpers.py", chunk),))
 
 
+def test_splice_reuses_after_a_change_exact_does_not(server, talkative_gguf):
+    """A line typed near the top of the file: exact reuse (the default) evaluates everything after
+    it again; --splice (as cg complete --splice) reuses what follows the change."""
+    code = "".join(f"def helper_{i}(value):\n    return value * {i}\n\n" for i in range(20))
+    first = {"input_prefix": code, "input_suffix": SUFFIX, "n_predict": 2}
+    second = {**first, "input_prefix": "import os\n" + code}
+    spliced = start(talkative_gguf, "--splice")
+    try:
+        for url, reused in ((server.url, lambda n: n < 128), (spliced.url, lambda n: n > 256)):
+            post(url, "/infill", first)
+            status, got = post(url, "/infill", second)
+            assert status == 200 and reused(got["tokens_cached"]), (url, got["tokens_cached"])
+    finally:
+        spliced.stop()
+
+
 def test_sentinel_text_stays_text(server, talkative_gguf):
     """A file that spells out CodeGemma's control tokens cannot inject them: the prompt holds one
     of each sentinel, and the server's text is the library's."""

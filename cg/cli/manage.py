@@ -15,7 +15,7 @@ from quantize.llama_quant import OutType
 from ..dialects import Api
 from ..errors import UsageError
 from ..evaluate.tasks import Benchmark
-from ..options import DEFAULT_CTX, EVAL_MAX_TOKENS, RunOptions
+from ..options import DEFAULT_CTX, EVAL_MAX_TOKENS, SPLICE_BY_DEFAULT, RunOptions
 from .app import app, eval_app, models_app, write_result
 from .options import CtxOpt, GpuLayersOpt, ModelOpt, ThreadsOpt, VerboseOpt, int_option, model_options
 
@@ -253,6 +253,9 @@ def serve(
     server_api: Annotated[Api | None, typer.Option(
         "--server-api", case_sensitive=False, help="With --server: llama or openai (default: found from the URL).")]
     = None,
+    splice: Annotated[bool, typer.Option(
+        "--splice", envvar="CG_SPLICE", help="As cg complete --splice: also reuse what follows a change in the last "
+                                             "prompt (faster, not bit for bit; README: Prompt reuse).")] = False,
     verbose: VerboseOpt = False,
 ) -> None:
     """Serve completions to editors: llama.cpp's /infill, Ollama's /api/generate and OpenAI's
@@ -287,7 +290,8 @@ def serve(
               "/api/generate (Ollama, Continue), /v1/completions (OpenAI); Ctrl-C stops it.", file=sys.stderr)
 
     run = RunOptions(model=chosen, n_ctx=ctx, threads=threads, gpu_layers=gpu_layers, verbose=verbose, quiet=True,
-                     server=server or None, server_api=server_api.value if server_api else None)
+                     server=server or None, server_api=server_api.value if server_api else None,
+                     exact=not (splice or SPLICE_BY_DEFAULT))
     run_server(ServeSettings(run=run, host=host, port=port, api_key=key, jobs=jobs), listening)
 
 
