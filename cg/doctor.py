@@ -126,7 +126,7 @@ def _cache(report: Report, home: Path) -> None:
 
 def _models(report: Report) -> None:
     try:
-        records = store.list_models()
+        records = store.available()  # the bundled model too, as `cg models` lists it
         chosen = store.best_installed()
     except Exception as exc:
         report.add("models", "unreadable")

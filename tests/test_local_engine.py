@@ -169,6 +169,8 @@ def test_doctor_on_a_good_home(tmp_path, bundled_gguf):
     for label in ("version", "backend", "GPU offload", "CPU features", "threads", "cg home", "prompt cache",
                   "models", "default model", "settings", "hub token"):
         assert re.search(rf"^{label}\s", proc.stdout, re.M), label
+    # A fresh home has the bundled model, as `cg models` lists it (it said "none installed").
+    assert re.search(r"^models\s+gemma3-270m \(", proc.stdout, re.M), proc.stdout
 
 
 def test_doctor_says_what_is_broken_and_how_to_fix_it(tmp_path):
