@@ -21,18 +21,17 @@ is placed again when cg falls back to it).
 from __future__ import annotations
 
 import difflib
-import fcntl
 import json
 import os
 import shutil
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cg_core.atomic import atomic_path, remove_stale_temps, write_atomic
+from cg_core.atomic import atomic_path, locked, remove_stale_temps, write_atomic
 
 from . import catalogue
 from .errors import HomeError, ModelNotFoundError
@@ -171,14 +170,16 @@ def _locked_registry() -> Iterator[dict[str, Any]]:
     concurrent registrations from several processes never lose one another."""
     path = _registry_path()
     ensure_dir(path.parent)
-    with open(path.with_name(path.name + ".lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    lock = path.with_name(path.name + ".lock")
+    with ExitStack() as stack:
         try:
-            data = _registry()
-            yield data
-            write_json_atomic(path, data)
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+            stack.enter_context(locked(lock))  # never through a link, never blocking on a FIFO
+        except OSError as exc:
+            raise HomeError(f"cannot lock {lock}: {exc.strerror or exc}",
+                            f"Remove {lock} (cg makes a new one).") from None
+        data = _registry()
+        yield data
+        write_json_atomic(path, data)
 
 
 def list_models() -> list[ModelRecord]:

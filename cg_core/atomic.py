@@ -10,6 +10,12 @@ a terminal, `>(...)`), and anything under /dev or /proc (`/dev/stdout`), is writ
 as a stream: no temp file, no rename. Anything else that is not a regular file (a folder, a block
 device, a socket) is refused.
 
+Everything written here is private to its owner: temp files are created 0600 whatever the umask
+(a `mode` given for a user's own file overrides it), folders made by `private_dir` are 0700, and
+an existing folder or lock file that others could read is tightened when cg opens it. Lock files
+(`locked`) and cache entries (`open_regular`) are opened without following symbolic links and
+without blocking, and only a regular file is used.
+
 Temp files carry the writer's pid (`.NAME.PID.RANDOM.cg-tmp`). A run that was killed before its
 `finally` could not remove its temp file; `remove_stale_temps` removes those whose process is gone.
 A signal that arrived inside a C callback (interrupts.py) is raised before anything is replaced.
@@ -17,6 +23,7 @@ A signal that arrived inside a C callback (interrupts.py) is raised before anyth
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import secrets
@@ -26,11 +33,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from . import interrupts
 from .errors import DiskSpaceError, NotAFileError
 
 TEMP_SUFFIX = ".cg-tmp"
+PRIVATE_FILE, PRIVATE_DIR = 0o600, 0o700
+_OTHERS = 0o077  # the group's and other users' permission bits
 _TEMP_NAME = re.compile(r"^\..+\.(\d+)\.[0-9a-f]{8}" + re.escape(TEMP_SUFFIX) + "$")
 
 
@@ -74,6 +84,78 @@ def temp_beside(target: Path, tag: str = "") -> Path:
     return target.with_name(f".{target.name}{tag}.{os.getpid()}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
 
 
+def create_private(path: Path | str) -> BinaryIO:
+    """A new file open for writing, 0600 whatever the umask; never an existing file or a link."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, PRIVATE_FILE)
+    try:
+        os.fchmod(fd, PRIVATE_FILE)  # a umask such as 0o277 would have taken the owner's bits too
+        return os.fdopen(fd, "wb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+class NotRegularError(OSError):
+    """A path that should hold a regular file holds something else (a FIFO, a device, a folder)."""
+
+
+def open_regular(path: Path | str, flags: int = os.O_RDONLY) -> int:
+    """A file descriptor on a regular file: a symbolic link is refused (ELOOP), and a FIFO or
+    device is refused without blocking on it. A file others can read is tightened to 0600 (where
+    it is ours). With O_CREAT in flags, a new file is 0600."""
+    fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, PRIVATE_FILE)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotRegularError(f"{path} is {describe_mode(st.st_mode)}, not a regular file")
+        tighten(fd, st)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def tighten(fd: int, st: os.stat_result) -> None:
+    """Take the group's and others' bits off an open file or folder of ours."""
+    if st.st_mode & _OTHERS and st.st_uid == os.geteuid():
+        os.fchmod(fd, stat.S_IMODE(st.st_mode) & ~_OTHERS)
+
+
+def private_dir(folder: Path | str) -> Path:
+    """folder, made 0700 with every missing parent (whatever the umask); an existing one that
+    others can read is tightened. Raises OSError where it is not a folder of ours."""
+    folder = Path(folder)
+    for parent in [*reversed(folder.parents), folder]:
+        if os.path.isdir(parent):
+            continue
+        try:
+            os.mkdir(parent, PRIVATE_DIR)
+        except FileExistsError:
+            continue  # made meanwhile by another process (or not a folder: the open below says so)
+        os.chmod(parent, PRIVATE_DIR)  # mkdir's mode is cut by the umask
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if st.st_uid != os.geteuid():
+            raise PermissionError(f"{folder} belongs to another user")
+        tighten(fd, st)
+    finally:
+        os.close(fd)
+    return folder
+
+
+@contextmanager
+def locked(path: Path | str) -> Iterator[None]:
+    """An exclusive flock on a lock file: created 0600, never through a symbolic link (a link in
+    its place is refused, so no file is ever made where it points), only a regular file."""
+    fd = open_regular(path, os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing it releases the lock
+
+
 def fsync_file(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -115,12 +197,13 @@ class Staged:
 def stage(target: Path | str, data: bytes, *, mode: int | None = None, owner: tuple[int, int] | None = None
           ) -> Staged:
     """Write data to a flushed temp file beside target (symlinks followed), not yet renamed.
-    mode and owner (uid, gid) are given to the new file; the owner where permitted (as root)."""
+    The new file is 0600 unless mode is given (a user's own file keeps its mode), and owner
+    (uid, gid) where permitted (as root)."""
     check_replaceable(target)
     real = real_target(target)
     tmp = temp_beside(real)
     try:
-        with open(tmp, "xb") as f:
+        with create_private(tmp) as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
