@@ -9,6 +9,11 @@ prompt was spliced: then up to its first change). Exact reuse takes only those; 
 any of them (cells already moved once carry their first context further: llama-server's
 --cache-reuse does the same), and only an exact state goes to the disk cache.
 
+Cutting a state to a prefix is exact only while it holds every position from 0: a sliding-window
+cache that is not full-size (swa_full) drops the cells its window has passed, and so would a state
+saved for one sequence (see Cells.state). Such a state is never cut for exact reuse, and never
+saved (Cells.complete asks llama.cpp which positions sequence 0 holds).
+
 A splice moves runs of cells to new positions while the tokens before them are evaluated. The
 batch check of llama.cpp wants a sequence's new tokens to follow its last cell, so the runs wait
 in sequence 1 (a parking place: the context has two sequences sharing one cache), are shifted to
@@ -75,17 +80,38 @@ class Cells:
         """Move cells by delta positions (the keys' RoPE rotation is redone)."""
         self._llama_cpp.llama_memory_seq_add(self._memory, seq, start, end, delta)
 
+    def span(self, seq: int) -> tuple[int, int]:
+        """The first and last positions seq holds, (-1, -1) if none; llama.cpp holds every
+        position between them."""
+        memory = self._memory
+        return (int(self._llama_cpp.llama_memory_seq_pos_min(memory, seq)),
+                int(self._llama_cpp.llama_memory_seq_pos_max(memory, seq)))
+
+    def complete(self, n: int) -> bool:
+        """Sequence 0 holds positions [0, n) and nothing else, the parking place nothing: any
+        prefix of it is what a fresh evaluation of that prefix leaves."""
+        return self.span(0) == ((0, n - 1) if n else (-1, -1)) and self.span(PARKING) == (-1, -1)
+
     def state(self) -> bytes | None:
-        """Sequence 0's state (its cells and their positions)."""
-        size = int(self._llama_cpp.llama_state_seq_get_size(self._ctx, 0))
+        """Every cell (of every sequence: only sequence 0's are left when it is saved) with its
+        position, as llama_state_seq_get_data gives it for sequence -1. Not sequence 0's own
+        state: for a model with sliding-window layers that leaves out the cells the window of the
+        sequence's last token has passed, so a restored state cut to a shorter prefix lacked cells
+        the next tokens attend to (issue 28: the Gemma 3 270M's completions after a disk-cache
+        hit differed from a fresh run's)."""
+        size = int(self._llama_cpp.llama_state_seq_get_size(self._ctx, -1))
         buffer = (ctypes.c_uint8 * size)()
-        written = int(self._llama_cpp.llama_state_seq_get_data(self._ctx, buffer, size, 0))
+        written = int(self._llama_cpp.llama_state_seq_get_data(self._ctx, buffer, size, -1))
         return bytes(buffer)[:written] if written else None
 
     def load(self, state: bytes) -> bool:
-        """A state from state() into sequence 0; False if llama.cpp refused it."""
+        """A state from state() into sequence 0, all of it read; False if llama.cpp refused it
+        (it also refuses a cell that belongs to two sequences). The cells are placed as a live
+        evaluation places them (the whole context's restore, llama_state_set_data, puts the
+        cache's next free cell back at 0, and a sliding-window cache then overwrites early cells
+        in another order than a fresh run: other logits)."""
         buffer = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
-        return bool(self._llama_cpp.llama_state_seq_set_data(self._ctx, buffer, len(state), 0))
+        return int(self._llama_cpp.llama_state_seq_set_data(self._ctx, buffer, len(state), 0)) == len(state)
 
 
 class KvCache:
@@ -138,10 +164,10 @@ class KvCache:
 
         computed = len(prompt) - timings.cached_tokens
         if cache is not None and len(prompt) >= MIN_TOKENS and computed >= reuse.MIN_GAIN \
-                and self.exact_upto >= len(prompt) == self.llm.n_tokens:
+                and self.exact_upto >= len(prompt) == self.llm.n_tokens and self.cells.complete(len(prompt)):
             state = self.cells.state()
             if state is not None:
-                cache.save(self.held, state)
+                cache.save(self.held, state, int(self.llm.n_ctx()))
 
     def _choose(self, prompt: Sequence[int], timings: Timings, cache: PromptCache | None, splice: bool
                 ) -> tuple[reuse.Plan, Source]:
@@ -154,11 +180,12 @@ class KvCache:
                 return reuse.splice(tokens, prompt, self.ubatch, fresh=reuse.FRESH)
             return reuse.exact(tokens, prompt, self.ubatch)
 
-        in_memory = Source(self.held if splice else self.held[: self.exact_upto], self.exact_upto)
+        exact = self.exact_upto if self.cells.complete(len(self.held)) else 0  # else no prefix is exact
+        in_memory = Source(self.held if splice else self.held[:exact], exact)
         best, source = plan(in_memory.tokens), in_memory
         if cache is not None and best.evaluated >= MIN_GAIN:
             t0 = time.perf_counter()
-            for entry in cache.entries():
+            for entry in cache.entries(int(self.llm.n_ctx()), int(self.llm.n_vocab())):
                 candidate = plan(entry.tokens)
                 if candidate.evaluated + MIN_GAIN <= best.evaluated:
                     best, source = candidate, Source(entry.tokens, len(entry.tokens), entry)
@@ -175,6 +202,10 @@ class KvCache:
         if not self.restore(source.tokens, data):
             cache.warn_once("an entry did not load into llama.cpp; evaluating the prompt fresh")
             return False
+        if not self.cells.complete(len(source.tokens)):  # its header lies about what the state holds
+            self.clear()
+            cache.drop(source.entry, "its state does not hold its tokens")
+            return False
         return True
 
     def restore(self, tokens: Sequence[int] | np.ndarray, state: bytes) -> bool:
@@ -183,7 +214,7 @@ class KvCache:
         import numpy as np
 
         self.clear()
-        if not self.cells.load(state):
+        if len(tokens) > len(self.llm.input_ids) or not self.cells.load(state):
             self.clear()
             return False
         n = len(tokens)
