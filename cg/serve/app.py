@@ -71,6 +71,8 @@ class Server:
         Host), or without the key: refused before anything is read."""
         if self.loopback and _host(request) not in LOOPBACK_HOSTS | {""}:
             return json_response(api.error(403, "this server answers only requests to a loopback name"), 403)
+        if not _own_origin(request):
+            return json_response(api.error(403, "this server answers no web page of another site (no CORS)"), 403)
         if self.key is not None and not hmac.compare_digest(_token(request).encode(), self.key.encode()):
             return json_response(api.error(401, "invalid or missing API key"), 401)
         return None
@@ -211,6 +213,23 @@ def _host(request: Request) -> str:
     if host.startswith("["):
         return host[1:].split("]", 1)[0]
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def _own_origin(request: Request) -> bool:
+    """No Origin (editors' HTTP clients send none), or a page of a loopback name or of this server.
+    A page on any other site may not even send a request: a form or `no-cors` fetch reaches the
+    server without a preflight and, unread, still runs a completion or replaces a slot's. Origins
+    of other schemes (vscode-webview://, an extension's) are not web sites."""
+    origin = request.headers.get("origin")
+    if origin is None:
+        return True
+    scheme, sep, rest = origin.strip().lower().partition("://")
+    if not sep:
+        return False  # "null": a sandboxed frame or a file, any site can make one
+    if scheme not in ("http", "https"):
+        return True
+    name = rest[1:].split("]", 1)[0] if rest.startswith("[") else rest.rsplit(":", 1)[0]
+    return name in LOOPBACK_HOSTS or name == _host(request)
 
 
 def _token(request: Request) -> str:

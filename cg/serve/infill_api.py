@@ -18,7 +18,17 @@ from typing import Any
 
 from ..options import DEFAULT_MAX_TOKENS
 from .dialect import Call, Served, sse
-from .request import MAX_EXTRA, MAX_STOPS, MAX_TIME_MS, Fields, FimRequest, logit_bias, max_tokens, sampling
+from .request import (
+    MAX_EXTRA,
+    MAX_NAME,
+    MAX_STOPS,
+    MAX_TIME_MS,
+    Fields,
+    FimRequest,
+    logit_bias,
+    max_tokens,
+    sampling,
+)
 from .slots import Outcome
 
 # cg's stop reasons as llama-server names them: "word" is its name for a stop text; cg's cuts
@@ -44,7 +54,8 @@ class InfillApi:
             max_tokens=max_tokens(body, "n_predict") if body.has("n_predict") else DEFAULT_MAX_TOKENS,
             max_time=predict_ms / 1000 if predict_ms > 0 else None, sampling=sampling(body),
             stop=body.texts("stop", MAX_STOPS), logit_bias=logit_bias(body), slot=slot if slot >= 0 else None)
-        return Call(request, stream=body.flag("stream", False), model=body.text("model") or served.model,
+        return Call(request, stream=body.flag("stream", False),
+                    model=body.text("model", limit=MAX_NAME) or served.model,
                     fields=body.texts("response_fields"))
 
     def whole(self, call: Call, outcome: Outcome, served: Served) -> dict[str, Any]:

@@ -5,12 +5,16 @@ that cg starts in a private file, not as an argument."""
 from __future__ import annotations
 
 import os
+import stat
+import sys
 import tempfile
 from pathlib import Path
 
 from ..errors import UsageError
 
 ENV = "CG_API_KEY"
+PREFIX = "cg-serve-key-"  # then the writer's pid, "-", mkstemp's letters, ".txt"
+MAX_FILE = 4096  # bytes: a key file is one line (not /dev/zero or a log file named by mistake)
 
 
 def read_key(file: Path | None) -> str | None:
@@ -19,11 +23,21 @@ def read_key(file: Path | None) -> str | None:
         key = os.environ.get(ENV, "")
         return check(key, ENV) if key else None
     try:
-        text = file.read_text(encoding="utf-8")
+        with file.open("rb") as f:
+            mode = os.fstat(f.fileno()).st_mode
+            raw = f.read(MAX_FILE + 1)
+        if len(raw) > MAX_FILE:
+            raise UsageError(f"the API key file {file} is longer than {MAX_FILE} bytes",
+                             "Put the key on the file's one line.")
+        text = raw.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not UTF-8 text"
         raise UsageError(f"cannot read the API key file {file}: {reason}", "Pass a file holding the key.") from None
-    return check(text.removesuffix("\n").removesuffix("\r"), str(file))
+    key = check(text.removesuffix("\n").removesuffix("\r"), str(file))
+    if mode & (stat.S_IRGRP | stat.S_IROTH):  # a warning, not a refusal: secrets mounted 0444 (Docker's) are common
+        print(f"Warning: the API key file {file} is readable by other users (mode {stat.S_IMODE(mode):o}); "
+              f"chmod 600 {file}", file=sys.stderr)
+    return key
 
 
 def check(key: str, where: str) -> str:
@@ -43,8 +57,35 @@ def check(key: str, where: str) -> str:
 
 
 def private_key_file(key: str) -> Path:
-    """The key in a new 0600 file (mkstemp's mode) for llama-server's --api-key-file: one key a line."""
-    fd, name = tempfile.mkstemp(prefix="cg-serve-key-", suffix=".txt")
+    """The key in a new 0600 file (mkstemp's mode) for llama-server's --api-key-file: one key a line.
+    Its name holds this process's id, so that the next cg serve can remove it if this one is killed
+    outright (SIGKILL, the OOM killer) before llama-server has read it."""
+    _remove_orphans()
+    fd, name = tempfile.mkstemp(prefix=f"{PREFIX}{os.getpid()}-", suffix=".txt")
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(key + "\n")
     return Path(name)
+
+
+def _remove_orphans() -> None:
+    """Key files of this user's cg serves that no longer run."""
+    if os.name != "posix":
+        return  # os.kill(pid, 0) is a test only on POSIX
+    folder = Path(tempfile.gettempdir())
+    for path in folder.glob(f"{PREFIX}*-*.txt"):
+        pid = path.name[len(PREFIX):].split("-", 1)[0]
+        try:
+            if pid.isdigit() and path.lstat().st_uid == os.getuid() and not _running(int(pid)):
+                path.unlink()
+        except OSError:
+            pass  # gone meanwhile, or not ours to remove
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True

@@ -17,7 +17,7 @@ import datetime
 from typing import Any
 
 from .dialect import Call, Served, counts, finish_reason, ndjson
-from .request import MAX_STOPS, Fields, FimRequest, max_tokens, prefix_and_suffix, sampling
+from .request import MAX_NAME, MAX_STOPS, Fields, FimRequest, max_tokens, prefix_and_suffix, sampling
 from .slots import Outcome
 
 API_VERSION = "0.9.0"  # the Ollama API these endpoints follow (clients compare versions)
@@ -41,7 +41,8 @@ class OllamaApi:
         request = FimRequest(prefix=prefix, suffix=suffix,
                              max_tokens=max_tokens(options, "num_predict"), sampling=sampling(options),
                              stop=options.texts("stop", MAX_STOPS))
-        return Call(request, stream=body.flag("stream", True), model=body.text("model") or served.model)
+        return Call(request, stream=body.flag("stream", True),
+                    model=body.text("model", limit=MAX_NAME) or served.model)
 
     def whole(self, call: Call, outcome: Outcome, served: Served) -> dict[str, Any]:
         return {**self._done(call, outcome), "response": outcome.text}

@@ -15,6 +15,7 @@ from typing import Any
 
 from .dialect import Call, Served, counts, finish_reason, sse
 from .request import (
+    MAX_NAME,
     MAX_STOPS,
     BadRequest,
     Fields,
@@ -37,7 +38,8 @@ class OpenAiApi:
         prefix, suffix = prefix_and_suffix(_prompt(body), body.text("suffix") if body.has("suffix") else None)
         request = FimRequest(prefix=prefix, suffix=suffix, max_tokens=max_tokens(body, "max_tokens"),
                              sampling=sampling(body), stop=body.texts("stop", MAX_STOPS), logit_bias=logit_bias(body))
-        return Call(request, stream=body.flag("stream", False), model=body.text("model") or served.model)
+        return Call(request, stream=body.flag("stream", False),
+                    model=body.text("model", limit=MAX_NAME) or served.model)
 
     def whole(self, call: Call, outcome: Outcome, served: Served) -> dict[str, Any]:
         prompt, generated = counts(outcome)

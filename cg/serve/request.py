@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,8 @@ MAX_BODY = 16 * 2**20  # bytes of a request body (a 16 MiB file, as `cg complete
 MAX_PREDICT = 4096  # tokens one request may ask for (-1 asks for the default)
 MAX_EXTRA = 64  # input_extra chunks (llama.vim sends a ring of 16)
 MAX_STOPS = 16  # stop texts
+MAX_STOP_CHARS = 256  # characters of one stop text (matching a stop costs its length squared each token)
+MAX_NAME = 256  # characters of a model name (every streamed piece repeats it)
 MAX_LIST = 64  # other lists (samplers, response_fields)
 MAX_TIME_MS = 600_000  # t_max_predict_ms
 MAX_BIAS = 1024  # logit_bias entries
@@ -61,7 +64,30 @@ def parse_json(raw: bytes) -> Fields:
         raise BadRequest(f"the body is not JSON: {exc}") from None
     if not isinstance(data, dict):
         raise BadRequest("the body must be a JSON object")
+    if _ESCAPED_SURROGATE.search(raw) and _holds_lone_surrogate(data):
+        raise BadRequest("the body holds a lone UTF-16 surrogate (\\ud800-\\udfff unpaired): not text")
     return Fields(data)
+
+
+# Only a \u escape makes a surrogate (UTF-8 cannot encode one); json pairs a valid pair into one
+# character and leaves a lone one in the string, which no tokenizer or UTF-8 writer takes.
+_ESCAPED_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _holds_lone_surrogate(data: Any) -> bool:
+    stack = [data]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, str):
+            if _SURROGATE.search(node):
+                return True
+        elif isinstance(node, dict):
+            stack.extend(node.keys())
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return False
 
 
 class Fields:
@@ -80,12 +106,14 @@ class Fields:
     def has(self, name: str) -> bool:
         return self._get(name) is not None
 
-    def text(self, name: str, default: str = "") -> str:
+    def text(self, name: str, default: str = "", limit: int | None = None) -> str:
         value = self._get(name)
         if value is None:
             return default
         if not isinstance(value, str):
             raise self._bad(name, "a string")
+        if limit is not None and len(value) > limit:
+            raise self._bad(name, f"at most {limit} characters")
         return value
 
     def integer(self, name: str, default: int, low: int, high: int) -> int:
@@ -118,8 +146,9 @@ class Fields:
             raise self._bad(name, "true or false")
         return value
 
-    def texts(self, name: str, limit: int = MAX_LIST) -> tuple[str, ...]:
-        """A list of strings (a single string is a list of one, as OpenAI's `stop`)."""
+    def texts(self, name: str, limit: int = MAX_LIST, chars: int = MAX_STOP_CHARS) -> tuple[str, ...]:
+        """A list of strings, each at most `chars` long (a single string is a list of one, as
+        OpenAI's `stop`)."""
         value = self._get(name)
         if value is None:
             return ()
@@ -128,6 +157,8 @@ class Fields:
             raise self._bad(name, "a list of strings")
         if len(items) > limit:
             raise self._bad(name, f"at most {limit} strings")
+        if any(len(v) > chars for v in items):
+            raise self._bad(name, f"strings of at most {chars} characters")
         return tuple(items)
 
     def objects(self, name: str, limit: int) -> list[Fields]:

@@ -15,6 +15,7 @@ from pathlib import Path
 from types import FrameType
 
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from cg_core import interrupts
 
@@ -27,6 +28,7 @@ from .slots import Worker
 
 GRACE = 5  # seconds open connections get to finish once the server is told to stop
 MAX_CONNECTIONS = 128  # beyond, uvicorn answers 503
+HEADER_TIMEOUT = 10.0  # seconds a client may take to send a request's head (the body has app.BODY_TIMEOUT)
 
 
 @dataclass(frozen=True)
@@ -111,7 +113,7 @@ async def _run(server: Server, sock: socket.socket, worker: Worker, ready: Calla
     """uvicorn on the socket until a signal; the signal's number, or None if it ended by itself."""
     config = uvicorn.Config(server.app(), log_level="warning", access_log=False, lifespan="off",
                             timeout_graceful_shutdown=GRACE, limit_concurrency=MAX_CONNECTIONS,
-                            server_header=False)
+                            server_header=False, http=_TimedHeads)
     runner = _Uvicorn(config, worker)
     watcher = asyncio.ensure_future(_when_started(runner, ready))
     try:
@@ -125,6 +127,29 @@ async def _when_started(runner: _Uvicorn, ready: Callable[[], None]) -> None:
     while not runner.started:
         await asyncio.sleep(0.02)
     ready()
+
+
+class _TimedHeads(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol, closing a connection whose request head has not arrived within
+    HEADER_TIMEOUT: uvicorn waits for one forever, so MAX_CONNECTIONS clients that send half a
+    head (a crashed plugin, a slowloris) would have every other client answered 503."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._expect_head()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._expect_head()
+
+    def _expect_head(self) -> None:
+        waiting_for = self.cycle  # a new request makes a new cycle
+        self.loop.call_later(HEADER_TIMEOUT, self._head_late, waiting_for)
+
+    def _head_late(self, waiting_for: object) -> None:
+        answered = self.cycle is None or self.cycle.response_complete  # not one running (pipelined)
+        if self.cycle is waiting_for and answered and not self.transport.is_closing():
+            self.transport.close()
 
 
 class _Uvicorn(uvicorn.Server):

@@ -1,0 +1,211 @@
+"""`cg serve` against hostile and clumsy clients, each case a defect once found by trying it on a
+real server: text that is not text (lone surrogates), fields whose size costs the worker more than
+the body's bound suggests (a long stop text, a long model name echoed in every piece), web pages of
+other sites, half-sent request heads holding every connection, and key files that are too open,
+too big, or left behind by a `cg serve --llama-server` that was killed.
+
+The server is test_serve's, started again for this module (one model load).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from cg.serve.request import MAX_NAME, MAX_STOP_CHARS
+from cg.serve.server import MAX_CONNECTIONS
+
+from .helpers import run_cg
+from .test_serve import PREFIX, alive, expected, post, request, server  # noqa: F401 - server is a fixture
+
+# Each API's request for "x = " completed in 3 tokens, and where its stop texts go.
+BODIES = {
+    "/infill": ({"input_prefix": "x = ", "n_predict": 3}, ""),
+    "/api/generate": ({"prompt": "x = ", "stream": False, "options": {"num_predict": 3}}, "options"),
+    "/v1/completions": ({"prompt": "x = ", "max_tokens": 3}, ""),
+}
+
+
+def with_stop(path: str, stop: list[str]) -> dict:
+    body, under = BODIES[path]
+    body = json.loads(json.dumps(body))
+    (body[under] if under else body)["stop"] = stop
+    return body
+
+
+def error_text(raw: bytes) -> str:
+    error = json.loads(raw)["error"]
+    return error if isinstance(error, str) else error["message"]
+
+
+# ---------------------------------------------------------------- text that is not text
+
+
+@pytest.mark.parametrize("path, raw", [
+    ("/infill", b'{"input_prefix": "\\ud800 x = ", "n_predict": 3}'),
+    ("/infill", b'{"input_prefix": "x = ", "input_extra": [{"filename": "\\udfff.py", "text": "y"}], "n_predict": 3}'),
+    ("/infill", b'{"input_prefix": "x = ", "stop": ["\\ud83d"], "n_predict": 3}'),
+    ("/api/generate", b'{"prompt": "x = ", "suffix": "\\ud800", "stream": false, "options": {"num_predict": 3}}'),
+    ("/api/generate", b'{"prompt": "x = ", "model": "\\ud800", "stream": true, "options": {"num_predict": 3}}'),
+    ("/v1/completions", b'{"prompt": ["\\ude00 x = "], "max_tokens": 3}'),
+])
+def test_a_lone_surrogate_is_a_400_not_a_500(server, path, raw):  # noqa: F811
+    """JSON may escape half of a UTF-16 pair; Python's json keeps it, and UTF-8 cannot encode it:
+    the worker's tokenizer (or the answer's writer) failed with a 500 and a logged bug."""
+    status, body = request(server.url, path, raw)
+    assert status == 400 and "surrogate" in error_text(body)
+    assert alive(server.url)
+
+
+def test_a_whole_surrogate_pair_is_text(server, talkative_gguf):  # noqa: F811
+    status, got = post(server.url, "/infill", b'{"input_prefix": "s = \\"\\ud83d\\ude00\\"\\n", "n_predict": 3}')
+    assert status == 200 and got["content"] == expected(talkative_gguf, 's = "\U0001f600"\n', "", 3)
+
+
+# ---------------------------------------------------------------- sizes the body's bound does not cover
+
+
+@pytest.mark.parametrize("path", list(BODIES))
+def test_a_stop_text_longer_than_the_bound_is_refused(server, path):  # noqa: F811
+    """Holding back text that may begin a stop costs the stop's length squared at every token: one
+    1 MB stop (well within the body's bound) kept the only worker 35 s on a 4-token request."""
+    status, raw = request(server.url, path, with_stop(path, ["x" * (MAX_STOP_CHARS + 1)]))
+    assert status == 400 and f"at most {MAX_STOP_CHARS} characters" in error_text(raw)
+
+
+@pytest.mark.parametrize("path", list(BODIES))
+def test_stop_texts_up_to_the_bound_and_empty_ones_work(server, talkative_gguf, path):  # noqa: F811
+    status, raw = request(server.url, path, with_stop(path, ["", "y" * MAX_STOP_CHARS]))
+    assert status == 200 and expected(talkative_gguf, "x = ", "", 3) in raw.decode()
+
+
+@pytest.mark.parametrize("path", list(BODIES))
+def test_a_long_model_name_is_refused(server, path):  # noqa: F811
+    """Every streamed piece repeats the model name a client sent: 1 MB of it made each token 1 MB."""
+    body = {**BODIES[path][0], "model": "m" * (MAX_NAME + 1)}
+    status, raw = request(server.url, path, body)
+    assert status == 400 and "model" in error_text(raw)
+
+
+# ---------------------------------------------------------------- web pages and connections
+
+
+@pytest.mark.parametrize("origin, status", [
+    ("https://evil.example", 403), ("http://evil.example:8080", 403), ("null", 403),
+    ("http://127.0.0.1:3000", 200), ("http://localhost", 200), ("http://[::1]:5173", 200),
+    ("vscode-webview://1a2b3c", 200),
+])
+def test_a_page_of_another_site_may_not_even_send_a_completion(server, origin, status):  # noqa: F811
+    """A page's `fetch(url, {mode: "no-cors", body})` with a text/plain body needs no preflight:
+    unread, it still ran a completion (or replaced an editor's, naming its slot). Editors send no
+    Origin; a loopback page or an editor's webview may."""
+    got, raw = request(server.url, "/infill", {"input_prefix": "x = ", "n_predict": 2},
+                       headers={"Origin": origin, "Content-Type": "text/plain"})
+    assert got == status, raw
+    if status == 403:
+        assert "another site" in error_text(raw)
+
+
+def test_no_preflight_lets_a_page_read_an_answer(server):  # noqa: F811
+    asks = {"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"}
+    preflight = urllib.request.Request(server.url + "/infill", method="OPTIONS", headers=asks)
+    try:
+        with urllib.request.urlopen(preflight, timeout=30) as resp:
+            status, headers = resp.status, resp.headers
+    except urllib.error.HTTPError as exc:
+        status, headers = exc.code, exc.headers
+    assert status >= 400 and "access-control-allow-origin" not in {k.lower() for k in headers}
+
+
+def test_half_sent_request_heads_do_not_lock_everyone_out(server):  # noqa: F811
+    """uvicorn waits for a request's head forever, and beyond MAX_CONNECTIONS it answers 503:
+    that many clients that stop mid-head (a crashed plugin, a slowloris) shut out every editor
+    and /health for as long as they keep the connections. The server now closes them."""
+    stalled = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(MAX_CONNECTIONS)]
+    try:
+        for sock in stalled:
+            sock.sendall(b"POST /infill HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Le")
+        deadline = time.monotonic() + 120  # a hang guard: the server closes them after HEADER_TIMEOUT
+        for sock in stalled:
+            sock.settimeout(max(0.1, deadline - time.monotonic()))
+            assert sock.recv(1024) == b""
+        assert alive(server.url)
+    finally:
+        for sock in stalled:
+            sock.close()
+
+
+def test_a_slow_request_on_a_kept_connection_is_not_cut(server, talkative_gguf):  # noqa: F811
+    """The head timer must not close a connection whose request is being answered (keep-alive,
+    a second request on the same connection)."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=120)
+    try:
+        for _ in range(2):
+            conn.request("POST", "/infill", json.dumps({"input_prefix": PREFIX, "n_predict": 4}),
+                         {"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            assert resp.status == 200 and json.loads(resp.read())["content"] == expected(talkative_gguf, PREFIX, "", 4)
+    finally:
+        conn.close()
+
+
+# ---------------------------------------------------------------- key files
+
+
+def _taken_port() -> tuple[socket.socket, int]:
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    return taken, taken.getsockname()[1]
+
+
+@pytest.mark.parametrize("mode, warned", [(0o644, True), (0o640, True), (0o600, False)])
+def test_a_key_file_others_can_read_is_warned_about(talkative_gguf, tmp_path, mode, warned):
+    """Read, then the port: a taken port ends the run before the model loads."""
+    key_file = tmp_path / "key"
+    key_file.write_text("s3cr3t-key\n")
+    key_file.chmod(mode)
+    taken, port = _taken_port()
+    with taken:
+        proc = run_cg("serve", str(talkative_gguf), "--port", str(port), "--api-key-file", str(key_file))
+    assert proc.returncode == 2 and "is taken" in proc.stderr
+    assert ("readable by other users" in proc.stderr) is warned and "s3cr3t-key" not in proc.stderr
+
+
+def test_a_key_file_that_is_not_one_line_of_key_is_refused_unread(talkative_gguf, tmp_path):
+    """A log or an image named by mistake was read whole and taken as a key of any size."""
+    key_file = tmp_path / "key"
+    key_file.write_text("k" * 100_000)
+    key_file.chmod(0o600)
+    taken, port = _taken_port()
+    with taken:
+        proc = run_cg("serve", str(talkative_gguf), "--port", str(port), "--api-key-file", str(key_file))
+    assert proc.returncode == 2 and proc.stderr.startswith("Error: the API key file") and "longer than" in proc.stderr
+
+
+def test_a_key_file_left_by_a_killed_cg_serve_is_removed_by_the_next(tmp_path):
+    """`cg serve --llama-server` writes the key to a private file that llama-server reads at
+    start-up; killed outright (SIGKILL, the OOM killer) while the model loads, cg could not remove
+    it. The next cg serve removes the files of cg serves that no longer run."""
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    code = ("import os, tempfile; from pathlib import Path; from cg.serve.key import private_key_file; "
+            f"Path(tempfile.gettempdir(), 'cg-serve-key-{dead_pid}-old.txt').write_text('k'); "
+            f"Path(tempfile.gettempdir(), 'cg-serve-key-{os.getpid()}-live.txt').write_text('k'); "
+            "print(private_key_file('new-key'))")
+    made = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    new = Path(made.stdout.strip())
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([new.name, f"cg-serve-key-{os.getpid()}-live.txt"])
+    assert new.read_text() == "new-key\n" and new.stat().st_mode & 0o777 == 0o600
