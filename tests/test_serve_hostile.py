@@ -25,7 +25,7 @@ from cg.serve.request import MAX_NAME, MAX_STOP_CHARS
 from cg.serve.server import MAX_CONNECTIONS
 
 from .helpers import run_cg
-from .test_serve import PREFIX, alive, expected, post, request, server  # noqa: F401 - server is a fixture
+from .test_serve import PREFIX, alive, expected, metrics, post, request, server  # noqa: F401 - server is a fixture
 
 # Each API's request for "x = " completed in 3 tokens, and where its stop texts go.
 BODIES = {
@@ -209,3 +209,21 @@ def test_a_key_file_left_by_a_killed_cg_serve_is_removed_by_the_next(tmp_path):
     new = Path(made.stdout.strip())
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([new.name, f"cg-serve-key-{os.getpid()}-live.txt"])
     assert new.read_text() == "new-key\n" and new.stat().st_mode & 0o777 == 0o600
+
+
+# ---------------------------------------------------------------- clumsy but legitimate clients
+
+
+@pytest.mark.parametrize("keep_alive, reason", [(None, "load"), (0, "unload")])
+def test_an_ollama_generate_without_a_prompt_loads_the_model(server, keep_alive, reason):  # noqa: F811
+    """Ollama's API: an empty prompt loads the model (keep_alive 0 unloads it) and answers at once;
+    the `ollama` CLI and clients that warm a model up send it. It was a 400 ("empty input")."""
+    import ollama
+
+    runs = metrics(server.url)["cg:requests_done_total"]
+    answer = ollama.Client(host=server.url).generate(model="codegemma", keep_alive=keep_alive)
+    assert answer.done and answer.done_reason == reason and answer.response == "" and answer.eval_count == 0
+    assert metrics(server.url)["cg:requests_done_total"] == runs  # the model did not run: the KV is the editor's
+    status, raw = request(server.url, "/api/generate", {"model": "codegemma", "prompt": "", "suffix": "x = 1\n",
+                                                        "stream": False, "options": {"num_predict": 2}})
+    assert status == 200 and json.loads(raw)["done_reason"] != "load"  # a suffix is something to complete

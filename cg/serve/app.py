@@ -132,6 +132,11 @@ class Server:
         return handle
 
     async def _answer(self, api: Api, call: Call, request: Request) -> Response:
+        if call.reason is not None:  # nothing to run
+            nothing = Outcome("", None)
+            if call.stream:
+                return Response(api.last(call, nothing, self.served), media_type=api.stream_type)
+            return json_response(api.whole(call, nothing, self.served))
         job = Job(call.request, asyncio.get_running_loop())
         if not self.worker.submit(job):
             raise BadRequest("the server is busy: too many requests waiting", 503)

@@ -32,6 +32,7 @@ class Call:
     stream: bool
     model: str
     fields: tuple[str, ...] = ()  # llama.cpp's response_fields
+    reason: str | None = None  # set: answered at once with this finish reason, no model run (Ollama's "load")
     id: str = field(default_factory=lambda: "cmpl-" + uuid.uuid4().hex[:24])
     created: float = field(default_factory=time.time)
 

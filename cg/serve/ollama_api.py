@@ -38,11 +38,14 @@ class OllamaApi:
         body.flag("raw", False)
         options.integer("num_ctx", 0, 0, 1 << 30)
         prefix, suffix = prefix_and_suffix(body.text("prompt"), body.text("suffix") if body.has("suffix") else None)
-        request = FimRequest(prefix=prefix, suffix=suffix,
-                             max_tokens=max_tokens(options, "num_predict"), sampling=sampling(options),
+        limit = max_tokens(options, "num_predict")
+        # No prompt: Ollama loads the model (keep_alive 0: unloads it) and answers at once. cg's
+        # model is loaded already and stays; the KV cache of the last prompt is left as it is.
+        reason = None if prefix or suffix else "unload" if body.data.get("keep_alive") in (0, "0", "0s") else "load"
+        request = FimRequest(prefix=prefix, suffix=suffix, max_tokens=limit, sampling=sampling(options),
                              stop=options.texts("stop", MAX_STOPS))
         return Call(request, stream=body.flag("stream", True),
-                    model=body.text("model", limit=MAX_NAME) or served.model)
+                    model=body.text("model", limit=MAX_NAME) or served.model, reason=reason)
 
     def whole(self, call: Call, outcome: Outcome, served: Served) -> dict[str, Any]:
         return {**self._done(call, outcome), "response": outcome.text}
@@ -61,7 +64,8 @@ class OllamaApi:
         done = outcome.completion
         ms = (done.timings.load_ms, done.timings.prompt_ms, done.timings.generation_ms) if done else (0.0, 0.0, 0.0)
         ns = [int(v * 1e6) for v in ms]
-        return {"model": call.model, "created_at": _now(), "done": True, "done_reason": finish_reason(outcome),
+        return {"model": call.model, "created_at": _now(), "done": True,
+                "done_reason": call.reason or finish_reason(outcome),
                 "total_duration": sum(ns[1:]), "load_duration": ns[0], "prompt_eval_count": prompt,
                 "prompt_eval_duration": ns[1], "eval_count": generated, "eval_duration": ns[2]}
 
