@@ -227,3 +227,16 @@ def test_an_ollama_generate_without_a_prompt_loads_the_model(server, keep_alive,
     status, raw = request(server.url, "/api/generate", {"model": "codegemma", "prompt": "", "suffix": "x = 1\n",
                                                         "stream": False, "options": {"num_predict": 2}})
     assert status == 200 and json.loads(raw)["done_reason"] != "load"  # a suffix is something to complete
+
+
+@pytest.mark.parametrize("prefix, suffix", [
+    ("a = 1\r\nb\t= ", "\r\n"), ("", "\nprint(1)\n"), ("x\t", "\ty\n"), ("é€\U0001f600 = ", ""), ("a\x00b = ", ""),
+    ("<|fim_prefix|>x = ", "<|fim_suffix|>"),
+])
+def test_the_three_apis_give_cg_completes_text_for_awkward_input(server, talkative_gguf, prefix, suffix):  # noqa: F811
+    want = expected(talkative_gguf, prefix, suffix, 5)
+    _, infill = post(server.url, "/infill", {"input_prefix": prefix, "input_suffix": suffix, "n_predict": 5})
+    _, ollama = post(server.url, "/api/generate", {"prompt": prefix, "suffix": suffix, "stream": False,
+                                                   "options": {"num_predict": 5}})
+    _, openai = post(server.url, "/v1/completions", {"prompt": prefix, "suffix": suffix, "max_tokens": 5})
+    assert infill["content"] == ollama["response"] == openai["choices"][0]["text"] == want
