@@ -240,3 +240,33 @@ def test_the_three_apis_give_cg_completes_text_for_awkward_input(server, talkati
                                                    "options": {"num_predict": 5}})
     _, openai = post(server.url, "/v1/completions", {"prompt": prefix, "suffix": suffix, "max_tokens": 5})
     assert infill["content"] == ollama["response"] == openai["choices"][0]["text"] == want
+
+
+def test_keystrokes_while_the_worker_is_busy_do_not_fill_the_queue(server, talkative_gguf):  # noqa: F811
+    """An editor sends a request per keystroke, each replacing the one before for its slot. While
+    the worker is busy (a long prompt: seconds on a real model), the replaced requests stayed
+    queued, counted against MAX_QUEUE: after 64 keystrokes the newest one got a 503."""
+    from cg.serve.slots import MAX_QUEUE
+
+    def send(body: dict) -> socket.socket:
+        data = json.dumps(body).encode()
+        sock = socket.create_connection(("127.0.0.1", server.port))
+        sock.sendall(b"POST /infill HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (len(data), data))
+        return sock
+
+    def status(sock: socket.socket) -> int:
+        sock.settimeout(120)  # a hang guard
+        with sock, sock.makefile("rb") as reply:
+            return int(reply.readline().split()[1])
+
+    busy = send({"input_prefix": "    total = compute(alpha, beta) + 1\n" * 100_000, "n_predict": 2})  # ~4 MB
+    try:
+        keys = [send({"input_prefix": f"x = {i}", "n_predict": 2, "id_slot": 0}) for i in range(MAX_QUEUE + 8)]
+        last = keys.pop()
+        assert status(last) == 200
+        assert {status(sock) for sock in keys} == {200}  # the replaced ones: answered, empty
+    finally:
+        busy.close()
+    idle = metrics(server.url)
+    assert idle["llamacpp:requests_deferred"] == 0

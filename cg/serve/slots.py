@@ -126,15 +126,24 @@ class Worker:
         """Queue a job (False: the queue is full). A job naming a slot replaces the jobs queued
         or running for that slot."""
         with self._lock:
+            if job.request.slot is not None:
+                self._replace(job.request.slot)
             if self._closed or len(self._queue) >= MAX_QUEUE:
                 return False
-            if job.request.slot is not None:
-                for other in (*self._queue, self._running):
-                    if other is not None and other.request.slot == job.request.slot:
-                        other.cancel()
             self._queue.append(job)
             self._lock.notify()
             return True
+
+    def _replace(self, slot: int) -> None:
+        """Cancel the slot's running job, and answer and drop its queued ones now: kept queued
+        while the worker is busy (a long prompt), a keystroke's replaced requests filled the queue."""
+        if self._running is not None and self._running.request.slot == slot:
+            self._running.cancel()
+        for other in [j for j in self._queue if j.request.slot == slot]:
+            other.cancel()
+            self._queue.remove(other)
+            other.put(Outcome("", None, cancelled=True))
+            self.done += 1
 
     def load(self) -> tuple[int, int]:
         """(jobs running, jobs waiting)."""
