@@ -25,7 +25,7 @@ from cg.serve.request import MAX_NAME, MAX_STOP_CHARS
 from cg.serve.server import MAX_CONNECTIONS
 
 from .helpers import run_cg
-from .test_serve import PREFIX, alive, expected, metrics, post, request, server  # noqa: F401 - server is a fixture
+from .test_serve import PREFIX, alive, expected, idle, metrics, post, processing, request, server  # noqa: F401 - server is a fixture
 
 # Each API's request for "x = " completed in 3 tokens, and where its stop texts go.
 BODIES = {
@@ -214,6 +214,25 @@ def test_a_key_file_left_by_a_killed_cg_serve_is_removed_by_the_next(tmp_path):
 # ---------------------------------------------------------------- clumsy but legitimate clients
 
 
+# A request that keeps the worker busy for seconds (tokenizing 4 MB), as a long prompt does on a real model.
+BUSY = {"input_prefix": "    total = compute(alpha, beta) + 1\n" * 100_000, "n_predict": 2}
+
+
+def _send(serving, body: dict, path: str = "/infill") -> socket.socket:
+    """A request on its own connection, its answer left to read."""
+    data = json.dumps(body).encode()
+    sock = socket.create_connection(("127.0.0.1", serving.port))
+    sock.sendall(b"POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+                 b"Content-Length: %d\r\n\r\n%s" % (path.encode(), len(data), data))
+    return sock
+
+
+def _status(sock: socket.socket) -> int:
+    sock.settimeout(120)  # a hang guard
+    with sock, sock.makefile("rb") as reply:
+        return int(reply.readline().split()[1])
+
+
 @pytest.mark.parametrize("keep_alive, reason", [(None, "load"), (0, "unload")])
 def test_an_ollama_generate_without_a_prompt_loads_the_model(server, keep_alive, reason):  # noqa: F811
     """Ollama's API: an empty prompt loads the model (keep_alive 0 unloads it) and answers at once;
@@ -248,25 +267,29 @@ def test_keystrokes_while_the_worker_is_busy_do_not_fill_the_queue(server, talka
     queued, counted against MAX_QUEUE: after 64 keystrokes the newest one got a 503."""
     from cg.serve.slots import MAX_QUEUE
 
-    def send(body: dict) -> socket.socket:
-        data = json.dumps(body).encode()
-        sock = socket.create_connection(("127.0.0.1", server.port))
-        sock.sendall(b"POST /infill HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
-                     b"Content-Length: %d\r\n\r\n%s" % (len(data), data))
-        return sock
-
-    def status(sock: socket.socket) -> int:
-        sock.settimeout(120)  # a hang guard
-        with sock, sock.makefile("rb") as reply:
-            return int(reply.readline().split()[1])
-
-    busy = send({"input_prefix": "    total = compute(alpha, beta) + 1\n" * 100_000, "n_predict": 2})  # ~4 MB
+    busy = _send(server, BUSY)
     try:
-        keys = [send({"input_prefix": f"x = {i}", "n_predict": 2, "id_slot": 0}) for i in range(MAX_QUEUE + 8)]
+        processing(server.url)
+        keys = [_send(server, {"input_prefix": f"x = {i}", "n_predict": 2, "id_slot": 0}) for i in range(MAX_QUEUE + 8)]
         last = keys.pop()
-        assert status(last) == 200
-        assert {status(sock) for sock in keys} == {200}  # the replaced ones: answered, empty
+        assert _status(last) == 200
+        assert {_status(sock) for sock in keys} == {200}  # the replaced ones: answered, empty
     finally:
         busy.close()
-    idle = metrics(server.url)
-    assert idle["llamacpp:requests_deferred"] == 0
+    idle(server.url)
+
+
+def test_abandoned_requests_while_the_worker_is_busy_do_not_fill_the_queue(server):  # noqa: F811
+    """Continue aborts its last request at each keystroke (the connection closes) and sends the
+    next, with no slot to name: those abandoned while the worker was busy stayed queued too."""
+    from cg.serve.slots import MAX_QUEUE
+
+    busy = _send(server, BUSY)
+    try:
+        processing(server.url)
+        for i in range(MAX_QUEUE + 8):
+            _send(server, {"prompt": f"x = {i}", "max_tokens": 2}, "/v1/completions").close()
+            assert alive(server.url)  # also lets the server see the close before the next request
+        assert _status(_send(server, {"prompt": "x = ", "max_tokens": 2}, "/v1/completions")) == 200
+    finally:
+        busy.close()

@@ -128,6 +128,7 @@ class Worker:
         with self._lock:
             if job.request.slot is not None:
                 self._replace(job.request.slot)
+            self._drop_cancelled()
             if self._closed or len(self._queue) >= MAX_QUEUE:
                 return False
             self._queue.append(job)
@@ -135,12 +136,14 @@ class Worker:
             return True
 
     def _replace(self, slot: int) -> None:
-        """Cancel the slot's running job, and answer and drop its queued ones now: kept queued
-        while the worker is busy (a long prompt), a keystroke's replaced requests filled the queue."""
-        if self._running is not None and self._running.request.slot == slot:
-            self._running.cancel()
-        for other in [j for j in self._queue if j.request.slot == slot]:
-            other.cancel()
+        for other in (*self._queue, self._running):
+            if other is not None and other.request.slot == slot:
+                other.cancel()
+
+    def _drop_cancelled(self) -> None:
+        """Answer and drop the queued jobs cancelled (replaced, or their clients gone): kept queued
+        while the worker is busy (a long prompt), a keystroke's abandoned requests filled the queue."""
+        for other in [j for j in self._queue if j.cancelled.is_set()]:
             self._queue.remove(other)
             other.put(Outcome("", None, cancelled=True))
             self.done += 1
