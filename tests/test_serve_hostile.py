@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -25,7 +26,7 @@ from cg.serve.request import MAX_NAME, MAX_STOP_CHARS
 from cg.serve.server import MAX_CONNECTIONS
 
 from .helpers import run_cg
-from .test_serve import PREFIX, alive, expected, idle, metrics, post, processing, request, server  # noqa: F401 - server is a fixture
+from .test_serve import PREFIX, alive, expected, idle, metrics, post, processing, request, server, start  # noqa: F401 - server is a fixture
 
 # Each API's request for "x = " completed in 3 tokens, and where its stop texts go.
 BODIES = {
@@ -293,3 +294,22 @@ def test_abandoned_requests_while_the_worker_is_busy_do_not_fill_the_queue(serve
         assert _status(_send(server, {"prompt": "x = ", "max_tokens": 2}, "/v1/completions")) == 200
     finally:
         busy.close()
+
+
+def test_sigterm_while_the_worker_cannot_stop_at_once_answers_and_exits_cleanly(talkative_gguf):
+    """A stop while the worker is in a step it cannot leave (tokenizing 15 MB here; a long
+    prompt's evaluation on a real model) outlasted the 5 s the connections get: uvicorn killed
+    the waiting handler and logged a traceback. Now the waiting client is answered at once."""
+    serving = start(talkative_gguf)
+    line = "    total = compute(alpha, beta) + 1\n"
+    waiting = _send(serving, {"input_prefix": line * (15 * 2**20 // len(line)), "n_predict": 2})
+    try:
+        processing(serving.url)
+        serving.proc.send_signal(signal.SIGTERM)
+        assert _status(waiting) == 503
+        _, err = serving.proc.communicate(timeout=120)
+    finally:
+        waiting.close()
+        serving.proc.kill()
+    code = serving.proc.returncode
+    assert code == 143 and "Stopped cg serve." in err and "Traceback" not in err and "ERROR" not in err, err

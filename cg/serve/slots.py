@@ -154,12 +154,16 @@ class Worker:
             return int(self._running is not None), len(self._queue)
 
     def cancel_all(self) -> None:
-        """Cancel every job and take no more (the server is stopping)."""
+        """Cancel every job, answer its client now, and take no more (the server is stopping). The
+        answer cannot wait for the worker: a step it cannot leave (a long prompt's evaluation, a
+        16 MiB prompt's tokenizing) outlasts the grace the connections get, and uvicorn then
+        kills their handlers with a traceback."""
         with self._lock:
             self._closed = True
             for job in (*self._queue, self._running):
                 if job is not None:
                     job.cancel()
+                    job.put(Failed(503, "cg serve is stopping"))
             self._lock.notify()
 
     def stop(self, timeout: float = 10.0) -> None:
