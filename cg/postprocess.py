@@ -237,7 +237,9 @@ class TextCutter:
             before = _TRAILING_BLANK.search(text[:start])
             hold = min(hold, before.start() if before else start)
         for stop in self.rules.stop_texts:
-            for k in range(len(stop) - 1, 0, -1):
+            # A stop longer than the text can only be held by a prefix the text ends with: k <= len(text)
+            # keeps a long stop text (cg complete --stop, a server request) from costing its length squared.
+            for k in range(min(len(stop) - 1, len(text)), 0, -1):
                 if text.endswith(stop[:k]):
                     hold = min(hold, len(text) - k)
                     break
