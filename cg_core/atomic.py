@@ -272,7 +272,7 @@ def remove_stale_temps(folder: Path | str) -> list[Path]:
         return removed
     for name in names:
         match = _TEMP_NAME.match(name)
-        if match and not _alive(int(match.group(1))):
+        if match and not process_alive(int(match.group(1))):
             path = Path(folder) / name
             try:
                 path.unlink()
@@ -282,7 +282,8 @@ def remove_stale_temps(folder: Path | str) -> list[Path]:
     return removed
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """A process with this id runs (this one, or another user's too): its files are not left over."""
     if pid == os.getpid():
         return True
     try:

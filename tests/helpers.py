@@ -95,3 +95,22 @@ def llama_logits(path: Path, tokens: list[int]) -> np.ndarray:
     out = np.array(llm.scores[: len(tokens)], dtype=np.float64)
     llm.close()
     return out
+
+
+def first_logits(engine: Any, prompt: list[int], *, exact: bool = True,
+                 logit_bias: dict[int, float] | None = None) -> tuple[np.ndarray, Any]:
+    """The logits of the first step after prompt (float64), and the run's Timings."""
+    from cg.engine import Timings, decode
+
+    seen: list[np.ndarray] = []
+
+    def capture(_ids: np.ndarray, logits: np.ndarray) -> np.ndarray:
+        if not seen:
+            seen.append(np.array(logits, dtype=np.float64))
+        return logits
+
+    timings = Timings()
+    for _ in decode(engine, prompt, max_tokens=1, logits_processor=capture, timings=timings, exact=exact,
+                    logit_bias=logit_bias):
+        pass
+    return seen[0], timings

@@ -17,12 +17,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cg import local, store
-from cg.engine import Timings, decode
 from cg.errors import HomeError
 from cg.prompt_cache import DamagedEntry, PromptCache, _header
 from cg_core.atomic import stage, write_atomic
 
-from .helpers import NO_STOPS
+from .helpers import NO_STOPS, first_logits
 
 
 def _lines(n: int) -> list[str]:
@@ -69,20 +68,6 @@ def _folder(home: Path) -> Path:
 
 # --- 1. exact after a disk hit, for every model cg loads -------------------------------------
 
-def _first_logits(engine, prompt: list[int]) -> tuple[np.ndarray, Timings]:
-    seen: list[np.ndarray] = []
-
-    def capture(_ids, logits):
-        if not seen:
-            seen.append(np.array(logits, dtype=np.float64))
-        return logits
-
-    timings = Timings()
-    for _ in decode(engine, prompt, max_tokens=1, logits_processor=capture, timings=timings, exact=True):
-        pass
-    return seen[0], timings
-
-
 def _prompts(engine) -> tuple[list[int], list[int]]:
     """A 1500-token prompt (three windows of the 270M's 512) and one sharing its first 700."""
     first = [engine.info.bos, *engine.tokenize_text("".join(_lines(80)))]
@@ -102,10 +87,10 @@ def test_a_disk_hit_on_the_sliding_window_270m_gives_a_fresh_runs_logits(bundled
     kv, cache = engine.kv, PromptCache(tmp_path / "pc" / "key", "key", 2**30)
     first, second = _prompts(engine)
     kv.clear()
-    fresh, t = _first_logits(engine, second)
+    fresh, t = first_logits(engine, second)
     assert t.cached_tokens == 0
     kv.clear()
-    _first_logits(engine.with_prompt_cache(cache), first)  # evaluated fresh, saved
+    first_logits(engine.with_prompt_cache(cache), first)  # evaluated fresh, saved
     [entry] = cache.entries(2048, engine.info.n_vocab)
     saved = cache.read_state(entry)
     assert saved is not None and len(entry.tokens) == len(first)
@@ -118,7 +103,7 @@ def test_a_disk_hit_on_the_sliding_window_270m_gives_a_fresh_runs_logits(bundled
     # A new process (nothing in memory) shares the first 640 tokens from the disk: the logits
     # are a fresh run's, bit for bit.
     kv.clear()
-    again, t = _first_logits(engine.with_prompt_cache(cache), second)
+    again, t = first_logits(engine.with_prompt_cache(cache), second)
     assert t.cached_tokens == 640 and t.reuse == "prefix"
     assert np.array_equal(again, fresh)
     engine.llm.close()
@@ -134,12 +119,12 @@ def test_a_state_that_lost_cells_is_never_saved_or_cut(bundled_gguf, tmp_path):
     kv, cache = engine.kv, PromptCache(tmp_path / "pc" / "key", "key", 2**30)
     first, second = _prompts(engine)
     kv.clear()
-    fresh, _ = _first_logits(engine, second)
+    fresh, _ = first_logits(engine, second)
     kv.clear()
-    _first_logits(engine.with_prompt_cache(cache), first)
+    first_logits(engine.with_prompt_cache(cache), first)
     assert llama_cpp.llama_memory_seq_pos_min(llama_cpp.llama_get_memory(engine.llm.ctx), 0) > 0  # cells gone
     assert not list(cache.folder.glob("*.kv"))
-    again, t = _first_logits(engine.with_prompt_cache(cache), second)
+    again, t = first_logits(engine.with_prompt_cache(cache), second)
     assert t.cached_tokens == 0 and np.array_equal(again, fresh)
     engine.llm.close()
 

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from cg import local, reuse
-from cg.engine import Timings, decode
+from cg.engine import Timings
 
-from .helpers import NO_STOPS, NO_STOPS_BIAS
+from .helpers import NO_STOPS, NO_STOPS_BIAS, first_logits
 
 
 def _lines(n: int) -> list[str]:
@@ -75,18 +75,7 @@ def test_a_second_process_two_lines_down_evaluates_a_few_tokens(run):
 
 
 def _first_logits(engine, prompt: list[int], *, exact: bool) -> tuple[np.ndarray, Timings]:
-    seen: list[np.ndarray] = []
-
-    def capture(_ids, logits):
-        if not seen:
-            seen.append(np.array(logits, dtype=np.float64))
-        return logits
-
-    timings = Timings()
-    for _ in decode(engine, prompt, max_tokens=1, logits_processor=capture, timings=timings, exact=exact,
-                    logit_bias=NO_STOPS_BIAS):
-        pass
-    return seen[0], timings
+    return first_logits(engine, prompt, exact=exact, logit_bias=NO_STOPS_BIAS)
 
 
 def test_logits_after_a_splice_are_close_to_a_fresh_evaluation(tiny_gguf):

@@ -10,6 +10,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from cg_core.atomic import process_alive
+
 from ..errors import UsageError
 
 ENV = "CG_API_KEY"
@@ -75,17 +77,7 @@ def _remove_orphans() -> None:
     for path in folder.glob(f"{PREFIX}*-*.txt"):
         pid = path.name[len(PREFIX):].split("-", 1)[0]
         try:
-            if pid.isdigit() and path.lstat().st_uid == os.getuid() and not _running(int(pid)):
+            if pid.isdigit() and path.lstat().st_uid == os.getuid() and not process_alive(int(pid)):
                 path.unlink()
         except OSError:
             pass  # gone meanwhile, or not ours to remove
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's process
-    return True
