@@ -35,6 +35,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -170,20 +171,26 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def running(cmd: list[str], port: int) -> Iterator[None]:
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        for _ in range(1200):
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
-                    break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            raise SystemExit(f"{cmd[0]} did not start")
-        yield
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(60)
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
+        try:
+            for _ in range(1200):
+                if proc.poll() is not None:  # it died (a missing model, a taken port): say why, do not wait
+                    log.seek(0)
+                    tail = log.read().decode(errors="replace")[-2000:]
+                    raise SystemExit(f"{cmd[0]} exited {proc.returncode}: {tail}")
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+                        break
+                except OSError:
+                    time.sleep(0.5)
+            else:
+                raise SystemExit(f"{cmd[0]} did not start")
+            yield
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(60)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -193,7 +200,7 @@ def pct(values: list[float], q: float) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default=str(WORKDIR / "codegemma-2b-shape-q4_k_m.gguf"))
+    ap.add_argument("--model", default=str(WORKDIR / "codegemma-2b-shape-18l-q4_k_m.gguf"))
     ap.add_argument("--llama-server", default=os.environ.get("CG_LLAMA_SERVER") or shutil.which("llama-server"))
     ap.add_argument("--n-predict", type=int, default=16)
     ap.add_argument("--ctx", type=int, default=8192)
