@@ -106,11 +106,16 @@ def _checked(url: str, shown_url: str) -> SplitResult:
     return parts
 
 
+def header_safe(text: str) -> bool:
+    """Printable ASCII (spaces included): what an HTTP header can carry as it is."""
+    return text.isprintable() and text.isascii()
+
+
 def _authorization(user: str | None, password: str | None, api_key: str | None, shown_url: str) -> str | None:
     if user is None and password is None:
         if api_key is None:
             return None
-        if not api_key.isprintable() or not api_key.isascii():
+        if not header_safe(api_key):
             raise UsageError("the API key holds characters an HTTP header cannot carry (spaces are fine)",
                              "Check --api-key / CG_API_KEY: no line breaks or control characters.")
         return f"Bearer {api_key}"

@@ -13,6 +13,7 @@ from pathlib import Path
 from cg_core.atomic import process_alive
 
 from ..errors import UsageError
+from ..remote_http import header_safe
 
 ENV = "CG_API_KEY"
 PREFIX = "cg-serve-key-"  # then the writer's pid, "-", mkstemp's letters, ".txt"
@@ -46,7 +47,7 @@ def check(key: str, where: str) -> str:
     """A key that every client can send in a header and llama-server's key file can hold."""
     if not key.strip():
         raise UsageError(f"the API key in {where} is empty", "Put the key on the file's one line.")
-    if not all(0x20 <= ord(ch) < 0x7F for ch in key):
+    if not header_safe(key):
         raise UsageError(f"the API key in {where} holds a line break, a control character or a non-ASCII one",
                          "A key is one line of printable ASCII (an HTTP header carries it).")
     if key != key.strip():
