@@ -80,7 +80,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     args = ap.parse_args()
     if args.model is None:
-        from cg import store
+        from cg.models import store
 
         args.model = str(store.bundled_model_path())
     n, t = args.tokens, args.threads

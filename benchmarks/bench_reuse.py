@@ -99,8 +99,10 @@ def bounds(model: str, lines: list[str], plan: list[tuple[str, list[str], int]])
     """What no reuse can avoid: the tokens of the lines in a step's window that no window before
     it held (cg's own stable windows, this model's tokenizer). A line-level bound: repeated code
     can match elsewhere, and each splice evaluates reuse.FRESH tokens again on top."""
-    from cg import fim, local, prompts
-    from cg.options import RunOptions
+    from cg.engine.local import engine as local
+    from cg.prompt import build as prompts
+    from cg.prompt import fim
+    from cg.request import RunOptions
 
     eng = local.load(model, n_ctx=4096, n_threads=1)
     count = lambda text: len(eng.tokenize_text(text))  # noqa: E731

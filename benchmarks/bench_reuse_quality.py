@@ -35,8 +35,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 import common  # noqa: F401  (puts the repository on sys.path)
 
-from cg import local, reuse, store
 from cg.engine import Timings, decode
+from cg.engine.local import engine as local
+from cg.engine.local import reuse
+from cg.models import store
 
 MODULES = ["argparse", "difflib", "inspect", "json.decoder", "pathlib", "shutil", "subprocess", "tarfile",
            "typing", "zipfile", "logging", "email.message", "http.client", "dataclasses", "ast"]

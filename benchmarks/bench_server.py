@@ -116,7 +116,7 @@ def main() -> None:
         raise SystemExit("no llama-server: set CG_LLAMA_SERVER or pass --llama-server")
     work = WORKDIR / "server"
     work.mkdir(parents=True, exist_ok=True)
-    from cg.local import load
+    from cg.engine.local.engine import load
 
     eng = load(args.model, n_ctx=256)
     SPEC["prefix"], SPEC["suffix"] = fim_input(eng.tokenize_text)

@@ -1,3 +1,3 @@
-from .entry import run
+from cg.entry import run
 
 run()

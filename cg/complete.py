@@ -13,14 +13,14 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from cg.engine import Engine, LogitsProcessor, Timings, decode
+from cg.engine.factory import get_engine
+from cg.errors import InputError, NoFimError
+from cg.output import blocks
+from cg.output.cuts import CutRules, TextCutter
+from cg.prompt import build as prompts
+from cg.request import DEFAULT_CTX, DEFAULT_MAX_TOKENS, EVAL_MAX_TOKENS, GENERATE_MAX_TOKENS, RunOptions
 from cg_core.tokens import SENTINELS
-
-from . import blocks, prompts
-from .engine import Engine, LogitsProcessor, Timings, decode
-from .engines import get_engine
-from .errors import InputError, NoFimError
-from .options import DEFAULT_CTX, DEFAULT_MAX_TOKENS, EVAL_MAX_TOKENS, GENERATE_MAX_TOKENS, RunOptions
-from .postprocess import CutRules, TextCutter
 
 __all__ = ["DEFAULT_CTX", "DEFAULT_MAX_TOKENS", "EVAL_MAX_TOKENS", "GENERATE_MAX_TOKENS", "Completion", "Event",
            "RunOptions", "asks_for_one_thing", "complete", "generate", "get_engine", "stream_complete",
@@ -74,7 +74,7 @@ def run_stream(engine: Engine, prompt: list[int], rules: CutRules, opts: RunOpti
                *, fim_used: bool = True,
                logits_processor: LogitsProcessor | None = None) -> Iterator[Event]:
     """Decode, cut and yield final text; the last event carries the Completion."""
-    from .progress import PromptIndicator
+    from cg.report import PromptIndicator
 
     timings = Timings(load_ms=engine.load_ms)
     cutter = TextCutter(rules)

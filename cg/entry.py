@@ -7,13 +7,14 @@ import os
 import signal
 import sys
 
+from cg.errors import report_signal
 from cg_core import interrupts
 
 
 def run() -> None:
     interrupts.install()
     try:
-        from .cli import main
+        from cg.cli import main
 
         code = main()
         interrupts.check()  # noted inside a C callback that no later check() raised
@@ -29,13 +30,3 @@ def run() -> None:
         except (OSError, ValueError):
             pass
     os._exit(code)
-
-
-def report_signal(exc: BaseException) -> int:
-    """`Error: interrupted` (terminated, hung up) on stderr; the exit code a shell expects."""
-    what = {143: "terminated (SIGTERM)", 129: "hung up (SIGHUP)"}.get(interrupts.exit_code(exc), "interrupted")
-    try:
-        print(f"Error: {what}", file=sys.stderr)
-    except (OSError, ValueError):
-        pass
-    return interrupts.exit_code(exc)

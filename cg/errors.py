@@ -14,15 +14,42 @@ exit code), quantize's (a library that never imports cg) and cg_core's; the last
 
 from __future__ import annotations
 
+import sys
+
+from cg_core import interrupts
 from cg_core.errors import DiskSpaceError, NotAFileError, ReportedError
 from quantize.errors import ConversionError, OutputExistsError, QuantizeError, QuantizerFailed
 
 __all__ = [
-    "AuthError", "CgError", "ConversionError", "DiskSpaceError", "HomeError", "HubNotFoundError", "InputError",
-    "ModelFileError", "ModelNotFoundError", "ModelNotServedError", "NetworkError", "NoFimError", "NotAFileError",
-    "OutputExistsError", "PromptTooLongError", "QuantizeError", "QuantizerFailed", "ReadOnlyFileError",
-    "ReportedError", "ServerError", "ServerRejectedError", "ServerUnreachableError", "StaleFileError",
-    "ToolMissingError", "UnsupportedServerError", "UsageError", "WriteError", "exit_code",
+    "AuthError",
+    "CgError",
+    "ConversionError",
+    "DiskSpaceError",
+    "HomeError",
+    "HubNotFoundError",
+    "InputError",
+    "ModelFileError",
+    "ModelNotFoundError",
+    "ModelNotServedError",
+    "NetworkError",
+    "NoFimError",
+    "NotAFileError",
+    "OutputExistsError",
+    "PromptTooLongError",
+    "QuantizeError",
+    "QuantizerFailed",
+    "ReadOnlyFileError",
+    "ReportedError",
+    "ServerError",
+    "ServerRejectedError",
+    "ServerUnreachableError",
+    "StaleFileError",
+    "ToolMissingError",
+    "UnsupportedServerError",
+    "UsageError",
+    "WriteError",
+    "exit_code",
+    "report_signal",
 ]
 # quantize's and cg_core's errors -> exit codes: bad input 2, the rest 1.
 _OTHER_EXIT = {ConversionError: 2, OutputExistsError: 2, NotAFileError: 2, DiskSpaceError: 1, QuantizerFailed: 1}
@@ -140,3 +167,13 @@ def exit_code(exc: ReportedError) -> int:
     if isinstance(exc, CgError):
         return exc.exit_code
     return next((code for cls, code in _OTHER_EXIT.items() if isinstance(exc, cls)), 1)
+
+
+def report_signal(exc: BaseException) -> int:
+    """`Error: interrupted` (terminated, hung up) on stderr; the exit code a shell expects."""
+    what = {143: "terminated (SIGTERM)", 129: "hung up (SIGHUP)"}.get(interrupts.exit_code(exc), "interrupted")
+    try:
+        print(f"Error: {what}", file=sys.stderr)
+    except (OSError, ValueError):
+        pass
+    return interrupts.exit_code(exc)

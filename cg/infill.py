@@ -14,12 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import blocks, repo_context
-from .blocks import Language
-from .complete import Completion, RunOptions, complete
-from .errors import InputError, UsageError
-from .prompts import note
-from .textfile import Edit, SourceFile, check_replaceable, read_source, scan_text, write_sources
+from cg.complete import Completion, RunOptions, complete
+from cg.errors import InputError, UsageError
+from cg.files import repo_context
+from cg.files.textfile import Edit, SourceFile, check_replaceable, read_source, scan_text, write_sources
+from cg.output import blocks
+from cg.output.blocks import Language
+from cg.prompt.build import note
 
 DEFAULT_MARKER = "cg: fill"
 _NUMBER = re.compile(r"\s*[+-]?[0-9]+\s*")  # what LINE and COL may be (int() takes it; "-1" is refused later)

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from cg import engines, prompts
 from cg.complete import RunOptions
+from cg.engine import factory as engines
+from cg.prompt import build as prompts
 
 from .helpers import STOP_IDS
 from .synthetic import write_checkpoint
@@ -80,7 +81,7 @@ def talkative_gguf(talkative_ckpt, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def bundled_gguf(cg_home) -> Path:
-    from cg import store
+    from cg.models import store
 
     return store.bundled_model_path()
 

@@ -306,7 +306,7 @@ run()
 
 
 def _callbacks_in_a_load(gguf: Path) -> int:
-    from cg import local
+    from cg.engine.local import engine as local
     from cg_core import llama_log
 
     real, seen = llama_log.LogBuffer.add, []

@@ -9,8 +9,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cg.blocks import BlockRules, Language, Lexer, LexState, _starts, continues_statement, cursor_block, language_of
-from cg.postprocess import CutRules, TextCutter
+from cg.output.blocks import (
+    BlockRules,
+    Language,
+    Lexer,
+    LexState,
+    _starts,
+    continues_statement,
+    cursor_block,
+    language_of,
+)
+from cg.output.cuts import CutRules, TextCutter
 
 
 def rules(prefix: str, suffix: str = "", language: Language = Language.PYTHON) -> CutRules:

@@ -16,9 +16,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cg import local, store
+from cg.engine.local import engine as local
+from cg.engine.local.prompt_cache import DamagedEntry, PromptCache, _header
 from cg.errors import HomeError
-from cg.prompt_cache import DamagedEntry, PromptCache, _header
+from cg.models import store
 from cg_core.atomic import stage, write_atomic
 
 from .helpers import NO_STOPS, first_logits

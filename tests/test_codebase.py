@@ -55,10 +55,51 @@ def test_quantize_is_conversion_only():
     assert not (ROOT / "quantize" / "atomic.py").exists() and not (ROOT / "quantize" / "synthetic.py").exists()
 
 
+# Which of cg's parts may import which: each names every part it uses, all of them lower in the
+# list, so no two parts import each other (and no circle runs through several). A part is a
+# package (cg/engine/) or a top-level module (cg/complete.py).
+LOWER = ("cg.errors", "cg.settings", "cg.report", "cg.request")
+ALLOWED = {
+    "cg.errors": set(),
+    "cg.settings": {"cg.errors"},
+    "cg.report": {"cg.errors", "cg.settings"},
+    "cg.request": {"cg.errors", "cg.settings"},
+    "cg.output": set(),
+    "cg.files": {*LOWER},
+    "cg.models": {*LOWER},
+    "cg.engine": {*LOWER, "cg.models"},
+    "cg.prompt": {*LOWER, "cg.models", "cg.engine"},
+    "cg.complete": {*LOWER, "cg.models", "cg.engine", "cg.prompt", "cg.output"},
+    "cg.infill": {*LOWER, "cg.models", "cg.engine", "cg.prompt", "cg.output", "cg.files", "cg.complete"},
+    "cg.evaluate": {*LOWER, "cg.models", "cg.engine", "cg.complete"},
+    "cg.serve": {*LOWER, "cg.models", "cg.engine", "cg.prompt", "cg.output", "cg.complete"},
+    "cg.cli": {*LOWER, "cg.models", "cg.engine", "cg.prompt", "cg.output", "cg.files", "cg.complete", "cg.infill",
+               "cg.evaluate", "cg.serve"},
+    "cg.entry": {"cg.errors", "cg.cli"},
+    "cg.__main__": {"cg.entry"},
+    "cg.__init__": set(),
+}
+
+
+def part(module: str) -> str:
+    return ".".join(module.split(".")[:2])
+
+
+def test_each_part_imports_only_the_parts_below_it():
+    found: dict[str, set[str]] = {}
+    for path in modules("cg"):
+        me = part(".".join(path.relative_to(ROOT).with_suffix("").parts))
+        assert me in ALLOWED, f"{path.relative_to(ROOT)}: a new part of cg; say in ALLOWED what it may import"
+        used = {part(n) for n in imports_of(path) if n.startswith("cg.")} - {me}
+        found.setdefault(me, set()).update(used - ALLOWED[me])
+    assert {k: sorted(v) for k, v in found.items() if v} == {}
+
+
 def test_the_layers_above_the_engines_never_import_one():
-    engines = ("cg.local", "cg.remote", "cg.kvcache")
-    above = [p for p in modules("cg") if p.name in ("complete.py", "infill.py", "prompts.py")
-             or "evaluate" in p.parts]
+    """Only the factory knows which engines exist (and doctor, which diagnoses them)."""
+    engines = ("cg.engine.local", "cg.engine.remote")
+    above = [p for p in modules("cg") if "engine" not in p.parts and p.name != "doctor.py"
+             and p.name != "flags.py" and p.name != "manage.py" and p.name != "key.py"]
     offenders = {str(p.relative_to(ROOT)): sorted(n for n in imports_of(p) if n.startswith(engines)) for p in above}
     assert {k: v for k, v in offenders.items() if v} == {}
 
@@ -72,7 +113,7 @@ def test_only_the_local_engine_reaches_into_llama_cpp_python():
             tree = ast.parse(path.read_text(encoding="utf-8"))
             if any(isinstance(node, ast.Attribute) and node.attr in private for node in ast.walk(tree)):
                 users.add(str(path.relative_to(ROOT)))
-    assert users == {"cg/local.py", "cg/kvcache.py"}
+    assert users == {"cg/engine/local/engine.py", "cg/engine/local/kvcache.py"}
 
 
 def test_the_token_table_uses_gguf_keys_and_types():

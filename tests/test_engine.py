@@ -6,8 +6,8 @@ import dataclasses
 
 import pytest
 
-from cg import local as engine_mod
 from cg.complete import RunOptions, complete, generate
+from cg.engine.local import engine as engine_mod
 
 from .helpers import STOP_IDS, forcing, variant_gguf
 

@@ -17,11 +17,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cg import infill as infill_mod
-from cg import textfile
 from cg.cli import main
 from cg.complete import Completion, RunOptions
 from cg.engine import Timings
 from cg.errors import InputError, ReadOnlyFileError, StaleFileError, WriteError
+from cg.files import textfile
 
 ENDINGS = ["\n", "\r\n", "\r"]
 # (codec given to --encoding, BOM written, codec of the body)

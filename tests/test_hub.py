@@ -15,10 +15,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cg import hub as hub_mod
-from cg import special_ids, store
 from cg.cli import main
-from cg.gguf_header import GGUFHeader, GGUFHeaderError, check_file
+from cg.models import hub as hub_mod
+from cg.models import special_ids, store
+from cg.models.gguf_header import GGUFHeader, GGUFHeaderError, check_file
 from quantize.llama_quant import quantize_gguf
 
 from .fakehub import FakeHub, Repo, folder_files

@@ -7,10 +7,10 @@ import os
 import pytest
 
 from cg import infill as infill_mod
-from cg import textfile
 from cg.cli import main
 from cg.complete import RunOptions
 from cg.errors import InputError, StaleFileError, WriteError
+from cg.files import textfile
 
 from .helpers import ID, NO_STOPS, run_cg, scripted
 
@@ -176,7 +176,7 @@ def test_context_auto_picks_local_imports_in_order(tmp_path, tiny_opts, tiny_eng
     (tmp_path / "models.py").write_text("class Model:\n    pass\n")
     main_py = tmp_path / "main.py"
     main_py.write_text("import os\nimport models\nfrom pkg import util\n\nx = \n")
-    from cg.repo_context import local_imports
+    from cg.files.repo_context import local_imports
 
     found = [p.relative_to(tmp_path).as_posix() for p in local_imports(main_py)]
     assert found == ["models.py", "pkg/__init__.py", "pkg/util.py"]
@@ -196,7 +196,7 @@ def test_context_auto_picks_local_imports_in_order(tmp_path, tiny_opts, tiny_eng
 
 
 def test_context_auto_for_js_ts_c_and_rust(tmp_path):
-    from cg.repo_context import local_imports
+    from cg.files.repo_context import local_imports
 
     (tmp_path / ".git").mkdir()
     files = {"web/api.ts": "", "web/util/index.js": "", "web/old.js": "", "web/style.css": "",

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cg import store
 from cg.cli import main
+from cg.models import store
 from quantize.convert import convert
 
 from . import jlama_writer

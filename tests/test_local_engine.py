@@ -15,11 +15,11 @@ import time
 import pytest
 
 from cg import complete as complete_mod
-from cg import engines
-from cg import local as engine_mod
 from cg.cli import main
 from cg.complete import RunOptions, complete
 from cg.engine import decode
+from cg.engine import factory as engines
+from cg.engine.local import engine as engine_mod
 
 from .helpers import NO_STOPS, run_cg
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from cg import store
+from cg.models import store
 
 from .helpers import NO_STOPS, run_cg
 

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cg import fim
-from cg.postprocess import CutRules, FenceCut, PrefixMatcher, TextCutter, drop_trailing_blank_lines, strip_fence
+from cg.output.cuts import CutRules, FenceCut, PrefixMatcher, TextCutter, drop_trailing_blank_lines, strip_fence
+from cg.prompt import fim
 
 
 def run(pieces, rules=None):
@@ -215,7 +215,7 @@ def test_a_very_long_stop_text_costs_no_more_than_the_text():
     import subprocess
     import sys
 
-    code = ("from cg.postprocess import CutRules, TextCutter\n"
+    code = ("from cg.output.cuts import CutRules, TextCutter\n"
             "c = TextCutter(CutRules(stop_texts=('x' * 1_000_000,)))\n"
             "out = ''.join(c.feed(p) for p in ['ab', 'x', 'cd\\n', 'xx'] * 5) + c.finish()\n"
             "print(repr(out))\n")

@@ -13,8 +13,9 @@ import sys
 import numpy as np
 import pytest
 
-from cg import local, reuse
 from cg.engine import Timings
+from cg.engine.local import engine as local
+from cg.engine.local import reuse
 
 from .helpers import NO_STOPS, NO_STOPS_BIAS, first_logits
 

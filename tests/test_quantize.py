@@ -200,8 +200,8 @@ def test_refuses_to_overwrite_without_force(tiny_ckpt, tmp_path):
 
 
 def test_cli_quantize_registers_in_store(tiny_ckpt, capsys):
-    from cg import store
     from cg.cli import main
+    from cg.models import store
 
     assert main(["quantize", str(tiny_ckpt), "--type", "q8_0", "--name", "codegemma-tiny-q8_0"]) == 0
     out, _err = capsys.readouterr()

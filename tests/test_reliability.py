@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from cg import local as engine_mod
-from cg import prompts, store
 from cg.cli import main
+from cg.engine.local import engine as engine_mod
+from cg.models import store
+from cg.prompt import build as prompts
 
 from .helpers import NO_STOPS, run_cg
 

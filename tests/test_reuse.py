@@ -9,7 +9,8 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cg import fim, reuse
+from cg.engine.local import reuse
+from cg.prompt import fim
 
 
 def _words(text: str) -> int:

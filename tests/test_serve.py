@@ -31,7 +31,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cg.complete import RunOptions, complete
-from cg.serve.request import MAX_BODY, MAX_EXTRA
+from cg.serve.body import MAX_BODY, MAX_EXTRA
 
 from .helpers import ID, run_cg
 from .servers import free_port
@@ -304,7 +304,7 @@ def test_continues_rendered_prompt_is_read_as_prefix_and_suffix(server, talkativ
     ("def f(): pass", None),
 ])
 def test_only_the_whole_rendered_layout_is_read(prompt, parts):
-    from cg.serve.request import rendered_fim
+    from cg.serve.body import rendered_fim
 
     assert rendered_fim(prompt) == parts
 

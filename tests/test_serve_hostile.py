@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from cg.serve.request import MAX_NAME, MAX_STOP_CHARS
+from cg.serve.body import MAX_NAME, MAX_STOP_CHARS
 from cg.serve.server import MAX_CONNECTIONS
 
 from .helpers import run_cg

@@ -13,12 +13,13 @@ import sys
 import click
 import typer
 
+from cg.cli import (
+    generation,  # noqa: F401  (defining the commands registers them)
+    manage,  # noqa: F401  (defining the commands registers them)
+)
+from cg.cli.app import PipeClosed, app
+from cg.errors import ReportedError, exit_code, report_signal
 from cg_core import interrupts
-
-from ..entry import report_signal
-from ..errors import ReportedError, exit_code
-from . import generation, manage  # noqa: F401  (defining the commands registers them)
-from .app import PipeClosed, app
 
 
 class _NeverRaised(Exception):

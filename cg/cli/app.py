@@ -1,4 +1,4 @@
-"""The Typer application and its sub-apps, and stdout handling. Options are options.py's;
+"""The Typer application and its sub-apps, and stdout handling. Options are flags.py's;
 commands live in generation.py and manage.py."""
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from ..errors import InputError, UsageError
+from cg.errors import InputError, UsageError
 
 if TYPE_CHECKING:
-    from ..complete import Event
+    from cg.complete import Event
 
 app = typer.Typer(
     name="cg",
@@ -32,7 +32,7 @@ app = typer.Typer(
 
 def _version(value: bool) -> None:
     if value:
-        from ..doctor import version_line
+        from cg.cli.doctor import version_line
 
         write_result(version_line() + "\n")
         raise typer.Exit()
@@ -76,7 +76,7 @@ def write_result(text: str | bytes) -> None:
 
 def read_text(path: Path, what: str) -> str:
     """A UTF-8 file the user named (--prefix-file, --context): a regular file, of source size."""
-    from ..textfile import read_bytes
+    from cg.files.textfile import read_bytes
 
     data, _ = read_bytes(path, what)
     try:
@@ -86,7 +86,7 @@ def read_text(path: Path, what: str) -> str:
 
 
 def read_stdin() -> str:
-    from ..textfile import MAX_SOURCE_BYTES
+    from cg.files.textfile import MAX_SOURCE_BYTES
 
     if sys.stdin is None or sys.stdin.isatty():
         return ""

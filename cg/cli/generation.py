@@ -12,15 +12,15 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from ..errors import UsageError
-from ..options import GENERATE_MAX_TOKENS, RunOptions
-from ..prompts import note
-from .app import app, emit, read_stdin, read_text, refuse_stdin, write_result
+from cg.cli.app import app, emit, read_stdin, read_text, refuse_stdin, write_result
+from cg.errors import UsageError
+from cg.prompt.build import note
+from cg.request import GENERATE_MAX_TOKENS, RunOptions
 
 if TYPE_CHECKING:
-    from ..infill import FileResult, Filled
+    from cg.infill import FileResult, Filled
 
-from .options import (
+from cg.cli.flags import (
     BlockStopOpt,
     ContextFilesOpt,
     MaxLinesOpt,
@@ -61,7 +61,7 @@ def complete(
 
     Example: printf 'def add(a, b):\\n<CURSOR>\\n' | cg complete
     """
-    from ..complete import stream_complete
+    from cg.complete import stream_complete
 
     pre, suf = _complete_input(prefix, suffix, prefix_file, suffix_file, marker, run)
     ctx_files = _context_files(context or [], path, pre + suf, run)
@@ -73,8 +73,8 @@ def complete(
 def _context_files(context: list[Path], path: str | None, text: str, run: RunOptions) -> list[tuple[str, str]]:
     """--context FILE... as given, or `auto`: the local files that --path's code imports (as
     cg infill's --context auto, named as infill names them)."""
-    from .. import repo_context
-    from ..infill import header_path
+    from cg.files import repo_context
+    from cg.infill import header_path
 
     if [str(c) for c in context] == [repo_context.AUTO]:
         found = repo_context.auto_context(Path(path) if path else None, text, lambda said: note(run, said))
@@ -129,7 +129,7 @@ def generate(
     run: RunOptions,
 ) -> None:
     """Generate code from a prompt (instruction models answer it, base models continue it)."""
-    from ..complete import stream_generate
+    from cg.complete import stream_generate
 
     if prompt is not None:
         refuse_stdin("a prompt argument")
@@ -167,7 +167,7 @@ def infill(
     FILE:LINE[:COL] fills at the end of LINE (or at column COL, 1-based); a bare FILE fills its
     marker lines. Prints the completions, or writes them (--write), or a diff (--diff).
     """
-    from .. import infill as infill_mod
+    from cg import infill as infill_mod
 
     if check_only:  # `cg infill --check` from before `cg check` existed
         check(targets, null=null, marker=marker, encoding=encoding)
@@ -196,7 +196,7 @@ def _print_completions(filled: list[Filled]) -> None:
     """In a pipe, the completions joined by a line break, exactly (--json tells them apart). On
     a terminal, each under a `==> FILE:LINE <==` line (as head(1) labels files) when there are
     several, and the last line ended."""
-    from ..infill import shown
+    from cg.infill import shown
 
     if not sys.stdout.isatty():
         write_result("\n".join(f.completion.text for f in filled))
@@ -230,7 +230,7 @@ def check(
 ) -> None:
     """Exit 1 and list FILE:LINE for every marker comment left (`# cg: fill`); loads no model,
     writes nothing. For git hooks: `cg check $(git ls-files '*.py')`."""
-    from .. import infill as infill_mod
+    from cg import infill as infill_mod
 
     left = infill_mod.check(files or [], marker, encoding)  # `$(git ls-files '*.py')` may expand to nothing
     if null:

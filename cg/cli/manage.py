@@ -10,14 +10,13 @@ from typing import Annotated, Any
 
 import typer
 
+from cg.cli.app import app, eval_app, models_app, write_result
+from cg.cli.flags import CtxOpt, GpuLayersOpt, ModelOpt, ThreadsOpt, VerboseOpt, int_option, model_options
+from cg.engine.remote.apis import Api
+from cg.errors import UsageError
+from cg.evaluate.tasks import Benchmark
+from cg.request import DEFAULT_CTX, EVAL_MAX_TOKENS, SPLICE_BY_DEFAULT, RunOptions
 from quantize.llama_quant import OutType
-
-from ..dialects import Api
-from ..errors import UsageError
-from ..evaluate.tasks import Benchmark
-from ..options import DEFAULT_CTX, EVAL_MAX_TOKENS, SPLICE_BY_DEFAULT, RunOptions
-from .app import app, eval_app, models_app, write_result
-from .options import CtxOpt, GpuLayersOpt, ModelOpt, ThreadsOpt, VerboseOpt, int_option, model_options
 
 
 def default_model_name(src_dir: Path, out_type: OutType) -> str:
@@ -45,10 +44,9 @@ def quantize(
 
     Example: cg quantize ./codegemma-2b --type q8_0
     """
+    from cg.models import store
+    from cg.report import progress_bar
     from quantize.convert import convert, default_type
-
-    from .. import store
-    from ..progress import progress_bar
 
     out_type = type or default_type(src_dir)
     model_name = name or default_model_name(src_dir, out_type)
@@ -57,7 +55,7 @@ def quantize(
     if result.note():
         print(result.note(), file=sys.stderr)
     if output is None:
-        from ..hub import special_ids_to_record
+        from cg.models.hub import special_ids_to_record
 
         store.register(store.ModelRecord(name=model_name, path=str(result.path), quant=out_type.value,
                                          source=result.source, special_ids=special_ids_to_record(result.path,
@@ -89,7 +87,7 @@ def download(
 
     Example: cg download codegemma-2b --quant q8_0
     """
-    from ..hub import download as fetch
+    from cg.models.hub import download as fetch
 
     record = fetch(model, quant=quant.value if quant else None, token=token, revision=revision, force=force,
                    keep_source=keep_source, name=name, threads=threads)
@@ -136,8 +134,8 @@ def eval_humaneval_infill(
     official harness scores it (tests run sandboxed)."""
     from dataclasses import replace
 
-    from ..evaluate.humaneval import EvalOptions, default_jobs, evaluate
-    from ..evaluate.sandbox import Limits
+    from cg.evaluate.humaneval import EvalOptions, default_jobs, evaluate
+    from cg.evaluate.sandbox import Limits
 
     if export is not None:  # `--export` from before `cg eval export` existed
         eval_export(export, benchmark=benchmark, limit=limit)
@@ -166,9 +164,8 @@ def eval_export(
     limit: LimitOpt = None,
 ) -> None:
     """Write a benchmark's tasks in the published schema (identical to the published file)."""
+    from cg.evaluate.tasks import export_lines, load, spread
     from cg_core.atomic import write_atomic
-
-    from ..evaluate.tasks import export_lines, load, spread
 
     data = export_lines(spread(load(benchmark), limit))
     if str(file) == "-":
@@ -183,7 +180,7 @@ def models_list(ctx: typer.Context, as_json: Annotated[bool, typer.Option(
     """List installed models (* marks the one used by default)."""
     if ctx.invoked_subcommand is not None:
         return
-    from .. import store
+    from cg.models import store
 
     records = store.available()  # the bundled model too, even before its first use places it here
     chosen = store.default_name()
@@ -208,7 +205,7 @@ def models_list(ctx: typer.Context, as_json: Annotated[bool, typer.Option(
 def models_rm(name: Annotated[str, typer.Argument(metavar="NAME", help="An installed model's name (cg models).")]
               ) -> None:
     """Remove an installed model and its file. NAME: as `cg models` lists it."""
-    from .. import store
+    from cg.models import store
 
     rec = store.remove(name)
     again = " (the bundled model: cg places it again when it falls back to it)" if rec.bundled else ""
@@ -219,7 +216,7 @@ def models_rm(name: Annotated[str, typer.Argument(metavar="NAME", help="An insta
 def models_default(name: Annotated[str, typer.Argument(metavar="NAME", help="An installed model's name (cg models).")]
                    ) -> None:
     """Use NAME when no --model or CG_MODEL is given. NAME: as `cg models` lists it."""
-    from .. import store
+    from cg.models import store
 
     store.set_default(name)
     print(f"Default model: {name}", file=sys.stderr)
@@ -260,7 +257,7 @@ def serve(
 ) -> None:
     """Serve completions to editors: llama.cpp's /infill, Ollama's /api/generate and OpenAI's
     /v1/completions, each with cg complete's prompt, stops and cuts; Ctrl-C stops it."""
-    from ..serve.key import read_key
+    from cg.serve.key import read_key
 
     if model and model_opt and model != model_opt:
         raise UsageError(f"two models given: {model} and --model {model_opt}", "Pass one of them.")
@@ -270,8 +267,8 @@ def serve(
         raise UsageError("--llama-server and --server contradict each other",
                          "--llama-server starts a llama-server; --server uses one that runs already.")
     if llama_server:
-        from ..llama_server import ServeOptions
-        from ..llama_server import serve as run_llama_server
+        from cg.serve.llama_server import ServeOptions
+        from cg.serve.llama_server import serve as run_llama_server
 
         def ready(url: str) -> None:
             write_result(f"{url}\nexport CG_SERVER={url}\n")
@@ -281,8 +278,8 @@ def serve(
         run_llama_server(ServeOptions(model=chosen, ctx=ctx, jobs=jobs, host=host, port=port, threads=threads,
                                       gpu_layers=gpu_layers, api_key=key, verbose=verbose), ready)
         return
-    from ..serve.server import ServeSettings
-    from ..serve.server import serve as run_server
+    from cg.serve.server import ServeSettings
+    from cg.serve.server import serve as run_server
 
     def listening(url: str, label: str) -> None:
         write_result(f"{url}\n")
@@ -298,7 +295,7 @@ def serve(
 @app.command()
 def doctor() -> None:
     """Check cg's set-up: backend and GPU offload, CPU features, home, cache, models, settings, hub token."""
-    from ..doctor import diagnose
+    from cg.cli.doctor import diagnose
 
     report = diagnose()
     write_result(report.text())

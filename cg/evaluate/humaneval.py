@@ -27,12 +27,12 @@ from typing import Any
 
 import numpy as np
 
-from ..complete import EVAL_MAX_TOKENS, RunOptions, complete, get_engine
-from ..engine import Engine, LogitsProcessor
-from ..errors import InputError, NoFimError, OutputExistsError, UsageError
-from ..progress import progress_bar
-from .sandbox import Limits, run_program
-from .tasks import BENCHMARKS, Task, load, spread
+from cg.complete import EVAL_MAX_TOKENS, RunOptions, complete, get_engine
+from cg.engine import Engine, LogitsProcessor
+from cg.errors import InputError, NoFimError, OutputExistsError, UsageError
+from cg.evaluate.sandbox import Limits, run_program
+from cg.evaluate.tasks import BENCHMARKS, Task, load, spread
+from cg.report import progress_bar
 
 # The usual HumanEval stop words (left-to-right generation); optional for infilling.
 STOP_WORDS = ("\nclass", "\ndef", "\n#", "\nif")

@@ -21,10 +21,10 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from . import infill_api, ollama_api, openai_api
-from .dialect import Api, Call, Served, dumps, ndjson, sse
-from .request import MAX_BODY, BadRequest, parse_json
-from .slots import Failed, Item, Job, Outcome, Text, Worker
+from cg.serve import infill_api, ollama_api, openai_api
+from cg.serve.body import MAX_BODY, BadRequest, parse_json
+from cg.serve.dialect import Api, Call, Served, dumps, ndjson, sse
+from cg.serve.slots import Failed, Item, Job, Outcome, Text, Worker
 
 BODY_TIMEOUT = 60.0  # seconds a client may take to send its request body
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})

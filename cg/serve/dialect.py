@@ -9,8 +9,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .request import Fields, FimRequest
-from .slots import Outcome
+from cg.serve.body import Fields, FimRequest
+from cg.serve.slots import Outcome
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..options import DEFAULT_MAX_TOKENS
-from .dialect import Call, Served, sse
-from .request import (
+from cg.request import DEFAULT_MAX_TOKENS
+from cg.serve.body import (
     MAX_EXTRA,
     MAX_NAME,
     MAX_STOPS,
@@ -29,7 +28,8 @@ from .request import (
     max_tokens,
     sampling,
 )
-from .slots import Outcome
+from cg.serve.dialect import Call, Served, sse
+from cg.serve.slots import Outcome
 
 # cg's stop reasons as llama-server names them: "word" is its name for a stop text; cg's cuts
 # (end of block, suffix overlap...) are that kind of stop.

@@ -10,10 +10,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+from cg.engine.remote.client import header_safe
+from cg.errors import UsageError
 from cg_core.atomic import process_alive
-
-from ..errors import UsageError
-from ..remote_http import header_safe
 
 ENV = "CG_API_KEY"
 PREFIX = "cg-serve-key-"  # then the writer's pid, "-", mkstemp's letters, ".txt"

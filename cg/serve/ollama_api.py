@@ -16,9 +16,9 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
-from .dialect import Call, Served, counts, finish_reason, ndjson
-from .request import MAX_NAME, MAX_STOPS, Fields, FimRequest, max_tokens, prefix_and_suffix, sampling
-from .slots import Outcome
+from cg.serve.body import MAX_NAME, MAX_STOPS, Fields, FimRequest, max_tokens, prefix_and_suffix, sampling
+from cg.serve.dialect import Call, Served, counts, finish_reason, ndjson
+from cg.serve.slots import Outcome
 
 API_VERSION = "0.9.0"  # the Ollama API these endpoints follow (clients compare versions)
 # CodeGemma's FIM layout in Ollama's template language: what Ollama would need to send suffix.

@@ -13,8 +13,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from .dialect import Call, Served, counts, finish_reason, sse
-from .request import (
+from cg.serve.body import (
     MAX_NAME,
     MAX_STOPS,
     BadRequest,
@@ -25,7 +24,8 @@ from .request import (
     prefix_and_suffix,
     sampling,
 )
-from .slots import Outcome
+from cg.serve.dialect import Call, Served, counts, finish_reason, sse
+from cg.serve.slots import Outcome
 
 
 class OpenAiApi:

@@ -17,14 +17,13 @@ from types import FrameType
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from cg.engine.factory import get_engine
+from cg.errors import UsageError
+from cg.request import RunOptions
+from cg.serve.app import Server
+from cg.serve.dialect import Served
+from cg.serve.slots import Worker
 from cg_core import interrupts
-
-from ..engines import get_engine
-from ..errors import UsageError
-from ..options import RunOptions
-from .app import Server
-from .dialect import Served
-from .slots import Worker
 
 GRACE = 5  # seconds open connections get to finish once the server is told to stop
 MAX_CONNECTIONS = 128  # beyond, uvicorn answers 503

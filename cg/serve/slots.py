@@ -18,12 +18,12 @@ from collections import deque
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 
-from .. import prompts
-from ..complete import Completion, stream_complete
-from ..engine import Engine, EngineInfo, LogitsProcessor, Piece, PromptProgress, Sampling, Timings, decode
-from ..errors import CgError
-from ..options import RunOptions
-from .request import FimRequest
+from cg.complete import Completion, stream_complete
+from cg.engine import Engine, EngineInfo, LogitsProcessor, Piece, PromptProgress, Sampling, Timings, decode
+from cg.errors import CgError
+from cg.prompt import build as prompts
+from cg.request import RunOptions
+from cg.serve.body import FimRequest
 
 MAX_QUEUE = 64  # jobs waiting; beyond, a request is answered 503 at once
 

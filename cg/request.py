@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .engine import Sampling
-
 DEFAULT_CTX = 4096  # not the model's 8192: keeps memory and the CPU prompt cost modest
 DEFAULT_MAX_TOKENS = 128  # complete / infill
 GENERATE_MAX_TOKENS = 256
@@ -15,6 +13,18 @@ EVAL_MAX_TOKENS = 256
 # benchmarks/README.md, section 6 (bench_reuse_quality.py). No K reached the 95% identical
 # continuations the default needs (nor does resuming a prefix off its batch grid): off.
 SPLICE_BY_DEFAULT = False
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Greedy by default (temperature 0); repeat penalty 1.0 as Google's GGUF README advises."""
+
+    temperature: float = 0.0
+    top_k: int = 40
+    top_p: float = 0.95
+    min_p: float = 0.05
+    repeat_penalty: float = 1.0
+    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -36,6 +46,6 @@ class RunOptions:
     max_prompt_tokens: int | None = None  # None: the engine's default window (2048 on CPU, else the context)
     logit_bias: dict[int, float] | None = None
     quiet: bool = False  # no warnings or notes on stderr
-    prompt_cache: bool = False  # share evaluated prompts across processes (cg/prompt_cache.py); the CLI turns it on
+    prompt_cache: bool = False  # share evaluated prompts across processes (cg/engine/local/prompt_cache.py); the CLI turns it on
     progress: bool = False  # show prompt evaluation on stderr (the CLI, on a terminal)
     exact: bool = not SPLICE_BY_DEFAULT  # reuse computed prompts only where the result is a fresh run's bit for bit

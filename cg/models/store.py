@@ -31,10 +31,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cg.errors import HomeError, ModelNotFoundError
+from cg.models import catalogue
 from cg_core.atomic import atomic_path, locked, remove_stale_temps, write_atomic
-
-from . import catalogue
-from .errors import HomeError, ModelNotFoundError
 
 BUNDLED_NAME = "gemma3-270m"
 BUNDLED_QUANT = "q4_k_m"

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import InputError, UsageError
+from cg.errors import InputError, UsageError
 
 MAX_CONTEXT_BYTES = 1 << 20  # an imported file larger than this is not source worth a prompt
 AUTO = "auto"  # --context auto: the local files the file being completed imports
@@ -82,7 +82,7 @@ def read_context(files: list[Path], skipped: Skipped) -> list[tuple[Path, str]]:
 def named_context(files: Sequence[Path]) -> list[tuple[Path, str]]:
     """--context FILE...: the user's choice, read as given (any folder); an error names the file as
     a context file, so it is not taken for the file being completed."""
-    from .textfile import read_source
+    from cg.files.textfile import read_source
 
     for f in files:
         if not os.path.lexists(f):

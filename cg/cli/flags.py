@@ -21,11 +21,11 @@ from typing import Annotated, Any, TypeVar
 import click
 import typer
 
-from ..dialects import Api
-from ..engine import Sampling
-from ..errors import UsageError
-from ..local import CTX_STEP
-from ..options import DEFAULT_CTX, DEFAULT_MAX_TOKENS, SPLICE_BY_DEFAULT, RunOptions
+from cg.engine import Sampling
+from cg.engine.local.engine import CTX_STEP
+from cg.engine.remote.apis import Api
+from cg.errors import UsageError
+from cg.request import DEFAULT_CTX, DEFAULT_MAX_TOKENS, SPLICE_BY_DEFAULT, RunOptions
 
 F = TypeVar("F", bound=Callable[..., Any])
 

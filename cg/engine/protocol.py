@@ -1,32 +1,29 @@
 """The engine interface: where a model runs is one choice at the bottom of cg.
 
-Everything above an engine (complete.py, prompts.py, infill.py, evaluate/) works on token ids and
-TokenEvents, and never asks which engine it has: the local llama-cpp-python one (local.py: CPU,
-or layers on a GPU) or a server (remote.py: llama.cpp's llama-server, or an OpenAI-compatible
-completions API that takes token-id prompts, such as vLLM). engines.py builds them.
+Everything above an engine (complete.py, infill.py, prompt/, evaluate/, serve/) works on token
+ids and TokenEvents, and never asks which engine it has: the local llama.cpp one (engine/local/:
+CPU, or layers on a GPU) or a server (engine/remote/: llama.cpp's llama-server, or an
+OpenAI-compatible completions API that takes token-id prompts, such as vLLM). factory.py builds them.
 
 An engine describes itself once (EngineInfo) and generates Pieces: the token ids and text it
-produced. `decode()` is the one loop over them that both share: stop ids, the token limit,
-timings, the text of each token.
+produced. decode.py's `decode()` is the one loop over them that every engine shares.
 """
 
 from __future__ import annotations
 
-import codecs
 import re
-import time
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .errors import UsageError
-from .special_ids import SpecialIds
+from cg.models.special_ids import SpecialIds
+from cg.request import Sampling
 
 if TYPE_CHECKING:
     import numpy as np
 
 __all__ = ["Engine", "EngineInfo", "LogitsProcessor", "Piece", "PromptProgress", "Sampling", "SpecialIds",
-           "Timings", "TokenEvent", "check_token_ids", "decode", "is_instruct_name", "split_sentinels"]
+           "Timings", "TokenEvent", "is_instruct_name", "split_sentinels"]
 
 # logits_processor(input_ids, logits) -> logits, as llama-cpp-python calls it (local engine only)
 LogitsProcessor = Callable[["np.ndarray", "np.ndarray"], "np.ndarray"]
@@ -34,18 +31,6 @@ PromptProgress = Callable[[int, int], None]  # (tokens evaluated, prompt tokens)
 # An instruction-tuned model's name: "-it" as a whole word (codegemma-7b-it-q4_k_m.gguf,
 # gemma-2-9b-it.Q4.gguf), not inside another one (model-iter, item).
 _INSTRUCT_NAME = re.compile(r"(?:^|[-_.])it(?:$|[-_.])", re.IGNORECASE)
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """Greedy by default (temperature 0); repeat penalty 1.0 as Google's GGUF README advises."""
-
-    temperature: float = 0.0
-    top_k: int = 40
-    top_p: float = 0.95
-    min_p: float = 0.05
-    repeat_penalty: float = 1.0
-    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -119,48 +104,6 @@ class Engine(Protocol):
         ...
 
 
-def decode(engine: Engine, prompt: Sequence[int], *, max_tokens: int, sampling: Sampling = Sampling(),
-           logit_bias: dict[int, float] | None = None, logits_processor: LogitsProcessor | None = None,
-           timings: Timings | None = None, on_prompt: PromptProgress | None = None,
-           exact: bool = False) -> Generator[TokenEvent, None, None]:
-    """The one decode loop: up to max_tokens tokens after prompt; the last event is a stop token
-    or the limit. Closing the generator ends the generation."""
-    if logit_bias and engine.info.n_vocab is not None:
-        check_token_ids(list(logit_bias), engine.info.n_vocab, "--logit-bias")
-    timings = timings if timings is not None else Timings()
-    stops = engine.info.special.stop_ids
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    start, first, count = time.perf_counter(), None, 0
-    pieces = engine.generate(prompt, max_tokens=max_tokens, sampling=sampling, logit_bias=logit_bias,
-                             logits_processor=logits_processor, timings=timings, on_prompt=on_prompt, exact=exact)
-    try:
-        for piece in pieces:
-            now = time.perf_counter()
-            if first is None and (piece.ids or piece.text):
-                first = now
-                timings.prompt_ms = (now - start) * 1000
-            if first is not None:
-                timings.generation_ms = (now - first) * 1000
-            if piece.cached is not None:
-                timings.cached_tokens = piece.cached
-            text = decoder.decode(piece.text) if isinstance(piece.text, bytes) else piece.text
-            for i, token in enumerate(piece.ids):
-                if token in stops:
-                    yield TokenEvent(token, "", True)
-                    return
-                count += 1
-                yield TokenEvent(token, text if i == len(piece.ids) - 1 else "", False)
-                if count >= max_tokens:
-                    return
-            if not piece.ids:
-                yield TokenEvent(None, text, False)
-            if piece.stop_id is not None:
-                yield TokenEvent(piece.stop_id, "", True)
-                return
-    finally:
-        pieces.close()
-
-
 def is_instruct_name(name: str) -> bool:
     return bool(_INSTRUCT_NAME.search(name))
 
@@ -185,11 +128,3 @@ def split_sentinels(text: str, tokenize: Callable[[str], list[int]], protected: 
         elif part:
             out += tokenize(part)
     return out
-
-
-def check_token_ids(ids: Sequence[int], n_vocab: int, what: str) -> None:
-    """Refuse ids outside the vocabulary (a negative one would index from the end)."""
-    bad = [i for i in ids if not 0 <= i < n_vocab]
-    if bad:
-        raise UsageError(f"{what}: token id {bad[0]} is not in the model's vocabulary (0..{n_vocab - 1})",
-                         "Use an id the model has, e.g. 70 for <|file_separator|> in CodeGemma.")

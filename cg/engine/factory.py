@@ -11,9 +11,9 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from . import store
-from .engine import Engine
-from .options import RunOptions
+from cg.engine import Engine
+from cg.models import store
+from cg.request import RunOptions
 
 _remote: dict[tuple[Any, ...], Engine] = {}
 _local: dict[tuple[Any, ...], Any] = {}  # load key -> LocalEngine (at most one)
@@ -26,7 +26,7 @@ def get_engine(opts: RunOptions) -> Engine:
     if opts.server:
         key: tuple[Any, ...] = (opts.server, opts.server_api, opts.api_key, opts.model, opts.n_ctx)
         if key not in _remote:
-            from .remote import connect
+            from cg.engine.remote.engine import connect
 
             _remote[key] = connect(opts.server, api=opts.server_api, api_key=opts.api_key, model=opts.model,
                                    n_ctx=opts.n_ctx)
@@ -35,7 +35,8 @@ def get_engine(opts: RunOptions) -> Engine:
 
 
 def _local_engine(opts: RunOptions) -> Engine:
-    from . import local, prompt_cache
+    from cg.engine.local import engine as local
+    from cg.engine.local import prompt_cache
 
     resolved = store.resolve(opts.model)
     key = (str(resolved.path.resolve()), opts.n_ctx, opts.threads, opts.verbose, opts.gpu_layers)

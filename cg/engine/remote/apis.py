@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from .engine import Piece, Sampling
-from .errors import ServerError
-from .remote_http import Http, shown
-from .special_ids import SpecialIds
+from cg.engine import Piece, Sampling
+from cg.engine.remote.client import Http, shown
+from cg.errors import ServerError
+from cg.models.special_ids import SpecialIds
 
 
 class Api(StrEnum):

@@ -10,7 +10,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .blocks import CLOSERS, OPENERS, BlockRules, BlockWatcher
+from cg.output.blocks import CLOSERS, OPENERS, BlockRules, BlockWatcher
 
 _TRAILING_BLANK = re.compile(r"(?:\r?\n[ \t\r]*)+\Z")
 _LEADING_BLANK = re.compile(r"(?:[ \t\r]*\n)+")

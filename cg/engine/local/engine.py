@@ -2,7 +2,7 @@
 
 With kvcache.py, the only code that runs llama.cpp for inference and reaches into
 llama-cpp-python's internals. Everything here works on token ids; what a new prompt reuses of
-the KV cache is kvcache.py's, prompt layouts are prompts.py's and fim.py's.
+the KV cache is kvcache.py's, prompt layouts are cg/prompt/'s.
 """
 
 from __future__ import annotations
@@ -15,10 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cg_core import interrupts, llama_log
-
-from . import special_ids
-from .engine import (
+from cg.engine import (
     EngineInfo,
     LogitsProcessor,
     Piece,
@@ -28,14 +25,16 @@ from .engine import (
     is_instruct_name,
     split_sentinels,
 )
-from .errors import ModelFileError, ModelNotFoundError, PromptTooLongError
-from .kvcache import KvCache
+from cg.engine.local.kvcache import KvCache
+from cg.errors import ModelFileError, ModelNotFoundError, PromptTooLongError
+from cg.models import special_ids
+from cg_core import interrupts, llama_log
 
 if TYPE_CHECKING:
     import numpy as np
     from llama_cpp import Llama
 
-    from .prompt_cache import PromptCache
+    from cg.engine.local.prompt_cache import PromptCache
 
 _GGUF_MAGIC = b"GGUF"
 # llama.cpp's physical batch. Prompt reuse resumes only at its multiples (see reuse.py); on the CPU
@@ -59,7 +58,7 @@ def context_size(asked: int) -> int:
 
 @dataclass(frozen=True)
 class LocalEngine:
-    """A loaded GGUF. Engines made from one load (engines.py gives each its prompt cache) share
+    """A loaded GGUF. Engines made from one load (factory.py gives each its prompt cache) share
     the model and its KV cache."""
 
     llm: Llama

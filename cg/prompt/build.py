@@ -8,10 +8,10 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from . import fim
-from .engine import Engine
-from .errors import PromptTooLongError
-from .options import RunOptions
+from cg.engine import Engine
+from cg.errors import PromptTooLongError
+from cg.prompt import fim
+from cg.request import RunOptions
 
 _said: set[str] = set()  # notes given once per process
 

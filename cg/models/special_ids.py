@@ -12,9 +12,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from cg.models.gguf_header import GGUFHeaderError, open_header
 from cg_core.tokens import BY_NAME, SENTINELS, metadata_keys
-
-from .gguf_header import GGUFHeaderError, open_header
 
 # Found by piece when no metadata key names them: <bos>, <eos> and the prompt-format sentinels.
 BY_PIECE = (BY_NAME["bos"], BY_NAME["eos"], *SENTINELS)

@@ -22,12 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from cg_core.atomic import atomic_path, check_free_space
-from cg_core.tokens import FIM_AND_TURN
-from quantize.llama_quant import TYPE_NAMES, OutType
-
-from . import catalogue, special_ids, store
-from .errors import (
+from cg.errors import (
     AuthError,
     CgError,
     DiskSpaceError,
@@ -37,6 +32,10 @@ from .errors import (
     NetworkError,
     OutputExistsError,
 )
+from cg.models import catalogue, special_ids, store
+from cg_core.atomic import atomic_path, check_free_space
+from cg_core.tokens import FIM_AND_TURN
+from quantize.llama_quant import TYPE_NAMES, OutType
 
 SHORT_NAMES = {m.name: m.repo for m in catalogue.MODELS}
 # What conversion reads; nothing else is fetched (no *.bin, *.pt, *.msgpack, *.h5 ...).
@@ -139,9 +138,8 @@ def download(model: str | None = None, *, quant: str | None = None, token: str |
     if plan.kind == "gguf":
         ids = _place(local[plan.files[0]], target, plan.files[0], repo_id)
     else:
+        from cg.report import progress_bar
         from quantize.convert import convert
-
-        from .progress import progress_bar
 
         src = local["config.json"].parent
         print(f"Converting {repo_id} to {quant}", file=sys.stderr)
@@ -365,7 +363,7 @@ def _place(cached: Path, target: Path, filename: str, repo_id: str) -> dict[str,
     """Check a cached GGUF whole, then put it into the store: a hard link (no second copy) where
     the disk allows, else a copy. Returns its special ids. A file that fails the check leaves
     nothing in the store (the hub cache keeps what the repository holds)."""
-    from .gguf_header import GGUFHeaderError, check_file
+    from cg.models.gguf_header import GGUFHeaderError, check_file
 
     blob = cached.resolve()
     try:

@@ -40,9 +40,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeGuard
 
+from cg.errors import UsageError
 from cg_core.atomic import create_private, locked, open_regular, private_dir, remove_stale_temps, temp_beside
-
-from .errors import UsageError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -108,7 +107,7 @@ class PromptCache:
 
     @classmethod
     def for_model(cls, model_path: Path, state_version: str, limit: int, warn: Callable[[str], None]) -> PromptCache:
-        from . import store
+        from cg.models import store
 
         st = model_path.stat()
         key = hashlib.sha1(f"{model_path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{state_version}"

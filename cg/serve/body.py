@@ -10,10 +10,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from cg.engine import Sampling
+from cg.request import DEFAULT_MAX_TOKENS
 from cg_core.tokens import BY_NAME, SENTINELS
-
-from ..engine import Sampling
-from ..options import DEFAULT_MAX_TOKENS
 
 MAX_BODY = 16 * 2**20  # bytes of a request body (a 16 MiB file, as `cg complete` takes)
 MAX_PREDICT = 4096  # tokens one request may ask for (-1 asks for the default)

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
-from . import store
-from .errors import UsageError
-from .remote_http import display_url, open_server
+from cg.engine.remote.client import display_url, open_server
+from cg.errors import UsageError
+from cg.models import store
 
 ENV_SETTINGS = ("CG_HOME", "CG_MODEL", "CG_GPU_LAYERS", "CG_MAX_PROMPT_TOKENS", "CG_PROMPT_CACHE",
                 "CG_PROMPT_CACHE_MB", "CG_SERVER", "CG_SERVER_TIMEOUT", "CG_API_KEY", "CG_LLAMA_SERVER", "CG_DEBUG")
@@ -113,7 +113,7 @@ def _home(report: Report) -> Path:
 
 
 def _cache(report: Report, home: Path) -> None:
-    from . import prompt_cache
+    from cg.engine.local import prompt_cache
 
     try:
         limit = f"{prompt_cache.limit_bytes() / 2**20:.0f} MiB"

@@ -30,14 +30,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from . import reuse
-from .engine import PromptProgress, Timings
+from cg.engine import PromptProgress, Timings
+from cg.engine.local import reuse
 
 if TYPE_CHECKING:
     import numpy as np
     from llama_cpp import Llama
 
-    from .prompt_cache import Entry, PromptCache
+    from cg.engine.local.prompt_cache import Entry, PromptCache
 
 PARKING = 1  # the sequence moved runs wait in
 _FAR = 1 << 24  # positions beyond any prompt: runs are moved there first, so no two ever overlap
@@ -160,7 +160,7 @@ class KvCache:
         """After generation: keep only the prompt's KV, and offer it to the disk cache when it is
         what a fresh run computes."""
         self._forget_generated(len(prompt))
-        from .prompt_cache import MIN_TOKENS
+        from cg.engine.local.prompt_cache import MIN_TOKENS
 
         computed = len(prompt) - timings.cached_tokens
         if cache is not None and len(prompt) >= MIN_TOKENS and computed >= reuse.MIN_GAIN \
@@ -173,7 +173,7 @@ class KvCache:
                 ) -> tuple[reuse.Plan, Source]:
         """The plan that evaluates least: from memory, or from a disk entry when that saves
         MIN_GAIN more. Exact reuse keeps only exact cells; a splice may take them all."""
-        from .prompt_cache import MIN_GAIN
+        from cg.engine.local.prompt_cache import MIN_GAIN
 
         def plan(tokens: np.ndarray) -> reuse.Plan:
             if splice:

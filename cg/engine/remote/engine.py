@@ -23,18 +23,7 @@ from dataclasses import dataclass, replace
 from pathlib import PurePosixPath
 from typing import Any
 
-from . import special_ids
-from .dialects import (
-    Api,
-    CompletionApi,
-    LlamaServerApi,
-    LlamaServerTokenizer,
-    OpenAIApi,
-    Tokenizer,
-    VllmTokenizer,
-    listed_models,
-)
-from .engine import (
+from cg.engine import (
     EngineInfo,
     LogitsProcessor,
     Piece,
@@ -44,8 +33,19 @@ from .engine import (
     is_instruct_name,
     split_sentinels,
 )
-from .errors import ModelNotServedError, ServerRejectedError, UnsupportedServerError, UsageError
-from .remote_http import Http, open_server
+from cg.engine.remote.apis import (
+    Api,
+    CompletionApi,
+    LlamaServerApi,
+    LlamaServerTokenizer,
+    OpenAIApi,
+    Tokenizer,
+    VllmTokenizer,
+    listed_models,
+)
+from cg.engine.remote.client import Http, open_server
+from cg.errors import ModelNotServedError, ServerRejectedError, UnsupportedServerError, UsageError
+from cg.models import special_ids
 
 
 @dataclass(frozen=True)
@@ -148,7 +148,7 @@ def connect(url: str, *, api: str | None = None, api_key: str | None = None, mod
         return {t: i for t in texts if (i := _lookup(tokenizer, root, name, t)) is not None}
 
     if recorded is None:
-        from . import store
+        from cg.models import store
 
         recorded = store.recorded_ids(PurePosixPath(name).stem)
     special = special_ids.resolve(lambda _key: None, pieces, recorded)

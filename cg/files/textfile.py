@@ -23,9 +23,8 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from cg.errors import InputError, ReadOnlyFileError, StaleFileError, WriteError
 from cg_core.atomic import Staged, describe_mode, real_target, remove_stale_temps, size_text, stage
-
-from .errors import InputError, ReadOnlyFileError, StaleFileError, WriteError
 
 MAX_SOURCE_BYTES = 16 * 2**20  # larger is not a source file to fill or check (a data dump, /dev/zero)
 

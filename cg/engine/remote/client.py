@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import SplitResult, unquote, urlsplit
 
-from .errors import AuthError, ServerError, ServerRejectedError, ServerUnreachableError, UsageError
+from cg.errors import AuthError, ServerError, ServerRejectedError, ServerUnreachableError, UsageError
 
 DEFAULT_TIMEOUT = 600.0  # seconds a request may take: a long prompt on a busy CPU server takes a while
 CONNECT_TIMEOUT = 10.0

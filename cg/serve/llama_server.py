@@ -26,11 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from cg.errors import ServerError, ToolMissingError, UsageError
+from cg.models import store
+from cg.serve.key import private_key_file
 from cg_core import interrupts
-
-from . import store
-from .errors import ServerError, ToolMissingError, UsageError
-from .serve.key import private_key_file
 
 START_TIMEOUT = 600.0  # a big model from a cold disk takes a while to load
 HOW_TO_GET = ("Install llama.cpp (brew install llama.cpp, or a release archive from "
