@@ -1,60 +1,80 @@
-"""What spliced prompt reuse costs in quality, on real weights (the bundled Gemma 3 270M, full-size
-sliding-window cache): over N edits (a line inserted, deleted or changed) in real source files
-that are not in cg's tests (the standard library's), how often the greedy continuation (first 32
-tokens) after a spliced prompt equals a fresh evaluation's, and the mean KL divergence of the
-first token's distribution, for each number K of tokens evaluated again after each splice.
+"""What spliced prompt reuse costs in what a user sees, on real weights (the bundled Gemma 3 270M,
+full-size sliding-window cache): after an edit (a line inserted, deleted or changed) in a window of
+a real source file, the model completes the line the cursor starts (the line after the window,
+greedy, stopped at the newline), and each completion is scored against the file's real line: exact
+match and a character-level edit similarity (difflib's ratio). Issue 32's measurement.
 
-Each edit: the old text's prompt is evaluated fresh (its state kept), the new text's prompt is
-evaluated fresh (the reference), then for each K the old state is restored and the new prompt
-prepared by cg's own path (kvcache.prepare -> reuse.splice, K = reuse.FRESH) and decoded.
-A last row, "prefix, unaligned", reuses only the common prefix but resumes mid-batch: the same
-context as fresh, other float rounding: the noise floor every reuse that is not exact lives with.
+Arms, for each edit, all on the same prompt (the edited window); the old window is evaluated on an
+empty cache first and its state kept:
+- fresh: that state restored, the new prompt by cg's exact reuse (bit for bit a fresh run;
+  --check-fresh N compares it with a cleared cache);
+- K = 8, K = 32: that state restored, the new prompt spliced by cg's own path
+  (`Engine.generate(..., exact=False)` -> kvcache -> reuse.splice, K = reuse.FRESH tokens evaluated
+  again after each splice);
+- noise floor: the common prefix kept, the rest evaluated from there, mid-batch instead of on the
+  128-token grid: the same context as fresh, other float rounding (what any reuse that is not
+  bit-exact lives with; the earlier "prefix, unaligned" row). A second engine with another
+  physical batch (96) gave logits equal to fresh bit for bit here, so it cannot be the floor.
+Each arm's mean has a 95% bootstrap interval; each arm's paired difference to fresh a paired
+bootstrap interval (fixed seed) and, for exact match, McNemar's exact test.
 
-    python benchmarks/bench_reuse_quality.py --edits 200 --out /tmp/quality.json [--model codegemma-2b.gguf]
+Chains: one window evaluated exactly, then `--depth` successive edits of it, each spliced from the
+state the last splice left (as several targets in one process are: `cg infill F:10 F:42 --splice`),
+at each K; the same scores per splice of the chain, paired with an exact evaluation of each prompt.
+Chains are run interleaved with the edits, so a run cut short still has both tables.
 
-With --chain N, instead: N successive edits of one file, each spliced (K = reuse.FRESH) from the
-state the last splice left, as several targets in one process are (`cg infill F:10 F:42 F:90
---splice`); one row per depth, so what a splice of already-moved cells costs shows against the
-first splice.
+    python benchmarks/bench_reuse_quality.py --edits 400 --chains 60 --out /tmp/quality.json [--model X.gguf]
+
+Measured through the Engine protocol (Engine.generate with exact=True / False, the reuse fields of
+Timings). cg internals used besides, as of commit dba38f7: cg.engine.local.engine.load and
+LocalEngine.kv (KvCache.clear, .restore(tokens, state), .prepare, .cells.state(), .cells.remove),
+cg.engine.local.reuse.FRESH (read at each splice: K) and reuse.common_prefix. Only the noise floor
+skips kvcache.prepare (llama-cpp-python's generate() then resumes from the restored prefix); no
+llama-cpp-python attribute is written here. The results file is rewritten every --every edits.
 """
 
 from __future__ import annotations
 
 import argparse
+import codecs
+import difflib
 import importlib
 import inspect
 import json
+import math
 import random
 import statistics
 import sys
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 import common  # noqa: F401  (puts the repository on sys.path)
 
-from cg.engine import Timings, decode
+from cg.engine import Engine, Sampling, Timings
 from cg.engine.local import engine as local
 from cg.engine.local import reuse
+from cg.engine.local.engine import LocalEngine
 from cg.models import store
 
-MODULES = ["argparse", "difflib", "inspect", "json.decoder", "pathlib", "shutil", "subprocess", "tarfile",
-           "typing", "zipfile", "logging", "email.message", "http.client", "dataclasses", "ast"]
-KS = [0, 8, 32, 128]
-STEPS = 32
+# Standard-library modules no file under tests/ names (checked 2026-12-02 with grep -w).
+MODULES = ["argparse", "difflib", "inspect", "tarfile", "zipfile", "logging", "email.message", "calendar",
+           "configparser", "csv", "fractions", "ftplib", "gettext", "imaplib", "mailbox", "optparse",
+           "pickletools", "pydoc", "smtplib", "statistics", "trace", "wave", "xml.dom.minidom", "_pydecimal",
+           "shlex", "locale", "bdb", "pdb", "codecs"]
+LINE_TOKENS = 48  # a completion longer than this without a newline is cut (no stdlib line is that long)
+BOOT = 10_000
+SEED_BOOT = 32
 
 
-def _kl(p_logits: np.ndarray, q_logits: np.ndarray) -> float:
-    p = np.exp(p_logits - p_logits.max())
-    p /= p.sum()
-    q = np.exp(q_logits - q_logits.max())
-    q /= q.sum()
-    return float(np.sum(p * (np.log(p + 1e-30) - np.log(q + 1e-30))))
+# --- the edits ------------------------------------------------------------------------------------
 
-
-def _edit(lines: list[str], rng: random.Random, pool: list[str]) -> tuple[list[str], str]:
+def _edit(lines: list[str], rng: random.Random, pool: list[str]) -> tuple[list[str], str, int]:
     at = rng.randrange(1, len(lines) - 2)
     kind = rng.choice(["insert", "delete", "change"])
     out = list(lines)
@@ -70,167 +90,319 @@ def _edit(lines: list[str], rng: random.Random, pool: list[str]) -> tuple[list[s
         else:
             i = rng.choice(spots)
             out[at] = line[:i] + rng.choice("abcdefghijklmnopqrstuvwxyz0123456789") + line[i + 1:]
-    return out, kind
+    return out, kind, at
 
 
-class Runner:
-    def __init__(self, model: Path, threads: int, ctx: int):
-        self.eng = local.load(model, n_ctx=ctx, n_threads=threads)
-        assert self.eng.kv.can_shift, f"{model.name}'s cache cannot shift (swa_full?)"
+def _window(sources: dict[str, list[str]], rng: random.Random, n_lines: int) -> tuple[str, list[str], list[str], str]:
+    """A random module, its lines, a window of n_lines of them, and the line after the window (the
+    one the cursor starts), never a blank one: an empty target says nothing about the model."""
+    while True:
+        name = rng.choice(MODULES)
+        lines = sources[name]
+        top = rng.randrange(0, len(lines) - n_lines - 1)
+        target = lines[top + n_lines]
+        if target.strip():
+            return name, lines, lines[top:top + n_lines], target.rstrip("\n")
 
-    def run(self, prompt: list[int], *, exact: bool) -> tuple[list[int], np.ndarray, Timings]:
-        first: list[np.ndarray] = []
 
-        def capture(_ids: np.ndarray, logits: np.ndarray) -> np.ndarray:
-            if not first:
-                first.append(np.array(logits, dtype=np.float64))
-            return logits
+# --- one completion --------------------------------------------------------------------------------
 
-        timings = Timings()
-        tokens = [e.token for e in decode(self.eng, prompt, max_tokens=STEPS, logits_processor=capture,
-                                          timings=timings, exact=exact) if e.token is not None]
-        return tokens, first[0], timings
+@dataclass
+class Line:
+    text: str
+    evaluated: int
+    spliced: bool
 
-    def state_of(self, prompt: list[int]) -> bytes:
+
+def _generate(eng: Engine, prompt: list[int], timings: Timings, *, max_tokens: int, exact: bool) -> Iterator[str]:
+    """Greedy text after prompt, through the Engine protocol (its stop ids end it)."""
+    utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    stops = eng.info.special.stop_ids
+    pieces = eng.generate(prompt, max_tokens=max_tokens, sampling=Sampling(), logit_bias=None, logits_processor=None,
+                          timings=timings, on_prompt=None, exact=exact)
+    try:
+        for piece in pieces:
+            if any(i in stops for i in piece.ids) or piece.stop_id is not None:
+                return
+            yield utf8.decode(piece.text) if isinstance(piece.text, bytes) else piece.text
+    finally:
+        pieces.close()  # the local engine trims its KV cache to the prompt
+
+
+def complete_line(eng: Engine, prompt: list[int], *, exact: bool) -> Line:
+    """The greedy completion of the line the prompt's end starts, up to its newline."""
+    timings, text = Timings(), ""
+    for n, piece in enumerate(_generate(eng, prompt, timings, max_tokens=LINE_TOKENS, exact=exact), 1):
+        text += piece
+        if "\n" in text or n >= LINE_TOKENS:
+            break
+    return Line(text.split("\n", 1)[0], int(timings.evaluated_tokens or 0), timings.reuse == "splice")
+
+
+def prime(eng: Engine, prompt: list[int]) -> None:
+    """Leave the prompt's exact state in the engine's KV cache (exact reuse of whatever it held:
+    bit for bit a fresh evaluation)."""
+    for _ in _generate(eng, prompt, Timings(), max_tokens=1, exact=True):
+        break
+
+
+def spliced_line(eng: Engine, prompt: list[int], k: int) -> Line:
+    saved = reuse.FRESH
+    reuse.FRESH = k
+    try:
+        return complete_line(eng, prompt, exact=False)
+    finally:
+        reuse.FRESH = saved
+
+
+def similarity(a: str, b: str) -> float:
+    a, b = a.rstrip(), b.rstrip()
+    return 1.0 if a == b else difflib.SequenceMatcher(None, a, b, autojunk=False).ratio()
+
+
+def score(line: Line, target: str) -> dict[str, Any]:
+    return {"text": line.text, "exact": float(line.text.rstrip() == target.rstrip()),
+            "sim": similarity(line.text, target), "evaluated": line.evaluated, "spliced": line.spliced}
+
+
+# --- statistics -----------------------------------------------------------------------------------
+
+def _boot(values: np.ndarray, seed: int) -> tuple[float, float]:
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), size=(BOOT, len(values)))].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def mcnemar(fresh: np.ndarray, arm: np.ndarray) -> tuple[int, int, float]:
+    """Edits only fresh got right, only the arm got right, and the exact two-sided p-value."""
+    b, c = int(np.sum((fresh == 1) & (arm == 0))), int(np.sum((fresh == 0) & (arm == 1)))
+    n = b + c
+    if n == 0:
+        return b, c, 1.0
+    tail = sum(math.comb(n, i) for i in range(min(b, c) + 1)) / 2 ** n
+    return b, c, min(1.0, 2 * tail)
+
+
+def summarize(records: list[dict[str, Any]], arms: list[str]) -> dict[str, Any]:
+    """Per arm: means with 95% intervals; against fresh: paired differences (arm - fresh) and
+    losses (fresh - arm) with intervals, McNemar for exact match, how often the line equals fresh's."""
+    out: dict[str, Any] = {"n": len(records)}
+    if not records:
+        return out
+    fresh = {m: np.array([r["fresh"][m] for r in records], dtype=np.float64) for m in ("exact", "sim")}
+    for arm in arms:
+        row: dict[str, Any] = {}
+        for m in ("exact", "sim"):
+            v = np.array([r[arm][m] for r in records], dtype=np.float64)
+            row[m] = [float(v.mean()), *_boot(v, SEED_BOOT)]
+            if arm != "fresh":
+                d = v - fresh[m]
+                low, high = _boot(d, SEED_BOOT)  # the same resamples for every arm: paired
+                row[m + "_diff"] = [float(d.mean()), low, high]
+                row[m + "_loss_upper"] = -low
+        if arm != "fresh":
+            row["mcnemar"] = mcnemar(fresh["exact"], np.array([r[arm]["exact"] for r in records]))
+            row["same_as_fresh"] = statistics.mean(float(r[arm]["text"] == r["fresh"]["text"]) for r in records)
+        row["spliced"] = statistics.mean(float(r[arm]["spliced"]) for r in records)
+        row["evaluated"] = statistics.mean(r[arm]["evaluated"] for r in records)
+        out[arm] = row
+    return out
+
+
+def passes(row: dict[str, Any]) -> bool:
+    """Issue 32's rule: the upper end of the loss's 95% interval <= 1 point, for both scores."""
+    return row["exact_loss_upper"] <= 0.01 and row["sim_loss_upper"] <= 0.01
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
+def table(summary: dict[str, Any], arms: list[str], first: str) -> list[str]:
+    rows = [f"| {first} | exact match % [95% CI] | edit similarity % [95% CI] | exact - fresh, points [95% CI] | "
+            "McNemar (only fresh / only arm, p) | similarity - fresh, points [95% CI] | line = fresh's | spliced | "
+            "tokens evaluated | rule met |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for arm in arms:
+        r = summary[arm]
+        e, s = r["exact"], r["sim"]
+        cells = [arm, f"{_pct(e[0])} [{_pct(e[1])}, {_pct(e[2])}]", f"{_pct(s[0])} [{_pct(s[1])}, {_pct(s[2])}]"]
+        if "exact_diff" in r:
+            ed, sd, (b, c, p) = r["exact_diff"], r["sim_diff"], r["mcnemar"]
+            cells += [f"{100 * ed[0]:+.1f} [{100 * ed[1]:+.1f}, {100 * ed[2]:+.1f}]", f"{b} / {c}, p = {p:.2f}",
+                      f"{100 * sd[0]:+.1f} [{100 * sd[1]:+.1f}, {100 * sd[2]:+.1f}]", f"{_pct(r['same_as_fresh'])}%",
+                      f"{100 * r['spliced']:.0f}%", f"{r['evaluated']:.0f}", "yes" if passes(r) else "no"]
+        else:
+            cells += ["", "", "", "", "", f"{r['evaluated']:.0f}", ""]
+        rows.append("| " + " | ".join(cells) + " |")
+    return rows
+
+
+def chain_table(by_depth: dict[int, dict[str, Any]], arm: str) -> list[str]:
+    rows = ["| splice of the chain | fresh exact % | spliced exact % | exact - fresh, points [95% CI] | McNemar "
+            "(only fresh / only spliced, p) | fresh similarity % | spliced similarity % | similarity - fresh, points "
+            "[95% CI] | line = fresh's | spliced | rule met |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for d, s in by_depth.items():
+        if s["n"] == 0:
+            continue
+        r, f = s[arm], s["fresh"]
+        ed, sd, (b, c, p) = r["exact_diff"], r["sim_diff"], r["mcnemar"]
+        rows.append(f"| {d} | {_pct(f['exact'][0])} | {_pct(r['exact'][0])} | {100 * ed[0]:+.1f} [{100 * ed[1]:+.1f}, "
+                    f"{100 * ed[2]:+.1f}] | {b} / {c}, p = {p:.2f} | {_pct(f['sim'][0])} | {_pct(r['sim'][0])} | "
+                    f"{100 * sd[0]:+.1f} [{100 * sd[1]:+.1f}, {100 * sd[2]:+.1f}] | {_pct(r['same_as_fresh'])}% | "
+                    f"{100 * r['spliced']:.0f}% | {'yes' if passes(r) else 'no'} |")
+    return rows
+
+
+# --- the run --------------------------------------------------------------------------------------
+
+@dataclass
+class Run:
+    args: argparse.Namespace
+    eng: LocalEngine
+    sources: dict[str, list[str]]
+    edits: list[dict[str, Any]] = field(default_factory=list)
+    chains: list[dict[str, Any]] = field(default_factory=list)
+    started: float = field(default_factory=time.perf_counter)
+
+    def prompt(self, window: list[str]) -> list[int]:
+        return [self.eng.info.bos, *self.eng.tokenize_text("".join(window))]
+
+    def exact_state(self, prompt: list[int]) -> bytes:
+        """The prompt evaluated on an empty cache (the layout of a fresh run), as a state to restore."""
         self.eng.kv.clear()
-        self.run(prompt, exact=True)
+        prime(self.eng, prompt)
         state = self.eng.kv.cells.state()
         assert state is not None
         return state
 
     def restore(self, prompt: list[int], state: bytes) -> None:
-        assert self.eng.kv.restore(prompt, state)
+        assert self.eng.kv.restore(prompt, state), "llama.cpp refused a state it gave"
 
-    def unaligned_prefix(self, old: list[int], new: list[int], state: bytes) -> tuple[list[int], np.ndarray]:
-        """The same context as fresh, resumed mid-batch: the noise floor."""
-        self.restore(old, state)
-        prefix = min(reuse.common_prefix(old, new), len(new) - 1)
+    def floor_line(self, old: list[int], new: list[int], state: bytes) -> Line:
+        """The noise floor: the common prefix kept, the rest evaluated from there, mid-batch (cg's
+        exact reuse resumes only on the 128-token grid): the same context as fresh, other float
+        rounding. Restored as a state of the prefix; kvcache.prepare is skipped (it would cut the
+        prefix back to the grid), llama-cpp-python's generate() evaluates the rest in one go."""
         kv = self.eng.kv
-        kv.llm.n_tokens = prefix  # llama-cpp-python's generate() evaluates the rest from here, in one go
+        prefix = min(reuse.common_prefix(old, new), len(new) - 1)
+        self.restore(old, state)
+        kv.cells.remove(0, prefix, -1)
+        cut = kv.cells.state()
+        assert cut is not None
+        self.restore(new[:prefix], cut)
         saved = kv.prepare
         kv.prepare = lambda *a, **k: None  # type: ignore[method-assign]  # the state is ready as it is
         try:
-            tokens, first, _ = self.run(new, exact=False)
+            line = complete_line(self.eng, new, exact=False)
         finally:
             kv.prepare = saved
-        return tokens, first
+        return Line(line.text, len(new) - prefix, False)
 
+    def one_edit(self, rng: random.Random) -> None:
+        name, lines, window, target = _window(self.sources, rng, self.args.lines)
+        edited, kind, at = _edit(window, rng, lines)
+        old, new = self.prompt(window), self.prompt(edited)
+        state = self.exact_state(old)
+        record: dict[str, Any] = {"module": name, "kind": kind, "at": at, "target": target, "tokens": len(new)}
+        for k in self.args.ks:
+            self.restore(old, state)
+            record[f"K={k}"] = score(spliced_line(self.eng, new, k), target)
+        # exact reuse of a restored fresh state is bit for bit a fresh run (--check-fresh checks it)
+        self.restore(old, state)
+        record["fresh"] = score(complete_line(self.eng, new, exact=True), target)
+        record["floor"] = score(self.floor_line(old, new, state), target)
+        if len(self.edits) < self.args.check_fresh:
+            self.eng.kv.clear()
+            record["fresh_cleared"] = complete_line(self.eng, new, exact=True).text
+            assert record["fresh_cleared"] == record["fresh"]["text"], record
+        self.edits.append(record)
 
-def _window(sources: dict[str, list[str]], rng: random.Random, n_lines: int) -> tuple[list[str], list[str]]:
-    """A random module's lines, and a window of n_lines of them."""
-    lines = sources[rng.choice(MODULES)]
-    top = rng.randrange(0, max(1, len(lines) - n_lines))
-    return lines, lines[top:top + n_lines]
+    def one_chain(self, rng: random.Random) -> None:
+        name, lines, window, target = _window(self.sources, rng, self.args.lines)
+        prompts, kinds = [self.prompt(window)], []
+        for _ in range(self.args.depth):
+            window, kind, _ = _edit(window, rng, lines)
+            prompts.append(self.prompt(window))
+            kinds.append(kind)
+        state = self.exact_state(prompts[0])
+        self.restore(prompts[0], state)  # then exact reuse only: each prompt bit for bit a fresh run
+        steps: list[dict[str, Any]] = [{"kind": kind, "fresh": score(complete_line(self.eng, p, exact=True), target)}
+                                       for kind, p in zip(kinds, prompts[1:], strict=True)]
+        for k in self.args.ks:
+            self.restore(prompts[0], state)
+            in_a_row = 0
+            for step, p in zip(steps, prompts[1:], strict=True):
+                step[f"K={k}"] = scored = score(spliced_line(self.eng, p, k), target)
+                in_a_row = in_a_row + 1 if scored["spliced"] else 0
+                scored["in_a_row"] = in_a_row  # splices of splices so far (0: this one was not spliced)
+        self.chains.append({"module": name, "target": target, "steps": steps})
 
+    def arms(self) -> list[str]:
+        return ["fresh", *(f"K={k}" for k in self.args.ks), "floor"]
 
-def _new_row() -> dict[str, list[float]]:
-    return {"same": [], "kl": [], "evaluated": [], "spliced": []}
+    def results(self) -> dict[str, Any]:
+        edit_arms, chain_arms = self.arms(), ["fresh", *(f"K={k}" for k in self.args.ks)]
+        by_depth = {d: summarize([c["steps"][d - 1] for c in self.chains], chain_arms)
+                    for d in range(1, self.args.depth + 1)}
+        return {"model": self.eng.info.label, "args": {k: v for k, v in vars(self.args).items() if k != "out"},
+                "seconds": round(time.perf_counter() - self.started), "modules": MODULES,
+                "edits_summary": summarize(self.edits, edit_arms), "chains_summary": by_depth,
+                "edits": self.edits, "chains": self.chains}
 
-
-def _record(row: dict[str, list[float]], tokens: list[int], first: np.ndarray, ref_tokens: list[int],
-            ref_first: np.ndarray, evaluated: float, spliced: bool) -> None:
-    row["same"].append(float(tokens == ref_tokens))
-    row["kl"].append(_kl(ref_first, first))
-    row["evaluated"].append(evaluated)
-    row["spliced"].append(float(spliced))
-
-
-def _table_row(key: object, row: dict[str, list[float]]) -> str:
-    return (f"| {key} | {100 * statistics.mean(row['same']):.1f}% | {statistics.mean(row['kl']):.2e} | "
-            f"{100 * statistics.mean(row['spliced']):.0f}% | {statistics.mean(row['evaluated']):.0f} |")
-
-
-def report(rows: dict[str, dict[str, list[float]]], fresh_evaluated: list[int], kinds: list[str],
-           out: Path | None, model: str, file=sys.stdout) -> None:
-    """The table (and, with --out, the raw rows) for the edits measured so far."""
-    edits = len(kinds)
-    print(f"{edits} edits ({', '.join(f'{kinds.count(k)} {k}' for k in ('insert', 'delete', 'change'))}) in "
-          f"{len(MODULES)} standard-library modules, prompts of {statistics.mean(fresh_evaluated):.0f} tokens on "
-          f"average, {model}, greedy, {STEPS} tokens", file=file)
-    print("| K (re-evaluated after each splice) | identical continuations | mean KL, first token | spliced edits | "
-          f"mean tokens evaluated (fresh: {statistics.mean(fresh_evaluated):.0f}) |", file=file)
-    print("|---|---|---|---|---|", file=file)
-    for key, row in rows.items():
-        print(_table_row(key, row), file=file)
-    if out:
-        out.write_text(json.dumps({"rows": rows, "fresh_evaluated": fresh_evaluated, "kinds": kinds}))
-
-
-def chained(runner: Runner, fresh: Runner, sources: dict[str, list[str]], rng: random.Random, chains: int,
-            depth: int, n_lines: int) -> None:
-    """Each chain: one file's prompt evaluated exactly, then `depth` edits, each spliced from the
-    cells the last one left (never restored from an exact state); references from a second engine."""
-    rows = {d: _new_row() for d in range(1, depth + 1)}
-    started = time.perf_counter()
-    tok = runner.eng.tokenize_text
-    for n in range(chains):
-        lines, window = _window(sources, rng, n_lines)
-        runner.eng.kv.clear()
-        runner.run([runner.eng.info.bos, *tok("".join(window))], exact=True)
-        for d in range(1, depth + 1):
-            window, _ = _edit(window, rng, lines)
-            prompt = [runner.eng.info.bos, *tok("".join(window))]
-            fresh.eng.kv.clear()
-            ref_tokens, ref_first, _ = fresh.run(prompt, exact=True)
-            tokens, first, t = runner.run(prompt, exact=False)
-            _record(rows[d], tokens, first, ref_tokens, ref_first, float(t.evaluated_tokens or 0), t.reuse == "splice")
-        if (n + 1) % 10 == 0 or n + 1 == chains:
-            print(f"{n + 1} chains, {time.perf_counter() - started:.0f} s", file=sys.stderr)
-            out = sys.stdout if n + 1 == chains else sys.stderr
-            print(f"{n + 1} chains of {depth} edits, K = {reuse.FRESH}, {runner.eng.info.label}, greedy, {STEPS} "
-                  "tokens", file=out)
-            print("| splice of the chain | identical continuations | mean KL, first token | spliced | "
-                  "mean tokens evaluated |", file=out)
-            print("|---|---|---|---|---|", file=out)
-            for d, row in rows.items():
-                print(_table_row(d, row), file=out)
+    def report(self, file: Any) -> dict[str, Any]:
+        res = self.results()
+        kinds = [e["kind"] for e in self.edits]
+        mean_tokens = statistics.mean(e["tokens"] for e in self.edits) if self.edits else 0
+        print(f"{len(self.edits)} edits ({', '.join(f'{kinds.count(k)} {k}' for k in ('insert', 'delete', 'change'))})"
+              f" in {len({e['module'] for e in self.edits})} standard-library modules, prompts of {mean_tokens:.0f}"
+              f" tokens on average, {res['model']}, greedy, the next line; {res['seconds']} s", file=file)
+        if self.edits:
+            print("\n".join(table(res["edits_summary"], self.arms(), "arm")), file=file)
+        for k in self.args.ks if self.chains else []:
+            print(f"\n{len(self.chains)} chains of {self.args.depth} edits, K = {k}: each splice from the state the"
+                  " last one left; fresh: the same prompts evaluated exactly", file=file)
+            print("\n".join(chain_table(res["chains_summary"], f"K={k}")), file=file)
+        if self.args.out:
+            tmp = self.args.out.with_suffix(".tmp")
+            tmp.write_text(json.dumps(res))
+            tmp.replace(self.args.out)
+        return res
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--edits", type=int, default=200)
+    ap.add_argument("--edits", type=int, default=400)
+    ap.add_argument("--chains", type=int, default=60)
+    ap.add_argument("--depth", type=int, default=6, help="splices in a row per chain")
+    ap.add_argument("--ks", type=lambda s: [int(k) for k in s.split(",")], default=[8, 32],
+                    help="tokens evaluated again after each splice (reuse.FRESH), comma-separated")
     ap.add_argument("--model", type=Path, help="a GGUF (default: the bundled Gemma 3 270M), e.g. codegemma-2b's")
-    ap.add_argument("--lines", type=int, default=110, help="lines of a file in the prompt (about 900 tokens)")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--seed", type=int, default=11)
+    ap.add_argument("--lines", type=int, default=40, help="lines of a file in the prompt (about 380 tokens)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="1: on 2 cores shared with other jobs, 2 threads ran 3.5x slower (OpenMP waits)")
+    ap.add_argument("--check-fresh", type=int, default=0, metavar="N",
+                    help="for the first N edits, check the fresh arm against a cleared cache")
+    ap.add_argument("--seed", type=int, default=32)
+    ap.add_argument("--every", type=int, default=20, help="report and rewrite --out every N edits")
     ap.add_argument("--out", type=Path)
-    ap.add_argument("--chain", type=int, metavar="N", help="N successive spliced edits per file (--edits files)")
     args = ap.parse_args()
-    rng = random.Random(args.seed)
     sources = {m: inspect.getsource(importlib.import_module(m)).splitlines(keepends=True) for m in MODULES}
-    runner = Runner(args.model or store.bundled_model_path(), args.threads, ctx=2048)
-    if args.chain:
-        fresh = Runner(args.model or store.bundled_model_path(), args.threads, ctx=2048)
-        chained(runner, fresh, sources, rng, args.edits, args.chain, args.lines)
-        return
-    rows = {str(k): _new_row() for k in [*KS, "prefix, unaligned"]}
-    fresh_evaluated, started, kinds = [], time.perf_counter(), []
-    for n in range(args.edits):
-        lines, window = _window(sources, rng, args.lines)
-        edited, kind = _edit(window, rng, lines)
-        kinds.append(kind)
-        bos = runner.eng.info.bos
-        old = [bos, *runner.eng.tokenize_text("".join(window))]
-        new = [bos, *runner.eng.tokenize_text("".join(edited))]
-        state = runner.state_of(old)
-        runner.eng.kv.clear()
-        ref_tokens, ref_first, ref_t = runner.run(new, exact=True)
-        fresh_evaluated.append(ref_t.evaluated_tokens or len(new))
-        for k in KS:
-            reuse.FRESH = k
-            runner.restore(old, state)
-            tokens, first, t = runner.run(new, exact=False)
-            _record(rows[str(k)], tokens, first, ref_tokens, ref_first, float(t.evaluated_tokens or 0),
-                    t.reuse == "splice")
-        reuse.FRESH = 32
-        tokens, first = runner.unaligned_prefix(old, new, state)
-        _record(rows["prefix, unaligned"], tokens, first, ref_tokens, ref_first,
-                float(len(new) - min(reuse.common_prefix(old, new), len(new) - 1)), False)
-        if (n + 1) % 20 == 0:
-            print(f"{n + 1} edits, {time.perf_counter() - started:.0f} s", file=sys.stderr)
-            # a long run that dies still tells
-            report(rows, fresh_evaluated, kinds, args.out, runner.eng.info.label, file=sys.stderr)
-    report(rows, fresh_evaluated, kinds, args.out, runner.eng.info.label)
+    eng = local.load(args.model or store.bundled_model_path(), n_ctx=2048, n_threads=args.threads)
+    assert eng.kv.can_shift, f"{eng.info.label}'s cache cannot shift (swa_full?): no splice to measure"
+    run = Run(args, eng, sources)
+    edit_rng, chain_rng = random.Random(args.seed), random.Random(args.seed + 1)  # sizes never shift the other
+    for n in range(1, max(args.edits, 1) + 1):
+        if n <= args.edits:
+            run.one_edit(edit_rng)
+        done = min(n, args.edits) / args.edits if args.edits else 1.0
+        while len(run.chains) < math.ceil(args.chains * done):
+            run.one_chain(chain_rng)
+        if n % args.every == 0 and n < args.edits:
+            print(f"--- {n} edits, {len(run.chains)} chains, {time.perf_counter() - run.started:.0f} s",
+                  file=sys.stderr)
+            run.report(sys.stderr)
+    run.report(sys.stdout)
 
 
 if __name__ == "__main__":
