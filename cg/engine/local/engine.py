@@ -1,8 +1,9 @@
-"""The local engine: llama-cpp-python in this process, on the CPU or with layers on a GPU.
+"""The local engine: llama.cpp in this process, on the CPU or with layers on a GPU.
 
-With kvcache.py, the only code that runs llama.cpp for inference and reaches into
-llama-cpp-python's internals. Everything here works on token ids; what a new prompt reuses of
-the KV cache is kvcache.py's, prompt layouts are cg/prompt/'s.
+It drives llama.cpp itself through the C functions llama-cpp-python binds (context.py: the model,
+a context whose sequences share one KV memory; sampler.py: the sampler chain), never a private
+attribute of llama-cpp-python. Everything here works on token ids; what a new prompt reuses of the
+KV cache is kvcache.py's, several prompts decoded together batched.py's, prompt layouts cg/prompt/'s.
 """
 
 from __future__ import annotations
@@ -10,12 +11,15 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cg.engine import (
+from cg.engine.local.context import Context, ContextError, LoadError, Model
+from cg.engine.local.kvcache import Cancelled, KvCache
+from cg.engine.local.sampler import Sampler
+from cg.engine.protocol import (
     EngineInfo,
     LogitsProcessor,
     Piece,
@@ -25,15 +29,12 @@ from cg.engine import (
     is_instruct_name,
     split_sentinels,
 )
-from cg.engine.local.kvcache import KvCache
 from cg.errors import ModelFileError, ModelNotFoundError, PromptTooLongError
 from cg.models import special_ids
 from cg_core import interrupts, llama_log
 
 if TYPE_CHECKING:
-    import numpy as np
-    from llama_cpp import Llama
-
+    from cg.engine.local.batched import Job
     from cg.engine.local.prompt_cache import PromptCache
 
 _GGUF_MAGIC = b"GGUF"
@@ -45,10 +46,12 @@ GPU_UBATCH = 512
 # Prompt tokens evaluated by default: on the CPU the prompt is the whole cost (about 75 tokens/s at
 # codegemma-2b's size on 2 cores), and the code nearest the cursor says the most.
 CPU_WINDOW = 2048
-# llama.cpp rounds every context up to a multiple of this (llama-context.cpp pads n_ctx), while
-# llama-cpp-python sizes its token and logit arrays by the number asked: a --ctx off the step made
-# a bigger context than those arrays, and decoding failed on a numpy broadcast.
+# llama.cpp rounds every context up to a multiple of this (llama-context.cpp pads n_ctx); cg asks
+# for what it makes, so every budget uses the real size.
 CTX_STEP = 256
+# Sequences of one context: the main one, the parking place of a splice, and the others of
+# generate_many (several prompts decoded together). They share the context's n_ctx cells.
+N_SEQ = 8
 
 
 def context_size(asked: int) -> int:
@@ -59,9 +62,9 @@ def context_size(asked: int) -> int:
 @dataclass(frozen=True)
 class LocalEngine:
     """A loaded GGUF. Engines made from one load (factory.py gives each its prompt cache) share
-    the model and its KV cache."""
+    the model, its context and its KV cache. `llm` is the context (context.Context): close() frees it."""
 
-    llm: Llama
+    llm: Context
     path: Path
     info: EngineInfo
     load_ms: float
@@ -86,28 +89,41 @@ class LocalEngine:
         return split_sentinels(text, self._tokenize, self.protected)
 
     def _tokenize(self, text: str) -> list[int]:
-        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False) if text else []
+        return self.llm.model.tokenize(text.encode("utf-8"), add_bos=False, special=False) if text else []
 
     def generate(self, prompt: Sequence[int], *, max_tokens: int, sampling: Sampling,
                  logit_bias: dict[int, float] | None, logits_processor: LogitsProcessor | None,
-                 timings: Timings, on_prompt: PromptProgress | None, exact: bool) -> Generator[Piece, None, None]:
-        """llama-cpp-python's generate() after the KV cache was prepared: it sees the reused part
-        and evaluates the rest of the prompt itself."""
-        import llama_cpp
+                 timings: Timings, on_prompt: PromptProgress | None, exact: bool,
+                 cancel: Callable[[], bool] | None = None) -> Generator[Piece, None, None]:
+        """Up to max_tokens tokens after prompt, in the main sequence. cancel (optional) is asked
+        between two decodes, prompt chunks included: true ends the generation at once, the cells
+        decoded so far kept for the next prompt."""
+        if not prompt:
+            raise ValueError("an empty prompt")
+        main, model = self.kv.main, self.llm.model
+        with Sampler(self.llm, sampling, logit_bias, logits_processor) as sampler:
+            try:
+                row = self.kv.prepare(prompt, timings, on_prompt, self.prompt_cache, exact=exact, cancel=cancel)
+            except Cancelled:
+                return
+            try:
+                for produced in range(max_tokens):
+                    token = sampler.sample(row, main.tokens)
+                    yield Piece((token,), model.detokenize([token]))
+                    if produced + 1 >= max_tokens or (cancel is not None and cancel()):
+                        break
+                    row = self.llm.step([(main, token)])[0]
+                    interrupts.check()  # a signal llama.cpp's log callback noted during the decode
+            finally:
+                self.kv.finish(prompt, timings, self.prompt_cache)
 
-        self.llm.set_seed(sampling.seed)
-        self.kv.prepare(prompt, timings, on_prompt, self.prompt_cache, exact=exact)
-        chain = [p for p in (logit_bias_processor(logit_bias) if logit_bias else None, logits_processor) if p]
-        gen = self.llm.generate(list(prompt), temp=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p,
-                                min_p=sampling.min_p, repeat_penalty=sampling.repeat_penalty,
-                                logits_processor=llama_cpp.LogitsProcessorList(chain) if chain else None)
-        try:
-            for token in gen:
-                interrupts.check()  # a signal llama.cpp's log callback noted during the decode
-                yield Piece((token,), self.llm.detokenize([token], special=False))
-        finally:
-            gen.close()
-            self.kv.finish(prompt, timings, self.prompt_cache)
+    def generate_many(self, jobs: Sequence[Job], *, exact: bool = True,
+                      stop_ids: frozenset[int] | None = None) -> Generator[tuple[int, Piece], None, None]:
+        """Several prompts decoded together (batched.py): (job index, Piece) as each step
+        gives them; a job ends on a stop id (its piece yielded), its max_tokens, or its cancel."""
+        from cg.engine.local import batched
+
+        return batched.generate_many(self, jobs, exact=exact, stop_ids=stop_ids)
 
 
 def check_gguf_file(path: Path) -> None:
@@ -127,13 +143,18 @@ def check_gguf_file(path: Path) -> None:
 
 
 def load(path: Path | str, *, n_ctx: int = 4096, n_threads: int | None = None, seed: int = 0, verbose: bool = False,
-         recorded_ids: dict[str, int] | None = None, gpu_layers: int | None = None, swa_full: bool = True
-         ) -> LocalEngine:
+         recorded_ids: dict[str, int] | None = None, gpu_layers: int | None = None, swa_full: bool = True,
+         use_extra_bufts: bool = True, n_seq: int | None = None) -> LocalEngine:
     """Load a GGUF. gpu_layers: layers to offload (-1 all); None: all where llama.cpp was built
-    with a GPU backend (Metal, CUDA, Vulkan...), else none (llama-cpp-python's own default is 0).
-    swa_full: a full-size cache for sliding-window layers (Gemma 2/3), without which llama.cpp
-    drops the cells a window has passed, so a reused prefix would lack them and cells cannot be
-    moved; the window itself still applies. It costs memory only on such models."""
+    with a GPU backend (Metal, CUDA, Vulkan...), else none. swa_full: a full-size cache for
+    sliding-window layers (Gemma 2/3), without which llama.cpp drops the cells a window has
+    passed, so a reused prefix would lack them and cells cannot be moved; the window itself still
+    applies. It costs memory only on such models. use_extra_bufts: llama.cpp's extra weight buffer
+    types (repacked weights for AMX and others; its default, on); off where one of them crashes
+    (AMX on some machines). n_seq: sequences in the context (at least 2; None: N_SEQ, or 2 without
+    swa_full, where llama.cpp sizes the sliding-window cache by the sequences: window x n_seq). seed: unused (each
+    generation seeds its own sampler from its Sampling); kept for callers."""
+    del seed
     path = Path(path)
     check_gguf_file(path)
     asked, n_ctx = n_ctx, context_size(n_ctx)  # asked as made: every array and budget uses what llama.cpp has
@@ -146,44 +167,30 @@ def load(path: Path | str, *, n_ctx: int = 4096, n_threads: int | None = None, s
         # A CPU build takes the number and runs every layer on the CPU all the same.
         offloaded = bool(layers) and bool(llama_cpp.llama_supports_gpu_offload())
         try:
-            llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
-                                  n_ubatch=GPU_UBATCH if offloaded else UBATCH, n_gpu_layers=layers, seed=seed,
-                                  verbose=verbose, swa_full=swa_full)
-            _with_parking(llm, verbose)
-        except (ValueError, RuntimeError) as exc:
-            reason = log.last_error() or str(exc)
-            if "context" in str(exc).lower():  # the model loaded; its context (--ctx) could not be made
-                raise PromptTooLongError(f"cannot make a {asked}-token context for {path.name}: {reason}",
-                                         "Lower --ctx (CodeGemma was trained for 8192 tokens).") from None
-            raise ModelFileError(f"cannot load {path}: {reason}",
+            model = Model(path, gpu_layers=layers, use_extra_bufts=use_extra_bufts)
+        except LoadError as exc:
+            raise ModelFileError(f"cannot load {path}: {log.last_error() or exc}",
                                  "The file may be truncated or corrupt; download or convert it again.") from None
+        try:
+            llm = Context(model, n_ctx=n_ctx, n_threads=threads, n_ubatch=GPU_UBATCH if offloaded else UBATCH,
+                          n_seq_max=max(2, n_seq or (N_SEQ if swa_full else 2)), swa_full=swa_full)
+        except ContextError as exc:
+            model.close()
+            raise PromptTooLongError(f"cannot make a {asked}-token context for {path.name}: {log.last_error() or exc}",
+                                     "Lower --ctx (CodeGemma was trained for 8192 tokens).") from None
     load_ms = (time.perf_counter() - start) * 1000
-    made = int(llm.n_ctx())
-    if made != n_ctx:  # a llama.cpp that rounds otherwise: say so, not a numpy error mid-decode
+    made = llm.n_ctx()
+    if made != n_ctx:  # a llama.cpp that rounds otherwise: say so
         llm.close()
         raise PromptTooLongError(f"llama.cpp made a {made}-token context for the {n_ctx} asked",
                                  f"Pass --ctx {made}.")
     info = _describe(llm, path, recorded_ids or {}, offloaded)
-    protected = {token: llm._model.token_get_text(token) for token in info.special.sentinel_ids()}
+    protected = {token: model.text(token) for token in info.special.sentinel_ids()}
     return LocalEngine(llm, path, info, load_ms, KvCache(llm), protected, gpu_layers=layers if offloaded else 0)
 
 
-def _with_parking(llm: Llama, verbose: bool) -> None:
-    """The context again, with a second sequence sharing the one cache (kvcache.py parks moved
-    cells there). llama-cpp-python's Llama takes no sequence count for a completion model."""
-    import contextlib
-
-    from llama_cpp import _internals
-
-    llm._ctx.close()  # type: ignore[no-untyped-call]
-    llm.context_params.n_seq_max = 2
-    llm.context_params.kv_unified = True  # both sequences in one cache of n_ctx cells, not half each
-    llm._ctx = llm._stack.enter_context(contextlib.closing(
-        _internals.LlamaContext(model=llm._model, params=llm.context_params, verbose=verbose)))
-
-
-def _describe(llm: Llama, path: Path, recorded: dict[str, int], offloaded: bool) -> EngineInfo:
-    meta = llm.metadata
+def _describe(llm: Context, path: Path, recorded: dict[str, int], offloaded: bool) -> EngineInfo:
+    meta = llm.model.metadata()
 
     def from_metadata(key: str) -> int | None:
         try:
@@ -191,11 +198,11 @@ def _describe(llm: Llama, path: Path, recorded: dict[str, int], offloaded: bool)
         except ValueError:
             return None
 
-    special, _ = special_ids.of_gguf(path, recorded, frozenset(_eog_ids(llm)), metadata=from_metadata)
-    n_ctx = int(llm.n_ctx())
+    special, _ = special_ids.of_gguf(path, recorded, frozenset(_eog_ids(llm.model)), metadata=from_metadata)
+    n_ctx = llm.n_ctx()
     chat = bool(meta.get("tokenizer.chat_template")) or is_instruct_name(path.name)
-    return EngineInfo(name=str(path), label=path.name, server=None, n_ctx=n_ctx, n_vocab=int(llm.n_vocab()),
-                      special=special, bos=special.bos if special.bos is not None else int(llm.token_bos()),
+    return EngineInfo(name=str(path), label=path.name, server=None, n_ctx=n_ctx, n_vocab=llm.n_vocab(),
+                      special=special, bos=special.bos if special.bos is not None else llm.model.bos(),
                       chat=chat, default_window=n_ctx if offloaded else min(CPU_WINDOW, n_ctx))
 
 
@@ -206,22 +213,6 @@ def default_gpu_layers() -> int:
     return -1 if llama_cpp.llama_supports_gpu_offload() else 0
 
 
-def _eog_ids(llm: Llama) -> set[int]:
+def _eog_ids(model: Model) -> set[int]:
     """Tokens llama.cpp itself treats as end-of-generation (checked over the special ids only)."""
-    import llama_cpp
-
-    vocab = llm._model.vocab
-    candidates = {llm.token_eos(), llama_cpp.llama_vocab_eot(vocab)}
-    return {t for t in candidates if t >= 0 and llama_cpp.llama_vocab_is_eog(vocab, t)}
-
-
-def logit_bias_processor(bias: dict[int, float]) -> LogitsProcessor:
-    """A llama-cpp-python logits processor adding a fixed bias per token id."""
-    ids = list(bias)
-    values = [bias[i] for i in ids]
-
-    def process(_input_ids: np.ndarray, logits: np.ndarray) -> np.ndarray:
-        logits[ids] += values
-        return logits
-
-    return process
+    return {t for t in (model.eos(), model.eot()) if t >= 0 and model.is_eog(t)}
