@@ -26,6 +26,7 @@ import os
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -52,12 +53,12 @@ sys.stdout.write(llm.detokenize(out).decode("utf-8", "replace"))
 
 def worker_prepare(model: str, out: Path, threads: int) -> None:
     """Build the input with cg's own tokenizer and prompt builder; write the spec file."""
-    from cg.complete import RunOptions, build_fim_prompt, build_prefix_prompt
+    from cg.complete import Request, build_fim_prompt, build_prefix_prompt
     from cg.engine import load
 
     eng = load(model, n_ctx=4096, n_threads=threads)
     prefix, suffix = fim_input(eng.tokenize_text)
-    opts = RunOptions(model=model, n_ctx=4096, max_tokens=64, quiet=True)
+    opts = Request(model=model, n_ctx=4096, max_tokens=64, quiet=True)
     fim = eng.special.has_fim
     if not fim:
         prefix, suffix = fim_input(eng.tokenize_text, prefix_tokens=1500, suffix_tokens=0, cursor_at=0.8)
@@ -69,14 +70,14 @@ def worker_prepare(model: str, out: Path, threads: int) -> None:
 def worker_inproc(spec_file: Path, tokens: int, repeats: int) -> None:
     import llama_cpp
 
-    from cg.complete import RunOptions, complete
+    from cg.complete import Request, complete
     from cg.engine import load
 
     spec = json.loads(spec_file.read_text())
     t, ban = spec["threads"], spec["stop_ids"]
     llm = llama_cpp.Llama(model_path=spec["model"], n_ctx=4096, n_threads=t, n_threads_batch=t, verbose=False)
     eng = load(spec["model"], n_ctx=4096, n_threads=t)
-    opts = RunOptions(model=spec["model"], n_ctx=4096, threads=t, max_tokens=tokens, quiet=True,
+    opts = Request(model=spec["model"], n_ctx=4096, threads=t, max_tokens=tokens, quiet=True,
                       logit_bias={i: -float("inf") for i in ban})
 
     def no_stops(_ids, logits):
@@ -100,11 +101,11 @@ def worker_inproc(spec_file: Path, tokens: int, repeats: int) -> None:
     def via_cg() -> dict:
         eng.llm.reset()  # no KV reuse between repeats: each run evaluates the whole prompt
         if spec["fim"]:
-            r = complete(spec["prefix"], spec["suffix"], opts=opts, engine=eng)
+            r = complete(spec["prefix"], spec["suffix"], request=opts, engine=eng)
         else:
             from cg.complete import generate
 
-            r = generate(spec["prefix"], raw=True, opts=opts, engine=eng)
+            r = generate(spec["prefix"], request=replace(opts, raw=True), engine=eng)
         assert r.prompt_tokens == len(spec["ids"]), (r.prompt_tokens, len(spec["ids"]))
         return {"ttft": r.timings.prompt_ms / 1000,
                 "decode": (r.completion_tokens - 1) / (r.timings.generation_ms / 1000),
@@ -173,7 +174,8 @@ def main() -> None:
     if models is None:
         models = [str(WORKDIR / f"codegemma-2b-shape-18l-{q}.gguf") for q in ("q4_k_m", "q8_0")]
         models = [m for m in models if Path(m).exists()]
-        bundled = child([sys.executable, "-c", "from cg import store; print(store.bundled_model_path())"])[2].strip()
+        where = "from cg.models import store; print(store.bundled_model_path())"
+        bundled = child([sys.executable, "-c", where])[2].strip()
         models.append(bundled)
     me = [sys.executable, __file__, "--threads", str(args.threads), "--tokens", str(args.tokens),
           "--repeats", str(args.repeats)]

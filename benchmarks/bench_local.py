@@ -53,14 +53,14 @@ def cold_infill(model: str, target: str, window: int | None, threads: int) -> fl
 
 DECODE = r"""
 import json, sys
-from cg.complete import RunOptions, complete
+from cg.complete import Request, complete
 spec = json.load(open(sys.argv[1]))
 rates = {"indicator": [], "plain": []}
 bias = {t: float("-inf") for t in spec["stops"]}
 for run in range(spec["repeats"]):
     # interleaved, each side first in every other pair; a new first line: no run reuses another's KV cache
     for side in ("indicator", "plain") if run % 2 == 0 else ("plain", "indicator"):
-        opts = RunOptions(model=spec["model"], n_ctx=4096, threads=spec["threads"], max_tokens=64, logit_bias=bias,
+        opts = Request(model=spec["model"], n_ctx=4096, threads=spec["threads"], max_tokens=64, logit_bias=bias,
                           progress=side == "indicator")
         c = complete(f"# run {run} {side}\n" + spec["prefix"], "\n", opts=opts, block_stop=False)
         rates[side].append((c.completion_tokens - 1) / (c.timings.generation_ms / 1000))

@@ -100,14 +100,14 @@ def bounds(model: str, lines: list[str], plan: list[tuple[str, list[str], int]])
     it held (cg's own stable windows, this model's tokenizer). A line-level bound: repeated code
     can match elsewhere, and each splice evaluates reuse.FRESH tokens again on top."""
     from cg.engine.local import engine as local
-    from cg.prompt import build as prompts
     from cg.prompt import fim
-    from cg.request import RunOptions
+    from cg.prompt.build import prompt_budget
+    from cg.request import Request
 
     eng = local.load(model, n_ctx=4096, n_threads=1)
     count = lambda text: len(eng.tokenize_text(text))  # noqa: E731
     header = len(eng.tokenize_text("stdlib.py\n"))
-    budget, _ = prompts.prompt_budget(eng, RunOptions(quiet=True), 4 + header)
+    budget, _ = prompt_budget(eng, Request(quiet=True), 4 + header)
 
     def window(file: list[str], cursor: int) -> range:
         kept_prefix, kept_suffix = fim.stable_window("".join(file[:cursor]), "".join(file[cursor:]), budget, count)

@@ -10,19 +10,21 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
-from cg.complete import Completion, RunOptions, complete
+from cg import report
+from cg.complete import Completion, complete
 from cg.errors import InputError, UsageError
 from cg.files import repo_context
 from cg.files.textfile import Edit, SourceFile, check_replaceable, read_source, scan_text, write_sources
 from cg.output import blocks
 from cg.output.blocks import Language
-from cg.prompt.build import note
+from cg.request import Request
+from cg.settings import DEFAULT_MARKER
 
-DEFAULT_MARKER = "cg: fill"
+# complete(prefix, suffix, request): cg.complete.complete, or a stand-in (tests)
+CompleteFn = Callable[[str, str, Request], Completion]
 _NUMBER = re.compile(r"\s*[+-]?[0-9]+\s*")  # what LINE and COL may be (int() takes it; "-1" is refused later)
 # The comments that can hold a marker: each language's own, any of them where cg does not know it.
 _COMMENTS = {Language.PYTHON: ("#",), Language.SHELL: ("#",), Language.C_LIKE: ("//", "/*"),
@@ -173,18 +175,17 @@ def diff_path(path: Path) -> str:
     return path.as_posix().lstrip("/")
 
 
-def fill_file(src: SourceFile, targets: list[Target], opts: RunOptions, *, context: Sequence[Path] | str = (),
-              complete_fn: Callable[..., Completion] = complete, **kwargs: Any) -> FileResult:
+def fill_file(src: SourceFile, targets: list[Target], request: Request, *, context: Sequence[Path] | str = (),
+              complete_fn: CompleteFn = complete) -> FileResult:
     """Fill every target of one file, bottom-up: each completion sees the ones below it in its
     suffix, and the spans above stay where they were in the original text."""
     text = src.text
     spans = sorted(((cursor(src.text, t), t) for t in targets), key=lambda x: x[0][0], reverse=True)
     result = FileResult(src)
-    ctx_files = _context_files(src, context, opts)
+    request = replace(request, path=header_path(src.path), context=_context_files(src, context, request))
     for (start, end, indent), target in spans:
         suffix = text[end:]
-        done = complete_fn(text[:start] + indent, suffix, opts=opts, path=header_path(src.path), context=ctx_files,
-                           **kwargs)
+        done = complete_fn(text[:start] + indent, suffix, request)
         inserted = indent + done.text
         if start == len(text) and text.endswith("\n") and inserted and not inserted.endswith("\n"):
             inserted += "\n"  # appended to a file that ends with a line break: it still does
@@ -195,10 +196,10 @@ def fill_file(src: SourceFile, targets: list[Target], opts: RunOptions, *, conte
     return result
 
 
-def _context_files(src: SourceFile, context: Sequence[Path] | str, opts: RunOptions) -> list[tuple[str, str]]:
+def _context_files(src: SourceFile, context: Sequence[Path] | str, request: Request) -> list[tuple[str, str]]:
     """--context FILE... (the user's choice, read as given), or the local imports (confined to the
     repository; what is skipped is said on stderr)."""
-    files = (repo_context.auto_context(src.path, src.text, lambda said: note(opts, said))
+    files = (repo_context.auto_context(src.path, src.text, lambda said: report.note(said, quiet=request.quiet))
              if context == repo_context.AUTO else repo_context.named_context([Path(c) for c in context]))
     return [(header_path(f), text) for f, text in files]
 
@@ -247,19 +248,21 @@ def shown(target: Target) -> str:
     return f"{where} (marker)" if target.marker else where
 
 
-def infill(specs: Sequence[str], *, opts: RunOptions = RunOptions(), write: bool = False, force: bool = False,
+def infill(specs: Sequence[str], request: Request = Request(), *, write: bool = False, force: bool = False,
            marker: str = DEFAULT_MARKER, encoding: str = "utf-8", context: Sequence[Path] | str = (),
-           **kwargs: Any) -> list[FileResult]:
-    """Fill the targets; with write=True replace the files once every completion is known.
+           complete_fn: CompleteFn = complete) -> list[FileResult]:
+    """Fill the targets (FILE:LINE[:COL] or FILEs with marker lines), each completion made with
+    request (its path and context files set per file); with write=True replace the files once
+    every completion is known. context: FILEs shown to the model, or "auto" for the local imports.
 
     A file cg would not replace without force (read-only, hard-linked) is refused before any
     model runs."""
-    found = collect_targets(specs, marker, encoding, lambda message: note(opts, message))
+    found = collect_targets(specs, marker, encoding, lambda message: report.note(message, quiet=request.quiet))
     files = [(src, targets) for src, targets in found.values() if targets]
     if write:
         check_replaceable([(src, []) for src, _ in files], force)
     # The model loads once: get_engine keeps it for every target and file.
-    results = [fill_file(src, targets, opts, context=context, **kwargs) for src, targets in files]
+    results = [fill_file(src, targets, request, context=context, complete_fn=complete_fn) for src, targets in files]
     if write:
         write_sources([(r.source, r.edits) for r in results], force=force)
     return results

@@ -1,4 +1,6 @@
-"""Progress bars on stderr (rich), silent when stderr is not a terminal."""
+"""What cg says on stderr besides errors (those are cli's funnel): warnings, notes, plain
+status lines, and progress (rich), the last silent when stderr is not a terminal. Every note goes
+through say(), the one place that respects --quiet and says a thing once per process."""
 
 from __future__ import annotations
 
@@ -7,6 +9,31 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
+
+_said: set[str] = set()  # the `once` keys said in this process
+
+
+def say(text: str, *, quiet: bool = False, once: str | None = None) -> None:
+    """A line on stderr; nothing with quiet, and nothing when the once key was said already
+    (a model's missing tokens hold for the whole run, not each target)."""
+    if quiet or (once is not None and once in _said):
+        return
+    if once is not None:
+        _said.add(once)
+    print(text, file=sys.stderr)
+
+
+def warn(message: str, *, quiet: bool = False, once: str | None = None) -> None:
+    say(f"Warning: {message}", quiet=quiet, once=once)
+
+
+def note(message: str, *, quiet: bool = False, once: str | None = None) -> None:
+    say(f"Note: {message}", quiet=quiet, once=once)
+
+
+def forget() -> None:
+    """Say every once-note again (tests: each test is its own run)."""
+    _said.clear()
 
 
 @contextmanager

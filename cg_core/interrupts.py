@@ -42,13 +42,16 @@ class Terminated(BaseException):
         return 128 + self.signum
 
 
+INTERRUPTED = 128 + signal.SIGINT  # the exit code of a Ctrl-C
+
+
 def exception_for(signum: int) -> BaseException:
     return KeyboardInterrupt() if signum == signal.SIGINT else Terminated(signum)
 
 
 def exit_code(exc: BaseException) -> int:
     """128 + the signal's number, as a shell reports a process the signal ended."""
-    return exc.exit_code if isinstance(exc, Terminated) else 128 + signal.SIGINT
+    return exc.exit_code if isinstance(exc, Terminated) else INTERRUPTED
 
 
 def from_c(function: F) -> F:

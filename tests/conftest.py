@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from cg.complete import RunOptions
+from cg import report
+from cg.complete import Request
 from cg.engine import factory as engines
-from cg.prompt import build as prompts
 
 from .helpers import STOP_IDS
 from .synthetic import write_checkpoint
@@ -43,7 +43,7 @@ def cg_home(tmp_path_factory) -> Path:
 @pytest.fixture(autouse=True)
 def notes_once_per_test():
     """cg says some notes once per process; each test is its own run."""
-    prompts._said.clear()
+    report.forget()
 
 
 @pytest.fixture(scope="session")
@@ -87,8 +87,8 @@ def bundled_gguf(cg_home) -> Path:
 
 
 @pytest.fixture()
-def tiny_opts(tiny_gguf) -> RunOptions:
-    return RunOptions(model=str(tiny_gguf), n_ctx=512, threads=2, quiet=True, max_tokens=16)
+def tiny_opts(tiny_gguf) -> Request:
+    return Request(model=str(tiny_gguf), n_ctx=512, threads=2, quiet=True, max_tokens=16)
 
 
 @pytest.fixture()

@@ -100,7 +100,9 @@ def llama_logits(path: Path, tokens: list[int]) -> np.ndarray:
 def first_logits(engine: Any, prompt: list[int], *, exact: bool = True,
                  logit_bias: dict[int, float] | None = None) -> tuple[np.ndarray, Any]:
     """The logits of the first step after prompt (float64), and the run's Timings."""
-    from cg.engine import Timings, decode
+    from cg.complete import collect
+    from cg.engine import decode
+    from cg.request import Request
 
     seen: list[np.ndarray] = []
 
@@ -109,8 +111,6 @@ def first_logits(engine: Any, prompt: list[int], *, exact: bool = True,
             seen.append(np.array(logits, dtype=np.float64))
         return logits
 
-    timings = Timings()
-    for _ in decode(engine, prompt, max_tokens=1, logits_processor=capture, timings=timings, exact=exact,
-                    logit_bias=logit_bias):
-        pass
-    return seen[0], timings
+    request = Request(max_tokens=1, logits_processor=capture, exact=exact, logit_bias=logit_bias)
+    done = collect(decode(engine, prompt, request))
+    return seen[0], done.timings

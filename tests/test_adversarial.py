@@ -65,7 +65,7 @@ def hostile_repo(tmp_path):
 def test_context_auto_never_reads_outside_the_repository(hostile_repo, tiny_opts, tiny_engine, capsys, target,
                                                          inside):
     opts = dataclasses.replace(tiny_opts, max_tokens=1, quiet=False, n_ctx=512)
-    result = infill_mod.infill([str(hostile_repo / target)], opts=opts, context="auto")
+    result = infill_mod.infill([str(hostile_repo / target)], request=opts, context="auto")
     prompt, err = _prompt_text(tiny_engine, result), capsys.readouterr().err
     assert "SECRET_" not in prompt and "root:" not in prompt
     assert inside is None or inside in prompt  # what is inside the repository still goes in
@@ -80,7 +80,7 @@ def test_context_auto_reads_a_target_in_its_own_encoding(tmp_path, tiny_opts, ti
     target = tmp_path / "main.py"
     target.write_bytes("# caf\xe9\nimport helper\n\nx = \n".encode("latin-1"))
     opts = dataclasses.replace(tiny_opts, max_tokens=1)
-    result = infill_mod.infill([f"{target}:4"], opts=opts, context="auto", encoding="latin-1")
+    result = infill_mod.infill([f"{target}:4"], request=opts, context="auto", encoding="latin-1")
     assert "HELPER_CONSTANT" in _prompt_text(tiny_engine, result)
 
 
@@ -92,9 +92,6 @@ def test_a_device_is_written_to_never_replaced(tmp_path, tiny_ckpt):
     node = tmp_path / "null-like"
     os.mknod(node, stat.S_IFCHR | 0o666, os.makedev(1, 3))  # what /dev/null is
     assert run_cg("eval", "export", str(node), "-b", "single-line", "--limit", "2").returncode == 0
-    assert stat.S_ISCHR(node.lstat().st_mode)
-    alias = run_cg("eval", "humaneval-infill", "-b", "single-line", "--limit", "2", "--export", str(node))
-    assert alias.returncode == 0
     assert stat.S_ISCHR(node.lstat().st_mode)
     proc = run_cg("quantize", str(tiny_ckpt), "--type", "f32", "-o", str(node), "--force")
     assert proc.returncode == 2 and "is a character device, not a regular file" in proc.stderr

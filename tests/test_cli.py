@@ -7,11 +7,12 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 
 from cg.cli import main
-from cg.complete import RunOptions, complete, generate
+from cg.complete import Request, complete, generate
 from cg.engine import Sampling
 
 from .helpers import NO_STOPS, NO_STOPS_BIAS, run_cg
@@ -37,7 +38,7 @@ def test_help_loads_no_heavy_module(args):
 
 def test_complete_from_stdin_prints_exactly_the_completion(capsys, monkeypatch, tiny_gguf):
     expected = complete("def add(a, b):\n", "\nprint(add(1, 2))\n",
-                        opts=RunOptions(model=str(tiny_gguf), n_ctx=512, max_tokens=12, logit_bias=NO_STOPS_BIAS)).text
+                        request=Request(model=str(tiny_gguf), n_ctx=512, max_tokens=12, logit_bias=NO_STOPS_BIAS)).text
     assert expected
     code, out, err = cg(capsys, monkeypatch, "complete", "-m", str(tiny_gguf), "--ctx", "512", "-n", "12", *NO_STOPS,
                         stdin="def add(a, b):\n<CURSOR>\nprint(add(1, 2))\n")
@@ -45,7 +46,7 @@ def test_complete_from_stdin_prints_exactly_the_completion(capsys, monkeypatch, 
 
 
 def test_complete_prefix_suffix_options_and_marker(capsys, monkeypatch, tiny_gguf):
-    expected = complete("x = ", "\n", opts=RunOptions(model=str(tiny_gguf), n_ctx=512, max_tokens=8)).text
+    expected = complete("x = ", "\n", request=Request(model=str(tiny_gguf), n_ctx=512, max_tokens=8)).text
     a = cg(capsys, monkeypatch, "complete", "-m", str(tiny_gguf), "--ctx", "512", "-n", "8", "--prefix", "x = ",
            "--suffix", "\n")
     b = cg(capsys, monkeypatch, "complete", "-m", str(tiny_gguf), "--ctx", "512", "-n", "8", "--marker", "@@",
@@ -149,9 +150,9 @@ def test_bundled_is_the_default_and_announced_once(tmp_path, bundled_gguf):
 
 
 def test_same_seed_same_output(bundled_gguf):
-    opts = RunOptions(model=str(bundled_gguf), sampling=Sampling(temperature=0.9, seed=7), max_tokens=16, quiet=True)
-    a = generate("The best way to sort a list in Python is", opts=opts).text
-    b = generate("The best way to sort a list in Python is", opts=opts).text
+    opts = Request(model=str(bundled_gguf), sampling=Sampling(temperature=0.9, seed=7), max_tokens=16, quiet=True)
+    a = generate("The best way to sort a list in Python is", request=opts).text
+    b = generate("The best way to sort a list in Python is", request=opts).text
     assert a == b and a.strip()
 
 
@@ -260,9 +261,9 @@ def test_a_fenced_answer_streams_and_stops_at_the_closing_fence(tiny_engine, tin
     from .helpers import forcing
 
     ids = tiny_engine.tokenize_text("```python\nprint(1)\nprint(2)\n```\nThis prints 1 and 2.\n")
-    opts = RunOptions(**{**tiny_opts.__dict__, "max_tokens": 64})
-    events = list(stream_generate("say hi", opts=opts, engine=tiny_engine, chat=True,
-                                  logits_processor=forcing([*ids, 107])))
+    opts = Request(**{**tiny_opts.__dict__, "max_tokens": 64})
+    request = replace(opts, chat=True, logits_processor=forcing([*ids, 107]))
+    events = list(stream_generate("say hi", request=request, engine=tiny_engine))
     assert "print(1)" in "".join(e.text for e in events if e.result is None)  # out before the answer ended
     result = events[-1].result
     assert result is not None and result.stop_reason == "end_of_block"

@@ -63,8 +63,19 @@ def test_the_license_ships_with_the_data():
 @pytest.mark.parametrize("benchmark", list(PUBLISHED))
 def test_export_round_trips_byte_for_byte(benchmark, tmp_path):
     out = tmp_path / "tasks.jsonl"
-    assert main(["eval", "humaneval-infill", "-b", benchmark, "--export", str(out)]) == 0
+    assert main(["eval", "export", str(out), "-b", benchmark]) == 0
     assert out.read_bytes() == raw_lines(benchmark)
+
+
+def test_the_hidden_aliases_are_gone(tmp_path, capsys):
+    """`cg eval humaneval-infill --export`, `cg infill --check` and `--null` were kept hidden in
+    0.1.0 beside `cg eval export` and `cg check`: one way to do each thing now."""
+    out = tmp_path / "tasks.jsonl"
+    assert main(["eval", "humaneval-infill", "--export", str(out)]) == 2 and not out.exists()
+    assert "No such option '--export'" in capsys.readouterr().err
+    assert main(["infill", "--check", str(out)]) == 2
+    assert "No such option '--check'" in capsys.readouterr().err
+    assert main(["infill", "--null", str(out)]) == 2
 
 
 @pytest.mark.parametrize("benchmark", list(PUBLISHED))

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from cg import infill as infill_mod
 from cg.cli import main
-from cg.complete import Completion, RunOptions
+from cg.complete import Completion, Request
 from cg.engine import Timings
 from cg.errors import InputError, ReadOnlyFileError, StaleFileError, WriteError
 from cg.files import textfile
@@ -32,7 +32,7 @@ ENCODINGS = [("utf-8", b"", "utf-8"), ("utf-8", b"\xef\xbb\xbf", "utf-8"), ("lat
 def fixed(text: str):
     """A complete() stand-in that answers `text` (file handling under test, not decoding)."""
 
-    def complete_fn(prefix, suffix, **_kwargs):
+    def complete_fn(prefix, suffix, _request):
         return Completion(text, "stop_token", 0, 0, Timings(), "fixed")
 
     return complete_fn
@@ -94,8 +94,7 @@ def test_only_the_completion_changes_a_file(case):
         f = Path(folder) / "f.txt"
         f.write_bytes(original)
         spec = f"{f}:{len(lines) + 1}" if append else f"{f}:{k}" + (f":{col}" if col else "")
-        infill_mod.infill([spec], opts=RunOptions(), write=True, encoding=given_encoding,
-                          complete_fn=fixed(completion))
+        infill_mod.infill([spec], request=Request(), write=True, encoding=given_encoding, complete_fn=fixed(completion))
         assert f.read_bytes() == expected_bytes(bom, codec, lines, k, col, append, completion)
         assert os.listdir(folder) == ["f.txt"]
 
@@ -103,11 +102,11 @@ def test_only_the_completion_changes_a_file(case):
 def test_mixed_line_endings_stay_mixed(tmp_path):
     f = tmp_path / "a.py"
     f.write_bytes(b"x = 1\r\ny = 2\nz = 3\rdef f():\r\n    \n    return 1\n")
-    infill_mod.infill([f"{f}:5"], opts=RunOptions(), write=True, complete_fn=fixed("a = 1\n    b = 2"))
+    infill_mod.infill([f"{f}:5"], request=Request(), write=True, complete_fn=fixed("a = 1\n    b = 2"))
     # The insertion takes line 5's ending ("\n"); every other line keeps its own.
     assert f.read_bytes() == b"x = 1\r\ny = 2\nz = 3\rdef f():\r\n    a = 1\n    b = 2\n    return 1\n"
     f.write_bytes(b"a\nb\r\n\r\nc\n")
-    infill_mod.infill([f"{f}:3"], opts=RunOptions(), write=True, complete_fn=fixed("x\ny"))
+    infill_mod.infill([f"{f}:3"], request=Request(), write=True, complete_fn=fixed("x\ny"))
     assert f.read_bytes() == b"a\nb\r\nx\r\ny\r\nc\n"
 
 
@@ -117,7 +116,7 @@ def test_symlink_is_written_through_and_stays_a_link(tmp_path):
     real.write_bytes(b"x = \n")
     link = tmp_path / "link.py"
     link.symlink_to(real)
-    infill_mod.infill([f"{link}:1"], opts=RunOptions(), write=True, complete_fn=fixed("1"))
+    infill_mod.infill([f"{link}:1"], request=Request(), write=True, complete_fn=fixed("1"))
     assert link.is_symlink() and os.readlink(link) == str(real)
     assert real.read_bytes() == b"x = 1\n"
     assert sorted(p.name for p in real.parent.iterdir()) == ["code.py"]
@@ -127,11 +126,11 @@ def test_symlink_is_written_through_and_stays_a_link(tmp_path):
 def test_utf16_files(tmp_path, bom, codec):
     f = tmp_path / "a.py"
     f.write_bytes(bom + "é = \r\nz = 2\r\n".encode(codec))
-    infill_mod.infill([f"{f}:1"], opts=RunOptions(), write=True, encoding="utf-16", complete_fn=fixed("'ü'"))
+    infill_mod.infill([f"{f}:1"], request=Request(), write=True, encoding="utf-16", complete_fn=fixed("'ü'"))
     assert f.read_bytes() == bom + "é = 'ü'\r\nz = 2\r\n".encode(codec)
     # Without --encoding, a UTF-16 file is refused with a hint, not taken for binary.
     with pytest.raises(InputError, match="not valid utf-8"):
-        infill_mod.infill([f"{f}:1"], opts=RunOptions(), complete_fn=fixed("x"))
+        infill_mod.infill([f"{f}:1"], request=Request(), complete_fn=fixed("x"))
 
 
 def test_read_only_file_is_refused_unless_forced(tmp_path, capsys, tiny_gguf):
@@ -139,12 +138,12 @@ def test_read_only_file_is_refused_unless_forced(tmp_path, capsys, tiny_gguf):
     f.write_bytes(b"x = \n")
     f.chmod(0o444)
     with pytest.raises(ReadOnlyFileError):
-        infill_mod.infill([f"{f}:1"], opts=RunOptions(), write=True, complete_fn=fixed("1"))
+        infill_mod.infill([f"{f}:1"], request=Request(), write=True, complete_fn=fixed("1"))
     assert f.read_bytes() == b"x = \n"
     code = main(["infill", "-m", str(tiny_gguf), "--ctx", "256", "-n", "2", f"{f}:1", "--write"])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith(f"Error: {f} is read-only; nothing was written\nHint: ")
-    infill_mod.infill([f"{f}:1"], opts=RunOptions(), write=True, force=True, complete_fn=fixed("1"))
+    infill_mod.infill([f"{f}:1"], request=Request(), write=True, force=True, complete_fn=fixed("1"))
     assert f.read_bytes() == b"x = 1\n" and f.stat().st_mode & 0o777 == 0o444
 
 
@@ -167,7 +166,7 @@ def test_a_failure_before_any_rename_leaves_every_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(textfile, "stage", stage_then_disk_full)
     with pytest.raises(WriteError, match="No space left on device; no file was changed"):
-        infill_mod.infill([f"{f}:1" for f in files], opts=RunOptions(), write=True, complete_fn=fixed("1"))
+        infill_mod.infill([f"{f}:1" for f in files], request=Request(), write=True, complete_fn=fixed("1"))
     assert [f.read_bytes() for f in files] == [b"x = \n"] * 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f0.py", "f1.py", "f2.py"]
 
@@ -183,7 +182,7 @@ def test_a_failure_during_the_renames_names_what_was_written(tmp_path, monkeypat
 
     monkeypatch.setattr(os, "replace", replace)
     with pytest.raises(WriteError) as info:
-        infill_mod.infill([f"{f}:1" for f in files], opts=RunOptions(), write=True, complete_fn=fixed("1"))
+        infill_mod.infill([f"{f}:1" for f in files], request=Request(), write=True, complete_fn=fixed("1"))
     assert f"already written: {files[0]}" in info.value.message
     assert f"left as they were: {files[1]}, {files[2]}" in info.value.message
     assert [f.read_bytes() for f in files] == [b"x = 1\n", b"x = \n", b"x = \n"]
@@ -193,12 +192,12 @@ def test_a_failure_during_the_renames_names_what_was_written(tmp_path, monkeypat
 def test_a_file_changed_meanwhile_stops_every_write(tmp_path):
     files = _three_files(tmp_path)
 
-    def complete_and_edit(prefix, suffix, **kwargs):
+    def complete_and_edit(prefix, suffix, request):
         files[2].write_bytes(b"x = 'edited'\n")  # the user saves f2 while cg works
-        return fixed("1")(prefix, suffix)
+        return fixed("1")(prefix, suffix, request)
 
     with pytest.raises(StaleFileError, match=r"f2\.py changed on disk"):
-        infill_mod.infill([f"{f}:1" for f in files], opts=RunOptions(), write=True, complete_fn=complete_and_edit)
+        infill_mod.infill([f"{f}:1" for f in files], request=Request(), write=True, complete_fn=complete_and_edit)
     assert [f.read_bytes() for f in files] == [b"x = \n", b"x = \n", b"x = 'edited'\n"]
 
 
@@ -210,7 +209,7 @@ def test_temp_files_of_a_killed_run_are_removed_by_the_next(tmp_path):
     stale.write_bytes(b"half")
     live = tmp_path / f".a.py.{os.getpid()}.0123abcd.cg-tmp"  # a running writer's: kept
     live.write_bytes(b"busy")
-    infill_mod.infill([f"{f}:1"], opts=RunOptions(), write=True, complete_fn=fixed("1"))
+    infill_mod.infill([f"{f}:1"], request=Request(), write=True, complete_fn=fixed("1"))
     assert not stale.exists() and live.exists() and f.read_bytes() == b"x = 1\n"
 
 
@@ -230,7 +229,7 @@ def test_check_reads_any_encoding_and_skips_binary(tmp_path, capsys):
     utf16.write_bytes("x = 1\n# cg: fill\n".encode("utf-16"))
     binary = tmp_path / "blob.bin"
     binary.write_bytes(b"\x00\x01# cg: fill\n")
-    assert main(["infill", "--check", str(latin), str(utf16), str(binary)]) == 1
+    assert main(["check", str(latin), str(utf16), str(binary)]) == 1
     assert capsys.readouterr().out == f"{latin}:2\n{utf16}:2\n"
 
 
@@ -239,7 +238,7 @@ def test_marker_mode_passes_files_without_markers_unread(tmp_path):
     binary.write_bytes(b"\x00\x01\x02")
     latin = tmp_path / "latin.py"
     latin.write_bytes(b"caf\xe9 = 1\n")
-    assert infill_mod.infill([str(binary), str(latin)], opts=RunOptions(), write=True, complete_fn=fixed("1")) == []
+    assert infill_mod.infill([str(binary), str(latin)], request=Request(), write=True, complete_fn=fixed("1")) == []
     assert binary.read_bytes() == b"\x00\x01\x02" and latin.read_bytes() == b"caf\xe9 = 1\n"
 
 
@@ -265,7 +264,7 @@ def _diff_repo(tmp_path):
 
 def _diff_of(repo, rel, text, encoding="utf-8"):
     line = 1 if rel in {"bom.py", "latin.py"} else 2
-    [result] = infill_mod.infill([f"{repo / rel}:{line}"], opts=RunOptions(), encoding=encoding,
+    [result] = infill_mod.infill([f"{repo / rel}:{line}"], request=Request(), encoding=encoding,
                                  complete_fn=fixed(text))
     return result.diff(), result.source.render(result.edits)
 
@@ -298,7 +297,7 @@ def test_diff_paths_outside_a_repository(tmp_path, monkeypatch):
     f.parent.mkdir()
     f.write_bytes(b"x = \n")
     monkeypatch.chdir(tmp_path)
-    [result] = infill_mod.infill(["sub/a.py:1"], opts=RunOptions(), complete_fn=fixed("1"))
+    [result] = infill_mod.infill(["sub/a.py:1"], request=Request(), complete_fn=fixed("1"))
     assert result.diff().startswith(b"--- a/sub/a.py\n+++ b/sub/a.py\n")
-    [result] = infill_mod.infill([f"{f}:1"], opts=RunOptions(), complete_fn=fixed("1"))
+    [result] = infill_mod.infill([f"{f}:1"], request=Request(), complete_fn=fixed("1"))
     assert result.diff().startswith(b"--- a/sub/a.py\n")  # absolute, below the current folder

@@ -316,7 +316,7 @@ def test_no_url_shows_its_password(user, password, encode, api_key, tail):
 
 
 def test_run_options_repr_shows_no_key_or_server_password():
-    from cg.request import RunOptions
+    from cg.request import Request
 
-    shown = repr(RunOptions(server="http://alice:S3cr3tPw@127.0.0.1:1", api_key="k3y-s3cret"))
+    shown = repr(Request(server="http://alice:S3cr3tPw@127.0.0.1:1", api_key="k3y-s3cret"))
     assert "S3cr3tPw" not in shown and "k3y-s3cret" not in shown

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 import pytest
 
 from cg import infill as infill_mod
 from cg.cli import main
-from cg.complete import RunOptions
+from cg.complete import Request
 from cg.errors import InputError, StaleFileError, WriteError
 from cg.files import textfile
 
@@ -18,7 +19,7 @@ from .helpers import ID, NO_STOPS, run_cg, scripted
 @pytest.fixture()
 def run(tiny_opts, tiny_engine):
     def fill(specs, text="X = 1", **kw):
-        return infill_mod.infill(specs, opts=tiny_opts, logits_processor=scripted(tiny_engine, text), **kw)
+        return infill_mod.infill(specs, replace(tiny_opts, logits_processor=scripted(tiny_engine, text)), **kw)
 
     return fill
 
@@ -72,8 +73,8 @@ def test_check_exit_codes(tmp_path, capsys):
     clean, marked = tmp_path / "clean.py", tmp_path / "marked.py"
     clean.write_text("x = 1\n")
     marked.write_text("x = 1\n  # cg: fill\n")
-    assert main(["infill", "--check", str(clean)]) == 0
-    assert main(["infill", "--check", str(clean), str(marked)]) == 1
+    assert main(["check", str(clean)]) == 0
+    assert main(["check", str(clean), str(marked)]) == 1
     assert capsys.readouterr() == (f"{marked}:2\n", "")
 
 
@@ -115,15 +116,15 @@ def test_failure_during_generation_leaves_file_untouched(tmp_path, tiny_opts, ti
     f.write_bytes(b"a = \nb = \n")
     calls = []
 
-    def complete_then_interrupt(*args, **kwargs):
+    def complete_then_interrupt(*args):
         calls.append(1)
         if len(calls) == 2:
             raise KeyboardInterrupt  # Ctrl-C while the second target is generating
-        return complete(*args, **kwargs)
+        return complete(*args)
 
     with pytest.raises(KeyboardInterrupt):
-        infill_mod.infill([f"{f}:1", f"{f}:2"], opts=tiny_opts, write=True, complete_fn=complete_then_interrupt,
-                          logits_processor=scripted(tiny_engine, "1"))
+        infill_mod.infill([f"{f}:1", f"{f}:2"], request=replace(tiny_opts, logits_processor=scripted(tiny_engine, "1")),
+                          write=True, complete_fn=complete_then_interrupt)
     assert len(calls) == 2
     assert f.read_bytes() == b"a = \nb = \n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.py"]
@@ -133,8 +134,8 @@ def test_file_changed_on_disk_is_refused(tmp_path, run, tiny_engine, tiny_opts):
     f = tmp_path / "a.py"
     f.write_text("a = \n")
     src = textfile.read_source(f)
-    result = infill_mod.fill_file(src, [infill_mod.Target(f, 1)], tiny_opts,
-                                  logits_processor=scripted(tiny_engine, "1"))
+    result = infill_mod.fill_file(src, [infill_mod.Target(f, 1)],
+                                  replace(tiny_opts, logits_processor=scripted(tiny_engine, "1")))
     f.write_text("a = 'edited meanwhile'\n")
     with pytest.raises(StaleFileError):
         textfile.write_sources([(result.source, result.edits)])
@@ -156,7 +157,7 @@ def test_bad_input(tmp_path, tiny_opts, make, spec, match):
     if make is not None:
         f.write_bytes(make)
     with pytest.raises(InputError, match=match):
-        infill_mod.infill([spec.format(d=tmp_path, f=f)], opts=tiny_opts, write=True)
+        infill_mod.infill([spec.format(d=tmp_path, f=f)], request=tiny_opts, write=True)
     if make is not None:
         assert f.read_bytes() == make
 
@@ -180,8 +181,8 @@ def test_context_auto_picks_local_imports_in_order(tmp_path, tiny_opts, tiny_eng
 
     found = [p.relative_to(tmp_path).as_posix() for p in local_imports(main_py)]
     assert found == ["models.py", "pkg/__init__.py", "pkg/util.py"]
-    res = infill_mod.infill([f"{main_py}:5"], opts=tiny_opts, context="auto",
-                            logits_processor=scripted(tiny_engine, "1"))
+    res = infill_mod.infill([f"{main_py}:5"], request=replace(tiny_opts, logits_processor=scripted(tiny_engine, "1")),
+                            context="auto")
     prompt = res[0].filled[0].completion.prompt_ids
     t = tiny_engine.tokenize_text
     chunk = {rel: [*t(f"{rel}\n{(tmp_path / rel).read_text()}"), ID["fim_sep"]] for rel in found}
@@ -189,8 +190,9 @@ def test_context_auto_picks_local_imports_in_order(tmp_path, tiny_opts, tiny_eng
     expected = [2, *chunk["pkg/util.py"], *chunk["pkg/__init__.py"], *chunk["models.py"], *t("main.py\n"), 67]
     assert prompt[:prompt.index(67) + 1] == expected
     # A small budget keeps only whole files that fit.
-    small = RunOptions(**{**tiny_opts.__dict__, "n_ctx": 256, "max_tokens": 200})
-    res = infill_mod.infill([f"{main_py}:5"], opts=small, context="auto", logits_processor=scripted(tiny_engine, "1"))
+    small = Request(**{**tiny_opts.__dict__, "n_ctx": 256, "max_tokens": 200})
+    res = infill_mod.infill([f"{main_py}:5"], request=replace(small, logits_processor=scripted(tiny_engine, "1")),
+                            context="auto")
     assert len(res[0].filled[0].completion.prompt_ids) + 200 <= 256
     assert res[0].filled[0].completion.prompt_ids.count(ID["fim_sep"]) < 3
 

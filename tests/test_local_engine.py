@@ -11,12 +11,13 @@ import select
 import subprocess
 import sys
 import time
+from unittest import mock
 
 import pytest
 
 from cg import complete as complete_mod
 from cg.cli import main
-from cg.complete import RunOptions, complete
+from cg.complete import Request, complete
 from cg.engine import decode
 from cg.engine import factory as engines
 from cg.engine.local import engine as engine_mod
@@ -81,16 +82,16 @@ def long_file(lines: int = 600) -> tuple[str, str]:
 
 def test_the_prompt_window_on_the_cpu(tiny_gguf, capsys):
     prefix, suffix = long_file()
-    opts = RunOptions(model=str(tiny_gguf), n_ctx=8192, max_tokens=4, logit_bias={1: -100.0})
-    narrow = complete(prefix, suffix, opts=opts)
+    opts = Request(model=str(tiny_gguf), n_ctx=8192, max_tokens=4, logit_bias={1: -100.0})
+    narrow = complete(prefix, suffix, request=opts)
     # Whole stretches of 16 lines (about 150 tokens here) above and below: stable, a little short.
     assert 2048 - 2 * 160 <= narrow.prompt_tokens <= 2048
     note = capsys.readouterr().err
     assert note.startswith("Note: the 2048-token prompt window left out ") and "--max-prompt-tokens" in note
-    wide = complete(prefix, suffix, opts=RunOptions(**{**opts.__dict__, "max_prompt_tokens": 6000}))
+    wide = complete(prefix, suffix, request=Request(**{**opts.__dict__, "max_prompt_tokens": 6000}))
     assert 2048 < wide.prompt_tokens <= 6000
     # Once per process: a second narrow completion says nothing more.
-    complete(prefix, suffix, opts=opts)
+    complete(prefix, suffix, request=opts)
     assert capsys.readouterr().err == ""
 
 
@@ -110,7 +111,10 @@ def test_prompt_evaluation_in_batches_reports_progress_and_changes_nothing(bundl
     eng = engine_mod.load(bundled_gguf, n_ctx=2048, n_threads=2)
     prompt = [eng.info.bos, *eng.tokenize_text(long_file(90)[0])][:700]
     seen: list[tuple[int, int]] = []
-    ours = [e.token for e in decode(eng, prompt, max_tokens=12, on_prompt=lambda d, t: seen.append((d, t)))]
+    indicator = mock.patch("cg.engine.decode.PromptIndicator.update", lambda _self, d, t: seen.append((d, t)))
+    with indicator:
+        events = decode(eng, prompt, Request(max_tokens=12))
+        ours = [e.token for e in events if e.token is not None]
     assert seen == [(128 * k, len(prompt)) for k in range(1, (len(prompt) - 1) // 128 + 1)]
     direct = llama_cpp.Llama(model_path=str(bundled_gguf), n_ctx=2048, n_threads=2, n_ubatch=128, verbose=False)
     theirs = []

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from cg import report
 from cg.cli import main
 from cg.engine.local import engine as engine_mod
 from cg.models import store
-from cg.prompt import build as prompts
 
 from .helpers import NO_STOPS, run_cg
 
@@ -34,7 +34,7 @@ def test_concurrent_registrations_are_all_kept(tmp_path):
     home = tmp_path / "home"
     code = textwrap.dedent("""
         import sys
-        from cg import store
+        from cg.models import store
         for i in range(25):
             store.register(store.ModelRecord(name=f"m{sys.argv[1]}-{i}", path=f"/x/{sys.argv[1]}-{i}.gguf"))
     """)
@@ -220,7 +220,7 @@ def test_every_allowed_context_size_works(ctx, capsys, tiny_gguf):
     assert made >= ctx and made % engine_mod.CTX_STEP == 0
     long_prefix = "x = 1\n" * 400
     for command in (["complete", "--prefix", long_prefix], ["generate", long_prefix]):
-        prompts._said.clear()  # the note is said once per process
+        report.forget()  # the note is said once per process
         code = main([*command, "-m", str(tiny_gguf), "--ctx", str(ctx), "-n", "3", *NO_STOPS])
         err = capsys.readouterr().err
         assert code == 0, err

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from cg.cli import main
-from cg.complete import RunOptions, complete
+from cg.complete import Request, complete
 
 from .helpers import ID, NO_STOPS, NO_STOPS_BIAS, run_cg, variant_gguf
 from .servers import JsonHandler, free_port, llama_server_binary, start_llama_server, start_vllm
@@ -73,19 +73,19 @@ def served(request):
     return server.url + ("/v1" if request.param == "llama-v1" else "")
 
 
-def local(tiny_gguf, **kw) -> RunOptions:
-    return RunOptions(**{"model": str(tiny_gguf), "n_ctx": 1024, "max_tokens": 24, "quiet": True, **kw})
+def local(tiny_gguf, **kw) -> Request:
+    return Request(**{"model": str(tiny_gguf), "n_ctx": 1024, "max_tokens": 24, "quiet": True, **kw})
 
 
-def remote(url: str, **kw) -> RunOptions:
-    return RunOptions(**{"server": url, "n_ctx": 1024, "max_tokens": 24, "quiet": True, **kw})
+def remote(url: str, **kw) -> Request:
+    return Request(**{"server": url, "n_ctx": 1024, "max_tokens": 24, "quiet": True, **kw})
 
 
 @pytest.mark.parametrize("bias", [NO_STOPS_BIAS, None])
 def test_the_same_completion_as_the_local_engine(served, tiny_gguf, bias):
     for prefix, suffix in CASES:
-        here = complete(prefix, suffix, opts=local(tiny_gguf, logit_bias=bias))
-        there = complete(prefix, suffix, opts=remote(served, logit_bias=bias))
+        here = complete(prefix, suffix, request=local(tiny_gguf, logit_bias=bias))
+        there = complete(prefix, suffix, request=remote(served, logit_bias=bias))
         assert there.prompt_ids == here.prompt_ids
         assert (there.text, there.stop_reason, there.completion_tokens) == \
                (here.text, here.stop_reason, here.completion_tokens)
@@ -114,21 +114,21 @@ def test_the_file_separator_a_bare_server_runs_past_is_a_stop(leaky_server, vllm
     """Pushed towards <|file_separator|> (--logit-bias 70=+4, the other stops banned), the bare servers go
     on past it; cg stops there."""
     bias = {**NO_STOPS_BIAS, ID["fim_sep"]: 4.0}
-    opts = RunOptions(model=str(leaky_gguf), n_ctx=1024, max_tokens=24, quiet=True, logit_bias=bias)
-    here = complete(*CASES[0], opts=opts)
+    opts = Request(model=str(leaky_gguf), n_ctx=1024, max_tokens=24, quiet=True, logit_bias=bias)
+    here = complete(*CASES[0], request=opts)
     assert here.stop_reason == "stop_token"
     tokens = _raw_llama(leaky_server.url, here.prompt_ids, bias)
     assert ID["fim_sep"] in tokens and tokens.index(ID["fim_sep"]) < len(tokens) - 1  # ran on past it
     text = _raw_vllm(vllm_server.url, str(tiny_ckpt), here.prompt_ids, bias)
     assert text.count("<|file_separator|>") > 1  # ran on past the first one
     for url in (leaky_server.url, leaky_server.url + "/v1", vllm_server.url):
-        there = complete(*CASES[0], opts=remote(url, logit_bias=bias))
+        there = complete(*CASES[0], request=remote(url, logit_bias=bias))
         assert (there.text, there.stop_reason) == (here.text, "stop_token")
 
 
 def test_sentinel_text_in_code_stays_text(served, tiny_gguf):
     code = "s = '<|fim_middle|><|fim_prefix|><|file_separator|>'\n"
-    there = complete(code, "print(s)\n", opts=remote(served, max_tokens=1))
+    there = complete(code, "print(s)\n", request=remote(served, max_tokens=1))
     ids = there.prompt_ids
     assert ids.count(ID["fim_pre"]) == ids.count(ID["fim_suf"]) == ids.count(ID["fim_mid"]) == 1
     assert ID["fim_sep"] not in ids and ids.count(ID["bos"]) == 1
@@ -472,7 +472,7 @@ def test_cg_serve_as_the_gateway_in_front_of_a_server(leaky_server, leaky_gguf, 
     bias = {**NO_STOPS_BIAS, ID["fim_sep"]: 4.0}
     body = {"input_prefix": CASES[0][0], "input_suffix": CASES[0][1], "n_predict": 24,
             "logit_bias": [[t, b] for t, b in bias.items()]}
-    here = complete(*CASES[0], opts=local(leaky_gguf, logit_bias=bias))
+    here = complete(*CASES[0], request=local(leaky_gguf, logit_bias=bias))
     assert here.stop_reason == "stop_token"
     assert _infill(leaky_server.url, {**body, "temperature": 0})["stop_type"] == "limit"  # ran past it
     port = free_port()

@@ -13,6 +13,7 @@ import sys
 import click
 import typer
 
+from cg import settings
 from cg.cli import (
     generation,  # noqa: F401  (defining the commands registers them)
     manage,  # noqa: F401  (defining the commands registers them)
@@ -76,14 +77,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         command = typer.main.get_command(app)
         rc = command.main(args=argv, prog_name="cg", standalone_mode=False)
-        if rc == 130:  # Typer turns Ctrl-C into a silent Exit(130)
-            return _fail("interrupted", "", 130)
+        if rc == interrupts.INTERRUPTED:  # Typer turns Ctrl-C into a silent Exit(130)
+            return report_signal(KeyboardInterrupt())
         return rc if isinstance(rc, int) else 0  # click returns typer.Exit's code here
     except PipeClosed:
         _silence_stdout()
         return 0
     except ReportedError as exc:
-        if os.environ.get("CG_DEBUG") == "1":
+        if settings.debug():
             raise
         return _fail(exc.message, exc.hint, exit_code(exc))
     except no_args_is_help as exc:
@@ -96,11 +97,11 @@ def main(argv: list[str] | None = None) -> int:
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except (KeyboardInterrupt, click.exceptions.Abort):
-        return _fail("interrupted", "", 130)
+        return report_signal(KeyboardInterrupt())
     except interrupts.Terminated as exc:
         return report_signal(exc)
     except Exception as exc:  # the funnel: no traceback unless asked for
-        if os.environ.get("CG_DEBUG") == "1":
+        if settings.debug():
             raise
         return _fail(f"{type(exc).__name__}: {exc}", "Run again with CG_DEBUG=1 for the traceback.", 1)
 

@@ -18,7 +18,7 @@ import typer
 from cg.errors import InputError, UsageError
 
 if TYPE_CHECKING:
-    from cg.complete import Event
+    from cg.engine import Event
 
 app = typer.Typer(
     name="cg",
@@ -142,14 +142,11 @@ def end_line() -> None:
 
 def emit(events: Iterator[Event], as_json: bool) -> None:
     """Write final text as it arrives (stdout gets exactly the text), or one JSON object."""
-    parts = []
     for event in events:
-        parts.append(event.text)
         if event.text and not as_json:
             write_result(event.text)
-        if event.result is not None and as_json:
-            event.result.text = "".join(parts)
-            write_result(json.dumps(event.result.to_json(), ensure_ascii=False) + "\n")
-    text = "".join(parts)
-    if not as_json and text and not text.endswith("\n"):
-        end_line()
+        if event.result is not None:
+            if as_json:
+                write_result(json.dumps(event.result.to_json(), ensure_ascii=False) + "\n")
+            elif event.result.text and not event.result.text.endswith("\n"):
+                end_line()

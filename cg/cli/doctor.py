@@ -11,14 +11,10 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
+from cg import settings
 from cg.engine.remote.client import display_url, open_server
 from cg.errors import UsageError
 from cg.models import store
-
-ENV_SETTINGS = ("CG_HOME", "CG_MODEL", "CG_GPU_LAYERS", "CG_MAX_PROMPT_TOKENS", "CG_PROMPT_CACHE",
-                "CG_PROMPT_CACHE_MB", "CG_SERVER", "CG_SERVER_TIMEOUT", "CG_API_KEY", "CG_LLAMA_SERVER", "CG_DEBUG")
-_SECRET = ("CG_API_KEY",)
-_URLS = ("CG_SERVER",)  # may hold user:password@
 
 
 @dataclass
@@ -113,14 +109,13 @@ def _home(report: Report) -> Path:
 
 
 def _cache(report: Report, home: Path) -> None:
-    from cg.engine.local import prompt_cache
-
+    limit, on = "?", True
     try:
-        limit = f"{prompt_cache.limit_bytes() / 2**20:.0f} MiB"
-    except Exception as exc:
-        report.problem(str(getattr(exc, "message", exc)), "Set CG_PROMPT_CACHE_MB to a number of MiB, e.g. 1024.")
-        limit = "?"
-    state = "on" if prompt_cache.enabled() else "off (CG_PROMPT_CACHE=0)"
+        limit = f"{settings.prompt_cache_bytes() / 2**20:.0f} MiB"
+        on = settings.prompt_cache_on()
+    except UsageError as exc:
+        report.problem(exc.message, exc.hint)
+    state = "on" if on else "off (CG_PROMPT_CACHE=0)"
     report.add("prompt cache", f"{state}, {_size(home / 'prompt-cache') / 2**20:.0f} MiB of {limit}")
 
 
@@ -139,40 +134,33 @@ def _models(report: Report) -> None:
     names = [f"{'*' if chosen and chosen.name == r.name else ''}{r.name} ({r.quant or '-'}, {r.size / 2**20:.0f} MiB)"
              for r in records]
     report.add("models", ", ".join(names) if names else "none installed")
-    env_model = os.environ.get("CG_MODEL")
+    env_model = settings.text(settings.MODEL)
     default = (f"{env_model} (CG_MODEL)" if env_model else chosen.name if chosen
                else f"{store.BUNDLED_NAME} (bundled; cg download codegemma-2b for CodeGemma)")
     report.add("default model", default)
 
 
 def _settings(report: Report) -> None:
-    found = [f"{k}={_shown(k, os.environ[k])}" for k in ENV_SETTINGS if os.environ.get(k)]
+    found = [f"{v.name}={_shown(v, value)}" for v in settings.VARIABLES if (value := settings.text(v))]
     report.add("settings", " ".join(found) if found else "none (CG_* variables unset)")
-    if os.environ.get("CG_SERVER"):
+    server = settings.text(settings.SERVER)
+    checks = [lambda: open_server(server, settings.text(settings.API_KEY)) if server else None,
+              lambda: settings.integer(settings.GPU_LAYERS, -1),
+              lambda: settings.integer(settings.MAX_PROMPT_TOKENS, 16), settings.exact_reuse, settings.server_timeout]
+    for check in checks:
         try:
-            open_server(os.environ["CG_SERVER"], os.environ.get("CG_API_KEY"))
+            check()
         except UsageError as exc:
             report.problem(exc.message, exc.hint)
-    for key, low in (("CG_GPU_LAYERS", -1), ("CG_MAX_PROMPT_TOKENS", 16)):
-        value = os.environ.get(key)
-        if value is not None and not _is_int_at_least(value, low):
-            report.problem(f"{key}={value!r} is not a whole number of at least {low}", f"Unset {key} or fix it.")
 
 
-def _shown(key: str, value: str) -> str:
+def _shown(var: settings.Variable, value: str) -> str:
     """A setting's value as the report shows it: never a key, nor a password in a server's URL."""
-    return "***" if key in _SECRET else display_url(value) if key in _URLS else value
-
-
-def _is_int_at_least(value: str, low: int) -> bool:
-    try:
-        return int(value) >= low
-    except ValueError:
-        return False
+    return "***" if var.secret else display_url(value) if var.url else value
 
 
 def _token(report: Report) -> None:
-    source = "HF_TOKEN" if os.environ.get("HF_TOKEN") else None
+    source = "HF_TOKEN" if settings.text(settings.HF_TOKEN) else None
     if source is None:
         try:
             from huggingface_hub import get_token

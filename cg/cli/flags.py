@@ -1,7 +1,7 @@
 """Command-line options, each declared once with its default from the library.
 
 `model_options` gives every command that runs a model the same options (model, context, where
-it runs, sampling, limits, output noise) and hands the command one RunOptions built from them,
+it runs, sampling, limits, output noise) and hands the command one Request built from them,
 as simonw/llm's option decorators do. A command that declares one of them itself (eval's
 --max-tokens has its own default) keeps its own; a new shared option is one entry in SHARED.
 """
@@ -21,13 +21,14 @@ from typing import Annotated, Any, TypeVar
 import click
 import typer
 
-from cg.engine import Sampling
-from cg.engine.local.engine import CTX_STEP
-from cg.engine.remote.apis import Api
+from cg import settings
 from cg.errors import UsageError
-from cg.request import DEFAULT_CTX, DEFAULT_MAX_TOKENS, SPLICE_BY_DEFAULT, RunOptions
+from cg.request import Api, Request, Sampling
+from cg.settings import CTX_STEP, DEFAULT_CTX, DEFAULT_MAX_TOKENS, SPLICE_BY_DEFAULT
+from cg_core.tokens import BY_NAME
 
 F = TypeVar("F", bound=Callable[..., Any])
+_BAN_EXAMPLE = f"--logit-bias {BY_NAME['fim_sep'].codegemma_id}=-100"  # <|file_separator|> banned
 
 
 class FiniteFloat(click.ParamType):  # type: ignore[type-arg]  # generic in newer Clicks only
@@ -71,14 +72,14 @@ def _float_option(*names: str, low: float | None = None, high: float | None = No
 
 # Options some commands share without running a model, or with a meaning of their own.
 ModelOpt = Annotated[str | None, typer.Option("--model", "-m",
-                                              help="GGUF path or installed model name (env CG_MODEL).")]
+                                              help=f"GGUF path or installed model name (env {settings.MODEL.name}).")]
 CtxOpt = Annotated[int, int_option("--ctx", min=64, help=f"Context size in tokens (llama.cpp rounds it up to a "
                                                          f"multiple of {CTX_STEP}).")]
 ThreadsOpt = Annotated[int | None, int_option("--threads", "-t", min=1, help="CPU threads (default: all cores).")]
 GpuLayersOpt = Annotated[int | None, int_option(
-    "--gpu-layers", "-ngl", envvar="CG_GPU_LAYERS", min=-1,
+    "--gpu-layers", "-ngl", envvar=settings.GPU_LAYERS.name, min=-1,
     help="Layers to run on the GPU (-1: all). Default: all when llama.cpp has a GPU backend, else 0.")]
-ApiKeyOpt = Annotated[str | None, typer.Option("--api-key", envvar="CG_API_KEY", help="The server's API key.")]
+ApiKeyOpt = Annotated[str | None, typer.Option("--api-key", envvar=settings.API_KEY.name, help="The server's API key.")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", help="Show llama.cpp's log on stderr.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No warnings or notes on stderr.")]
 MaxTokensOpt = Annotated[int, int_option("--max-tokens", "-n", min=1, help="Most tokens to generate.")]
@@ -98,7 +99,7 @@ class Shared:
     name: str
     annotation: Any
     default: Any
-    field: str  # the RunOptions field, or "sampling.<field>"
+    field: str  # the Request field, or "sampling.<field>"
 
 
 SAMPLING = Sampling()
@@ -108,11 +109,13 @@ SHARED = (
     Shared("threads", ThreadsOpt, None, "threads"),
     Shared("gpu_layers", GpuLayersOpt, None, "gpu_layers"),
     Shared("max_prompt_tokens", Annotated[int | None, int_option(
-        "--max-prompt-tokens", envvar="CG_MAX_PROMPT_TOKENS", min=16,
-        help="Most prompt tokens. Default: 2048 when the model runs on the CPU, else the whole context.")],
+        "--max-prompt-tokens", envvar=settings.MAX_PROMPT_TOKENS.name, min=16,
+        help=f"Most prompt tokens. Default: {settings.CPU_WINDOW} when the model runs on the CPU, else the whole "
+             "context.")],
         None, "max_prompt_tokens"),
     Shared("server", Annotated[str | None, typer.Option(
-        "--server", envvar="CG_SERVER", help="Run on this llama-server or OpenAI-compatible server (URL) instead.")],
+        "--server", envvar=settings.SERVER.name,
+        help="Run on this llama-server or OpenAI-compatible server (URL) instead.")],
         None, "server"),
     Shared("server_api", Annotated[Api | None, typer.Option(
         "--server-api", case_sensitive=False,
@@ -135,23 +138,21 @@ SHARED = (
     Shared("logit_bias", Annotated[list[str] | None, typer.Option(
         "--logit-bias", help="TOKEN_ID=BIAS added to a token's logit (repeatable).")], None, "logit_bias"),
     Shared("exact", Annotated[bool, typer.Option(
-        "--exact", envvar="CG_EXACT", help="Reuse earlier prompts only where the result is bit for bit a fresh "
-                                           "run's: no reuse after a change" + (" (the default)." if not
-                                                                               SPLICE_BY_DEFAULT else ".")
+        "--exact", help="Reuse earlier prompts only where the result is bit for bit a fresh run's: no reuse after "
+                        f"a change (env {settings.EXACT.name})" + (" (the default)." if not SPLICE_BY_DEFAULT else ".")
     )], False, "exact"),
     Shared("splice", Annotated[bool, typer.Option(
-        "--splice", envvar="CG_SPLICE", help="Also reuse what follows a change in an earlier prompt: faster, close "
-                                             "to a fresh run but not bit for bit" + (" (the default)." if
-                                             SPLICE_BY_DEFAULT else "; README: Prompt reuse.")
-    )],
-           False, "splice"),
+        "--splice", help="Also reuse what follows a change in an earlier prompt: faster, close to a fresh run but "
+                         f"not bit for bit (env {settings.SPLICE.name})" + (" (the default)." if SPLICE_BY_DEFAULT
+                                                                            else "; README: Prompt reuse.")
+    )], False, "splice"),
     Shared("verbose", VerboseOpt, False, "verbose"),
     Shared("quiet", QuietOpt, False, "quiet"),
 )
 
 
 def model_options(command: F) -> F:
-    """Add SHARED to a command's options; the command gets them as `run: RunOptions`."""
+    """Add SHARED to a command's options; the command gets them as `run: Request`."""
     own = [p for name, p in inspect.signature(command, eval_str=True).parameters.items() if name != "run"]
     taken = {p.name for p in own}
     shared = [s for s in SHARED if s.name not in taken]
@@ -160,7 +161,7 @@ def model_options(command: F) -> F:
 
     @functools.wraps(command)
     def wrapper(**values: Any) -> Any:
-        given = _command_line_wins({s.name: values.pop(s.name) for s in shared}, ("exact", "splice"))
+        given = {s.name: values.pop(s.name) for s in shared}
         return command(**values, run=run_options(given, as_json=bool(values.get("as_json"))))
 
     wrapper.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
@@ -168,18 +169,10 @@ def model_options(command: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _command_line_wins(given: dict[str, Any], rivals: tuple[str, str]) -> dict[str, Any]:
-    """Two flags that exclude each other, one from the environment (CG_SPLICE=1 in a shell's
-    profile) and one on the command line: the command line's holds, the other is dropped."""
-    ctx = click.get_current_context(silent=True)
-    if ctx is None or not all(given.get(name) for name in rivals):
-        return given
-    env = [name for name in rivals if ctx.get_parameter_source(name) is click.core.ParameterSource.ENVIRONMENT]
-    return {**given, env[0]: False} if len(env) == 1 else given
-
-
-def run_options(given: dict[str, Any], *, as_json: bool = False) -> RunOptions:
-    """RunOptions from the shared options' values (those a command left out keep their defaults)."""
+def run_options(given: dict[str, Any], *, as_json: bool = False) -> Request:
+    """The Request from the shared options' values (those a command left out keep their
+    defaults; what neither gives, the environment decides when the request is resolved: a flag
+    on the command line beats CG_EXACT / CG_SPLICE)."""
     run: dict[str, Any] = {"prompt_cache": True}
     sampling: dict[str, Any] = {}
     for s in SHARED:
@@ -194,10 +187,10 @@ def run_options(given: dict[str, Any], *, as_json: bool = False) -> RunOptions:
     splice = run.pop("splice", False)
     if splice and run.get("exact"):
         raise UsageError("--exact and --splice contradict each other", "Pass one of them (or CG_EXACT / CG_SPLICE).")
-    run["exact"] = run.get("exact", False) or not (splice or SPLICE_BY_DEFAULT)
-    run["server"] = run.get("server") or None
+    run["exact"] = True if run.get("exact") else False if splice else None
     run["progress"] = not run.get("quiet") and not as_json and sys.stderr.isatty()
-    return RunOptions(**run, sampling=dataclasses.replace(SAMPLING, **sampling))
+    request = Request(**run, sampling=dataclasses.replace(SAMPLING, **sampling))
+    return request.resolved()  # a bad CG_* value is an error before any model loads
 
 
 def parse_bias(items: list[str]) -> dict[int, float] | None:
@@ -209,10 +202,10 @@ def parse_bias(items: list[str]) -> dict[int, float] | None:
                 raise ValueError(item)
             bias[int(token)] = float(value)
         except ValueError:
-            raise UsageError(f"--logit-bias {item!r} is not TOKEN_ID=BIAS", "Example: --logit-bias 70=-100") from None
+            raise UsageError(f"--logit-bias {item!r} is not TOKEN_ID=BIAS", f"Example: {_BAN_EXAMPLE}") from None
         if not math.isfinite(bias[int(token)]):
             raise UsageError(f"--logit-bias {item!r}: the bias must be a finite number",
-                             "Example: --logit-bias 70=-100 (a large negative bias bans a token).")
+                             f"Example: {_BAN_EXAMPLE} (a large negative bias bans a token).")
     return bias or None
 
 

@@ -3,19 +3,20 @@ infill fills without running anything."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from cg import report
 from cg.cli.app import app, emit, read_stdin, read_text, refuse_stdin, write_result
 from cg.errors import UsageError
-from cg.prompt.build import note
-from cg.request import GENERATE_MAX_TOKENS, RunOptions
+from cg.request import Request
+from cg.settings import DEFAULT_MARKER, GENERATE_MAX_TOKENS
 
 if TYPE_CHECKING:
     from cg.infill import FileResult, Filled
@@ -55,7 +56,7 @@ def complete(
     stop: StopOpt = None,
     as_json: JsonOpt = False,
     *,
-    run: RunOptions,
+    run: Request,
 ) -> None:
     """Fill in the middle. Input: --prefix/--suffix, files, or stdin split at <CURSOR>.
 
@@ -65,25 +66,26 @@ def complete(
 
     pre, suf = _complete_input(prefix, suffix, prefix_file, suffix_file, marker, run)
     ctx_files = _context_files(context or [], path, pre + suf, run)
-    events = stream_complete(pre, suf, opts=run, path=path, context=ctx_files, spm=spm, max_lines=max_lines,
-                             single_line=single_line, require_fim=require_fim, stop=stop or (), block_stop=block_stop)
-    emit(events, as_json)
+    request = replace(run, path=path, context=ctx_files, spm=spm, max_lines=max_lines, single_line=single_line,
+                      require_fim=require_fim, stop=tuple(stop or ()), block_stop=block_stop)
+    emit(stream_complete(pre, suf, request), as_json)
 
 
-def _context_files(context: list[Path], path: str | None, text: str, run: RunOptions) -> list[tuple[str, str]]:
+def _context_files(context: list[Path], path: str | None, text: str, run: Request) -> list[tuple[str, str]]:
     """--context FILE... as given, or `auto`: the local files that --path's code imports (as
     cg infill's --context auto, named as infill names them)."""
     from cg.files import repo_context
     from cg.infill import header_path
 
     if [str(c) for c in context] == [repo_context.AUTO]:
-        found = repo_context.auto_context(Path(path) if path else None, text, lambda said: note(run, said))
+        found = repo_context.auto_context(Path(path) if path else None, text,
+                                          lambda said: report.note(said, quiet=run.quiet))
         return [(header_path(f), body) for f, body in found]
     return [(str(f), body) for f, body in repo_context.named_context(context)]
 
 
 def _complete_input(prefix: str | None, suffix: str | None, prefix_file: Path | None, suffix_file: Path | None,
-                    marker: str, run: RunOptions) -> tuple[str, str]:
+                    marker: str, run: Request) -> tuple[str, str]:
     if prefix is not None and prefix_file is not None:
         raise UsageError("--prefix and --prefix-file both given", "Use one of them.")
     if suffix is not None and suffix_file is not None:
@@ -101,15 +103,16 @@ def _complete_input(prefix: str | None, suffix: str | None, prefix_file: Path | 
     return pre or "", suf or ""
 
 
-def _say_markers(text: str, marker: str, run: RunOptions) -> None:
+def _say_markers(text: str, marker: str, run: Request) -> None:
     """Input without the cursor marker, or with several, works: but never silently."""
     count = text.count(marker)
     if count == 0 and text.strip():
         found = re.search(re.escape(marker), text, re.IGNORECASE)
         mistyped = f" (found {found.group()!r}: the marker is case-sensitive)" if found else ""
-        note(run, f"no {marker} in the input{mistyped}: completing after the end")
+        report.note(f"no {marker} in the input{mistyped}: completing after the end", quiet=run.quiet)
     elif count > 1:
-        note(run, f"{count} {marker} markers in the input: the first is the cursor, the others stay as text")
+        report.note(f"{count} {marker} markers in the input: the first is the cursor, the others stay as text",
+                    quiet=run.quiet)
 
 
 @app.command()
@@ -126,7 +129,7 @@ def generate(
         "--max-tokens", "-n", min=1, help=f"Most tokens to generate (default {GENERATE_MAX_TOKENS}; given, the answer "
                                           "no longer ends after one definition).")] = None,
     *,
-    run: RunOptions,
+    run: Request,
 ) -> None:
     """Generate code from a prompt (instruction models answer it, base models continue it)."""
     from cg.complete import stream_generate
@@ -134,10 +137,9 @@ def generate(
     if prompt is not None:
         refuse_stdin("a prompt argument")
     text = prompt if prompt is not None else read_stdin()
-    run = dataclasses.replace(run, max_tokens=max_tokens or GENERATE_MAX_TOKENS)
-    events = stream_generate(text, raw=raw, opts=run, chat=chat, stop=stop or (),
-                             one_definition=None if max_tokens is None else False)
-    emit(events, as_json)
+    request = replace(run, max_tokens=max_tokens or GENERATE_MAX_TOKENS, raw=raw, chat=chat, stop=tuple(stop or ()),
+                      one_definition=None if max_tokens is None else False)
+    emit(stream_generate(text, request), as_json)
 
 
 @app.command()
@@ -147,10 +149,8 @@ def infill(
         metavar="FILE[:LINE[:COL]]...", help="FILE:LINE[:COL] positions, or FILEs whose marker lines to fill.")],
     write: Annotated[bool, typer.Option("--write", "-w", help="Insert the completions into the files.")] = False,
     diff: Annotated[bool, typer.Option("--diff", help="Print a unified diff (for git apply / patch -p1).")] = False,
-    check_only: Annotated[bool, typer.Option("--check", hidden=True, help="The same as `cg check`.")] = False,
-    null: Annotated[bool, typer.Option("--null", "-z", hidden=True, help="With --check: as `cg check -z`.")] = False,
     force: Annotated[bool, typer.Option("--force", help="With --write: replace read-only files too.")] = False,
-    marker: MarkerOpt = "cg: fill",
+    marker: MarkerOpt = DEFAULT_MARKER,
     encoding: EncodingOpt = "utf-8",
     context: Annotated[list[str] | None, typer.Option(
         "--context", "-c", help="Context FILE (repeatable), or 'auto' for the local imports.")] = None,
@@ -160,7 +160,7 @@ def infill(
     block_stop: BlockStopOpt = True,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per target.")] = False,
     *,
-    run: RunOptions,
+    run: Request,
 ) -> None:
     """Fill positions or marker comments (`# cg: fill`) in files; for scripts and git hooks.
 
@@ -169,15 +169,13 @@ def infill(
     """
     from cg import infill as infill_mod
 
-    if check_only:  # `cg infill --check` from before `cg check` existed
-        check(targets, null=null, marker=marker, encoding=encoding)
-        return
     if diff and as_json:
         raise UsageError("--diff and --json both given: each is a whole output", "Use one of them.")
     ctx_arg = "auto" if context == ["auto"] else [Path(c) for c in context or []]
-    results = infill_mod.infill(targets, opts=run, write=write, force=force, marker=marker, encoding=encoding,
-                                context=ctx_arg, max_lines=max_lines, single_line=single_line, block_stop=block_stop,
-                                require_fim=require_fim)
+    request = replace(run, max_lines=max_lines, single_line=single_line, block_stop=block_stop,
+                      require_fim=require_fim)
+    results = infill_mod.infill(targets, request, write=write, force=force, marker=marker, encoding=encoding,
+                                context=ctx_arg)
     filled = [f for r in results for f in r.filled]
     if as_json:
         for f in filled:
@@ -211,12 +209,13 @@ def _line_ended(text: str) -> str:
     return text + "\n" if text and not text.endswith("\n") else text
 
 
-def _say_filled(result: FileResult, run: RunOptions) -> None:
+def _say_filled(result: FileResult, run: Request) -> None:
     markers = sum(f.target.marker for f in result.filled)
     places = [f"{result.source.path}:{f.target.line}" for f in result.filled if not f.target.marker]
     what = ([f"{markers} marker{'s' if markers != 1 else ''} in {result.source.path}"] if markers else []) + places
     changed = result.source.apply(result.edits) != result.source.text
-    note(run, ("filled " if changed else "nothing to write (the completions are empty): ") + ", ".join(what))
+    report.note(("filled " if changed else "nothing to write (the completions are empty): ") + ", ".join(what),
+                quiet=run.quiet)
 
 
 @app.command()
@@ -225,7 +224,7 @@ def check(
         metavar="[FILE]...", help="Files to look for marker lines in (none: nothing to check, exit 0).")] = None,
     null: Annotated[bool, typer.Option("--null", "-z", help="List each marked FILE once, NUL-terminated (for "
                                                             "xargs -0, mapfile -d '').")] = False,
-    marker: MarkerOpt = "cg: fill",
+    marker: MarkerOpt = DEFAULT_MARKER,
     encoding: EncodingOpt = "utf-8",
 ) -> None:
     """Exit 1 and list FILE:LINE for every marker comment left (`# cg: fill`); loads no model,

@@ -10,12 +10,13 @@ from typing import Annotated, Any
 
 import typer
 
+from cg import report, settings
 from cg.cli.app import app, eval_app, models_app, write_result
 from cg.cli.flags import CtxOpt, GpuLayersOpt, ModelOpt, ThreadsOpt, VerboseOpt, int_option, model_options
-from cg.engine.remote.apis import Api
 from cg.errors import UsageError
 from cg.evaluate.tasks import Benchmark
-from cg.request import DEFAULT_CTX, EVAL_MAX_TOKENS, SPLICE_BY_DEFAULT, RunOptions
+from cg.request import Api, Request
+from cg.settings import DEFAULT_CTX, EVAL_MAX_TOKENS
 from quantize.llama_quant import OutType
 
 
@@ -52,8 +53,8 @@ def quantize(
     model_name = name or default_model_name(src_dir, out_type)
     target = output or store.ensure_dir(store.models_dir()) / f"{model_name}.gguf"
     result = convert(src_dir, target, type=out_type, force=force, threads=threads, progress=progress_bar)
-    if result.note():
-        print(result.note(), file=sys.stderr)
+    if note := result.note():
+        report.say(note)
     if output is None:
         from cg.models.hub import special_ids_to_record
 
@@ -91,7 +92,7 @@ def download(
 
     record = fetch(model, quant=quant.value if quant else None, token=token, revision=revision, force=force,
                    keep_source=keep_source, name=name, threads=threads)
-    print(f"Installed {record.name}: {record.path}", file=sys.stderr)
+    report.say(f"Installed {record.name}: {record.path}")
     write_result(f"{record.name}\n")
 
 
@@ -121,14 +122,13 @@ def eval_humaneval_infill(
         "--repair-newline", help="Not the official scoring: add the line break a whole-line answer lacks.")] = False,
     n_samples: Annotated[int, int_option(
         "--n-samples", min=1, help="Samples per task (with --temperature > 0): reports pass@k too.")] = 1,
-    export: Annotated[Path | None, typer.Option("--export", hidden=True, help="The same as `cg eval export`.")] = None,
     timeout: Annotated[float, typer.Option("--timeout", min=0.1, help="Seconds each test program may run.")] = 10.0,
     memory: Annotated[int, int_option("--memory-mb", min=64, help="Memory limit of each test program.")] = 1024,
     max_tokens: Annotated[int, int_option("--max-tokens", "-n", min=1, help="Most tokens to generate.")]
     = EVAL_MAX_TOKENS,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
     *,
-    run: RunOptions,
+    run: Request,
 ) -> None:
     """HumanEval infilling pass@1 (pass@k) through the same path as `cg complete`, scored as the
     official harness scores it (tests run sandboxed)."""
@@ -137,9 +137,6 @@ def eval_humaneval_infill(
     from cg.evaluate.humaneval import EvalOptions, default_jobs, evaluate
     from cg.evaluate.sandbox import Limits
 
-    if export is not None:  # `--export` from before `cg eval export` existed
-        eval_export(export, benchmark=benchmark, limit=limit)
-        return
     if resume and force:
         raise UsageError("--resume and --force contradict each other", "Pass one of them.")
     if (resume or force) and out is None:
@@ -191,8 +188,7 @@ def models_list(ctx: typer.Context, as_json: Annotated[bool, typer.Option(
         write_result(json.dumps(rows, indent=2) + "\n")
         return
     if not rows:
-        print("No models installed; cg uses the bundled Gemma 3 270M. Get CodeGemma: cg download codegemma-2b",
-              file=sys.stderr)
+        report.say("No models installed; cg uses the bundled Gemma 3 270M. Get CodeGemma: cg download codegemma-2b")
         return
     for row in rows:
         mark = "*" if row["default"] else " "
@@ -209,7 +205,7 @@ def models_rm(name: Annotated[str, typer.Argument(metavar="NAME", help="An insta
 
     rec = store.remove(name)
     again = " (the bundled model: cg places it again when it falls back to it)" if rec.bundled else ""
-    print(f"Removed {rec.name}{again}", file=sys.stderr)
+    report.say(f"Removed {rec.name}{again}")
 
 
 @models_app.command("default")
@@ -219,7 +215,7 @@ def models_default(name: Annotated[str, typer.Argument(metavar="NAME", help="An 
     from cg.models import store
 
     store.set_default(name)
-    print(f"Default model: {name}", file=sys.stderr)
+    report.say(f"Default model: {name}")
 
 
 
@@ -240,19 +236,19 @@ def serve(
     gpu_layers: GpuLayersOpt = None,
     api_key_file: Annotated[Path | None, typer.Option(
         "--api-key-file", help="File holding the key clients must send as `Authorization: Bearer KEY` "
-                               "(default: env CG_API_KEY; neither: no key).")] = None,
+                               f"(default: env {settings.API_KEY.name}; neither: no key).")] = None,
     llama_server: Annotated[bool, typer.Option(
         "--llama-server", help="Start llama.cpp's llama-server with cg's flags instead (for cg's --server).")]
     = False,
     server: Annotated[str | None, typer.Option(
         "--server", help="Run the model on this llama-server or OpenAI-compatible server (URL): cg serve as the "
-                         "FIM-correct gateway in front of it. Not read from CG_SERVER.")] = None,
+                         f"FIM-correct gateway in front of it. Not read from {settings.SERVER.name}.")] = None,
     server_api: Annotated[Api | None, typer.Option(
         "--server-api", case_sensitive=False, help="With --server: llama or openai (default: found from the URL).")]
     = None,
     splice: Annotated[bool, typer.Option(
-        "--splice", envvar="CG_SPLICE", help="As cg complete --splice: also reuse what follows a change in the last "
-                                             "prompt (faster, not bit for bit; README: Prompt reuse).")] = False,
+        "--splice", help="As cg complete --splice: also reuse what follows a change in the last prompt (faster, "
+                         f"not bit for bit; env {settings.SPLICE.name}; README: Prompt reuse).")] = False,
     verbose: VerboseOpt = False,
 ) -> None:
     """Serve completions to editors: llama.cpp's /infill, Ollama's /api/generate and OpenAI's
@@ -272,8 +268,7 @@ def serve(
 
         def ready(url: str) -> None:
             write_result(f"{url}\nexport CG_SERVER={url}\n")
-            print(f"llama-server is serving {chosen or 'the default model'} at {url}; Ctrl-C stops it.",
-                  file=sys.stderr)
+            report.say(f"llama-server is serving {chosen or 'the default model'} at {url}; Ctrl-C stops it.")
 
         run_llama_server(ServeOptions(model=chosen, ctx=ctx, jobs=jobs, host=host, port=port, threads=threads,
                                       gpu_layers=gpu_layers, api_key=key, verbose=verbose), ready)
@@ -283,12 +278,13 @@ def serve(
 
     def listening(url: str, label: str) -> None:
         write_result(f"{url}\n")
-        print(f"cg is serving {label} at {url}: /infill (llama.vim, llama.vscode), "
-              "/api/generate (Ollama, Continue), /v1/completions (OpenAI); Ctrl-C stops it.", file=sys.stderr)
+        report.say(f"cg is serving {label} at {url}: /infill (llama.vim, llama.vscode), "
+              "/api/generate (Ollama, Continue), /v1/completions (OpenAI); Ctrl-C stops it.")
 
-    run = RunOptions(model=chosen, n_ctx=ctx, threads=threads, gpu_layers=gpu_layers, verbose=verbose, quiet=True,
-                     server=server or None, server_api=server_api.value if server_api else None,
-                     exact=not (splice or SPLICE_BY_DEFAULT))
+    # server "": in this process whatever CG_SERVER says; api_key "": the clients' key is not the server's
+    run = Request(model=chosen, n_ctx=ctx, threads=threads, gpu_layers=gpu_layers, verbose=verbose, quiet=True,
+                  server=server or "", server_api=server_api.value if server_api else None, api_key="",
+                  exact=False if splice else None).resolved()
     run_server(ServeSettings(run=run, host=host, port=port, api_key=key, jobs=jobs), listening)
 
 

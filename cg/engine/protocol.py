@@ -1,7 +1,7 @@
 """The engine interface: where a model runs is one choice at the bottom of cg.
 
 Everything above an engine (complete.py, infill.py, prompt/, evaluate/, serve/) works on token
-ids and TokenEvents, and never asks which engine it has: the local llama.cpp one (engine/local/:
+ids, Pieces and Events, and never asks which engine it has: the local llama.cpp one (engine/local/:
 CPU, or layers on a GPU) or a server (engine/remote/: llama.cpp's llama-server, or an
 OpenAI-compatible completions API that takes token-id prompts, such as vLLM). factory.py builds them.
 
@@ -13,20 +13,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any, Protocol
+from dataclasses import dataclass, field, fields
+from typing import Any, Protocol
 
 from cg.models.special_ids import SpecialIds
-from cg.request import Sampling
+from cg.request import LogitsProcessor, Sampling
 
-if TYPE_CHECKING:
-    import numpy as np
+__all__ = ["Completion", "Cutter", "Engine", "EngineInfo", "Event", "LogitsProcessor", "Piece", "PromptProgress",
+           "Sampling", "SpecialIds", "Timings", "is_instruct_name", "split_sentinels"]
 
-__all__ = ["Engine", "EngineInfo", "LogitsProcessor", "Piece", "PromptProgress", "Sampling", "SpecialIds",
-           "Timings", "TokenEvent", "is_instruct_name", "split_sentinels"]
-
-# logits_processor(input_ids, logits) -> logits, as llama-cpp-python calls it (local engine only)
-LogitsProcessor = Callable[["np.ndarray", "np.ndarray"], "np.ndarray"]
 PromptProgress = Callable[[int, int], None]  # (tokens evaluated, prompt tokens)
 # An instruction-tuned model's name: "-it" as a whole word (codegemma-7b-it-q4_k_m.gguf,
 # gemma-2-9b-it.Q4.gguf), not inside another one (model-iter, item).
@@ -60,13 +55,6 @@ class Piece:
     cached: int | None = None  # prompt tokens the server reused from its own cache
 
 
-@dataclass(frozen=True)
-class TokenEvent:
-    token: int | None  # None: text without an id (a server that sends none), or a keep-alive
-    text: str  # decoded text ('' for a control token or an incomplete UTF-8 byte)
-    stop: bool  # the token is a stop id; its text is never part of the output
-
-
 @dataclass
 class Timings:
     load_ms: float = 0.0
@@ -80,6 +68,59 @@ class Timings:
 
     def to_json(self) -> dict[str, Any]:
         return {f.name: round(v, 3) if isinstance(v := getattr(self, f.name), float) else v for f in fields(self)}
+
+
+@dataclass
+class Completion:
+    """What one completion gave: its text, why it ended, its counts and timings."""
+
+    text: str
+    stop_reason: str  # stop_token, max_tokens, or the cut that ended it (end_of_block, max_lines, ...)
+    prompt_tokens: int
+    completion_tokens: int
+    timings: Timings
+    model: str
+    fim: bool = True
+    prompt_ids: list[int] = field(default_factory=list, repr=False)
+    server: str | None = None  # the server's URL when one ran the model
+    context: list[str] = field(default_factory=list)  # the other files given (--context, auto's imports)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"text": self.text, "stop_reason": self.stop_reason, "prompt_tokens": self.prompt_tokens,
+                "completion_tokens": self.completion_tokens, "timings": self.timings.to_json(), "model": self.model,
+                "fim": self.fim, "server": self.server, "context": self.context}
+
+
+@dataclass(frozen=True)
+class Event:
+    """One step of the one stream every caller reads (the CLI, cg serve, infill, eval): text
+    that is final and can be shown now ('' while a cut may still take it back), the token that
+    produced it (None for a server's text without ids), and on the last event the finish reason
+    and the whole Completion."""
+
+    text: str
+    token: int | None = None
+    finish_reason: str | None = None
+    result: Completion | None = None
+
+
+class Cutter(Protocol):
+    """What ends a completion by its text (output/cuts.py's TextCutter): fed text as it comes,
+    it hands back what no later text can take back."""
+
+    @property
+    def done(self) -> bool: ...
+
+    @property
+    def reason(self) -> str | None: ...
+
+    def feed(self, piece: str) -> str: ...
+
+    def mark_time_limit(self) -> None: ...
+
+    def end_for_time(self) -> None: ...
+
+    def finish(self) -> str: ...
 
 
 class Engine(Protocol):

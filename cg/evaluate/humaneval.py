@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from cg.complete import EVAL_MAX_TOKENS, RunOptions, complete, get_engine
+from cg.complete import EVAL_MAX_TOKENS, Request, complete, get_engine
 from cg.engine import Engine, LogitsProcessor
 from cg.errors import InputError, NoFimError, OutputExistsError, UsageError
 from cg.evaluate.sandbox import Limits, run_program
@@ -60,7 +60,7 @@ class EvalOptions:
     repair_newline: bool = False
     n_samples: int = 1
     limits: Limits = field(default_factory=Limits)
-    run: RunOptions = field(default_factory=lambda: RunOptions(max_tokens=EVAL_MAX_TOKENS, quiet=True))
+    run: Request = field(default_factory=lambda: Request(max_tokens=EVAL_MAX_TOKENS, quiet=True))
 
 
 @dataclass
@@ -136,10 +136,10 @@ def evaluate(eo: EvalOptions, *, engine: Engine | None = None,
             return task.canonical_solution, {"completion_tokens": 0, "stop_reason": "canonical", "run": run_id}, 0.0
         t0 = time.perf_counter()
         # Exact reuse only: a task's result must not depend on the tasks before it.
-        opts = replace(eo.run, exact=True, sampling=replace(eo.run.sampling, seed=eo.run.sampling.seed + sample))
-        result = complete(task.prompt, task.suffix, opts=opts, engine=engine, require_fim=True,
-                          stop=STOP_WORDS if eo.stop_words else (),
+        request = replace(eo.run, exact=True, sampling=replace(eo.run.sampling, seed=eo.run.sampling.seed + sample),
+                          require_fim=True, stop=STOP_WORDS if eo.stop_words else (),
                           logits_processor=processor_for(task) if processor_for else None)
+        result = complete(task.prompt, task.suffix, request, engine)
         return result.text, {"completion_tokens": result.completion_tokens, "stop_reason": result.stop_reason,
                              "run": run_id}, time.perf_counter() - t0
 

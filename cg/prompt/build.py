@@ -5,57 +5,32 @@ through the engine, decides what fits, and says once per process what was left o
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Sequence
-
+from cg import report
 from cg.engine import Engine
 from cg.errors import PromptTooLongError
 from cg.prompt import fim
-from cg.request import RunOptions
-
-_said: set[str] = set()  # notes given once per process
+from cg.request import Request
 
 
-def warn(opts: RunOptions, message: str) -> None:
-    if not opts.quiet:
-        print(f"Warning: {message}", file=sys.stderr)
-
-
-def note(opts: RunOptions, message: str) -> None:
-    if not opts.quiet:
-        print(f"Note: {message}", file=sys.stderr)
-
-
-def warn_once(opts: RunOptions, key: str, message: str) -> None:
-    """A warning that holds for the whole run (a model's missing tokens), not each target."""
-    if not opts.quiet and key not in _said:
-        _said.add(key)
-        warn(opts, message)
-
-
-def note_once(opts: RunOptions, key: str, message: str) -> None:
-    if not opts.quiet and key not in _said:
-        _said.add(key)
-        print(f"Note: {message}", file=sys.stderr)
-
-
-def fim_prompt(engine: Engine, prefix: str, suffix: str, opts: RunOptions, *, path: str | None = None,
-               context: Sequence[tuple[str, str]] = (), spm: bool = False) -> list[int]:
+def fim_prompt(engine: Engine, prefix: str, suffix: str, request: Request) -> list[int]:
+    """The FIM prompt for prefix and suffix, with request's path (header line), context files
+    and order (PSM or SPM)."""
+    path, context = request.path, request.context
     sp = engine.info.special
     header = engine.tokenize_text(path + "\n") if path else []
-    budget, limit = prompt_budget(engine, opts, 4 + len(header))  # BOS and three sentinels
+    budget, limit = prompt_budget(engine, request, 4 + len(header))  # BOS and three sentinels
     trimmed = _window(engine, prefix, suffix, budget)
     chunks = []
     if context and sp.fim_sep is None:
-        warn(opts, "the model has no <|file_separator|> token: --context files are ignored")
+        report.warn("the model has no <|file_separator|> token: --context files are ignored", quiet=request.quiet)
     elif context and sp.fim_sep is not None:
         chunks = [fim.context_chunk(engine.tokenize_text(f"{p}\n{c}"), sp.fim_sep) for p, c in context]
     room = budget - len(trimmed.prefix) - len(trimmed.suffix)
     kept, dropped = fim.pack_context(chunks, room)
-    _left_out(opts, limit, trimmed.dropped_prefix, trimmed.dropped_suffix, dropped)
+    _left_out(request, limit, trimmed.dropped_prefix, trimmed.dropped_suffix, dropped)
     pre, suf, mid = sp.fim_triple()
     ids = fim.FimIds(engine.info.bos, pre, suf, mid, sp.fim_sep)
-    return fim.layout(ids, trimmed.prefix, trimmed.suffix, header=header, context=kept, spm=spm)
+    return fim.layout(ids, trimmed.prefix, trimmed.suffix, header=header, context=kept, spm=request.spm)
 
 
 def _window(engine: Engine, prefix: str, suffix: str, budget: int) -> fim.Trimmed:
@@ -69,39 +44,39 @@ def _window(engine: Engine, prefix: str, suffix: str, budget: int) -> fim.Trimme
     return fim.Trimmed(trimmed.prefix, trimmed.suffix, len(pre) - len(trimmed.prefix), len(suf) - len(trimmed.suffix))
 
 
-def prefix_prompt(engine: Engine, prefix: str, opts: RunOptions) -> list[int]:
-    budget, limit = prompt_budget(engine, opts, 1)
+def prefix_prompt(engine: Engine, prefix: str, request: Request) -> list[int]:
+    budget, limit = prompt_budget(engine, request, 1)
     trimmed = _window(engine, prefix, "", budget)  # a stable top line, as for FIM prompts
-    _left_out(opts, limit, trimmed.dropped_prefix, 0, 0)
+    _left_out(request, limit, trimmed.dropped_prefix, 0, 0)
     return [engine.info.bos, *trimmed.prefix]
 
 
-def chat_prompt(engine: Engine, message: str, opts: RunOptions, start_turn: int, end_turn: int) -> list[int]:
+def chat_prompt(engine: Engine, message: str, request: Request, start_turn: int, end_turn: int) -> list[int]:
     tok = engine.tokenize_text
     prompt = fim.chat_turns(engine.info.bos, start_turn, end_turn, tok("user\n" + message), tok("\n"),
                             tok("model\n"))
     n_ctx = engine.info.n_ctx
-    if len(prompt) + opts.max_tokens > n_ctx:
-        raise PromptTooLongError(f"the prompt ({len(prompt)} tokens) and --max-tokens {opts.max_tokens} "
+    if len(prompt) + request.max_tokens > n_ctx:
+        raise PromptTooLongError(f"the prompt ({len(prompt)} tokens) and --max-tokens {request.max_tokens} "
                                  f"do not fit in a {n_ctx}-token context")
     return prompt
 
 
-def prompt_budget(engine: Engine, opts: RunOptions, overhead: int) -> tuple[int, str]:
+def prompt_budget(engine: Engine, request: Request, overhead: int) -> tuple[int, str]:
     """Tokens the prompt's text may take, and what limits them: "the prompt window" (--max-prompt-tokens,
-    2048 on the CPU) or "the context" (--ctx less --max-tokens)."""
+    CPU_WINDOW on the CPU) or "the context" (--ctx less --max-tokens)."""
     n_ctx = engine.info.n_ctx
-    room = n_ctx - opts.max_tokens
+    room = n_ctx - request.max_tokens
     if room - overhead <= 0:
         raise PromptTooLongError(
-            f"--max-tokens {opts.max_tokens} leaves no room for the prompt in a {n_ctx}-token context")
-    window = opts.max_prompt_tokens or engine.info.default_window
+            f"--max-tokens {request.max_tokens} leaves no room for the prompt in a {n_ctx}-token context")
+    window = request.resolved().max_prompt_tokens or engine.info.default_window
     if window < room:
         return max(0, window - overhead), f"the {window}-token prompt window"
     return room - overhead, f"the {n_ctx}-token context"
 
 
-def _left_out(opts: RunOptions, limit: str, before: int, after: int, files: int) -> None:
+def _left_out(request: Request, limit: str, before: int, after: int, files: int) -> None:
     """Say once per process (not with -q) what did not fit, and how to make room."""
     if not (before or after or files):
         return
@@ -109,4 +84,5 @@ def _left_out(opts: RunOptions, limit: str, before: int, after: int, files: int)
              f"{files} context file(s)" if files else ""]
     widen = ("widen it with --max-prompt-tokens N (or CG_MAX_PROMPT_TOKENS)" if "window" in limit
              else "raise --ctx or lower --max-tokens")
-    note_once(opts, "left_out", f"{limit} left out " + ", ".join(p for p in parts if p) + f"; {widen}.")
+    report.note(f"{limit} left out " + ", ".join(p for p in parts if p) + f"; {widen}.", quiet=request.quiet,
+                once="left_out")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -21,6 +20,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from cg import report
 from cg.serve import infill_api, ollama_api, openai_api
 from cg.serve.body import MAX_BODY, BadRequest, parse_json
 from cg.serve.dialect import Api, Call, Served, dumps, ndjson, sse
@@ -126,7 +126,7 @@ class Server:
             except ClientDisconnect:  # gone while sending its body: nobody to answer
                 return Response(status_code=499)
             except Exception as exc:  # a bug: one line in the log, a 500 to the client, the server stays up
-                print(f"Error: cg serve: {type(exc).__name__}: {exc}", file=sys.stderr)
+                report.say(f"Error: cg serve: {type(exc).__name__}: {exc}")
                 return json_response(api.error(500, "internal error"), 500)
 
         return handle

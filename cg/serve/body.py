@@ -10,8 +10,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from cg.engine import Sampling
-from cg.request import DEFAULT_MAX_TOKENS
+from cg.request import Sampling
+from cg.settings import DEFAULT_MAX_TOKENS
 from cg_core.tokens import BY_NAME, SENTINELS
 
 MAX_BODY = 16 * 2**20  # bytes of a request body (a 16 MiB file, as `cg complete` takes)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from cg.request import DEFAULT_MAX_TOKENS
 from cg.serve.body import (
     MAX_EXTRA,
     MAX_NAME,
@@ -30,6 +29,7 @@ from cg.serve.body import (
 )
 from cg.serve.dialect import Call, Served, sse
 from cg.serve.slots import Outcome
+from cg.settings import DEFAULT_MAX_TOKENS
 
 # cg's stop reasons as llama-server names them: "word" is its name for a stop text; cg's cuts
 # (end of block, suffix overlap...) are that kind of stop.

@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import os
 import stat
-import sys
 import tempfile
 from pathlib import Path
 
-from cg.engine.remote.client import header_safe
+from cg import report, settings
 from cg.errors import UsageError
+from cg.request import header_safe
 from cg_core.atomic import process_alive
 
-ENV = "CG_API_KEY"
 PREFIX = "cg-serve-key-"  # then the writer's pid, "-", mkstemp's letters, ".txt"
 MAX_FILE = 4096  # bytes: a key file is one line (not /dev/zero or a log file named by mistake)
 
@@ -22,8 +21,8 @@ MAX_FILE = 4096  # bytes: a key file is one line (not /dev/zero or a log file na
 def read_key(file: Path | None) -> str | None:
     """The key from the file (its one line), else from CG_API_KEY; None when neither is set."""
     if file is None:
-        key = os.environ.get(ENV, "")
-        return check(key, ENV) if key else None
+        key = settings.text(settings.API_KEY)
+        return check(key, settings.API_KEY.name) if key else None
     try:
         with file.open("rb") as f:
             mode = os.fstat(f.fileno()).st_mode
@@ -37,8 +36,8 @@ def read_key(file: Path | None) -> str | None:
         raise UsageError(f"cannot read the API key file {file}: {reason}", "Pass a file holding the key.") from None
     key = check(text.removesuffix("\n").removesuffix("\r"), str(file))
     if mode & (stat.S_IRGRP | stat.S_IROTH):  # a warning, not a refusal: secrets mounted 0444 (Docker's) are common
-        print(f"Warning: the API key file {file} is readable by other users (mode {stat.S_IMODE(mode):o}); "
-              f"chmod 600 {file}", file=sys.stderr)
+        report.warn(f"the API key file {file} is readable by other users (mode {stat.S_IMODE(mode):o}); "
+                    f"chmod 600 {file}")
     return key
 
 

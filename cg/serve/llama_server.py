@@ -26,9 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from cg import report, settings
 from cg.errors import ServerError, ToolMissingError, UsageError
 from cg.models import store
 from cg.serve.key import private_key_file
+from cg.settings import DEFAULT_CTX
 from cg_core import interrupts
 
 START_TIMEOUT = 600.0  # a big model from a cold disk takes a while to load
@@ -40,7 +42,7 @@ HOW_TO_GET = ("Install llama.cpp (brew install llama.cpp, or a release archive f
 @dataclass(frozen=True)
 class ServeOptions:
     model: str | None = None
-    ctx: int = 4096  # per slot
+    ctx: int = DEFAULT_CTX  # per slot
     jobs: int = 1  # parallel slots
     host: str = "127.0.0.1"
     port: int = 8080
@@ -51,7 +53,7 @@ class ServeOptions:
 
 
 def llama_server_binary() -> str:
-    chosen = os.environ.get("CG_LLAMA_SERVER")
+    chosen = settings.text(settings.LLAMA_SERVER)
     if chosen:
         if not (Path(chosen).is_file() and os.access(chosen, os.X_OK)):
             raise ToolMissingError(f"CG_LLAMA_SERVER={chosen} is not an executable file", HOW_TO_GET)
@@ -100,7 +102,7 @@ def serve(opts: ServeOptions, on_ready: Callable[[str], None]) -> None:
                               "Run with --verbose to see its whole log.")
         except (KeyboardInterrupt, interrupts.Terminated):
             _stop(proc)
-            print("Stopped llama-server.", file=sys.stderr)
+            report.say("Stopped llama-server.")
             raise
         finally:
             _remove(key_file)

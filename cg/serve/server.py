@@ -7,7 +7,6 @@ import asyncio
 import ipaddress
 import signal
 import socket
-import sys
 from collections.abc import Callable, Generator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,9 +16,10 @@ from types import FrameType
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from cg import report
 from cg.engine.factory import get_engine
 from cg.errors import UsageError
-from cg.request import RunOptions
+from cg.request import Request
 from cg.serve.app import Server
 from cg.serve.dialect import Served
 from cg.serve.slots import Worker
@@ -32,7 +32,7 @@ HEADER_TIMEOUT = 10.0  # seconds a client may take to send a request's head (the
 
 @dataclass(frozen=True)
 class ServeSettings:
-    run: RunOptions  # the model and how it runs; each request sets its own limits and sampling
+    run: Request  # the model and how it runs; each request sets its own limits and sampling
     host: str = "127.0.0.1"
     port: int = 8080
     api_key: str | None = None
@@ -53,10 +53,10 @@ def serve(settings: ServeSettings, on_ready: Callable[[str, str], None]) -> None
         served = Served(model=path.stem, path=str(path), n_ctx=info.n_ctx, slots=settings.jobs,
                         fim=info.special.has_fim)
         if not served.fim:
-            print(f"Warning: {info.label} has no FIM tokens: completions continue the prefix only", file=sys.stderr)
+            report.warn(f"{info.label} has no FIM tokens: completions continue the prefix only")
         if not is_loopback(settings.host) and settings.api_key is None:
-            print(f"Warning: listening on {settings.host} without an API key: anyone who can reach this port can "
-                  "use the model; set one with --api-key-file or CG_API_KEY", file=sys.stderr)
+            report.warn(f"listening on {settings.host} without an API key: anyone who can reach this port can use "
+                        "the model; set one with --api-key-file or CG_API_KEY")
         worker = Worker(engine, settings.run)
         worker.start()
         server = Server(worker, served, key=settings.api_key, loopback=is_loopback(settings.host),
@@ -69,7 +69,7 @@ def serve(settings: ServeSettings, on_ready: Callable[[str, str], None]) -> None
     finally:
         sock.close()
     if stopped_by is not None:
-        print("Stopped cg serve.", file=sys.stderr)
+        report.say("Stopped cg serve.")
         raise interrupts.exception_for(stopped_by)
 
 

@@ -11,18 +11,17 @@ the engine keeps the prompt's KV for the next request.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import sys
 import threading
 from collections import deque
 from collections.abc import Generator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from cg.complete import Completion, stream_complete
+from cg import report
+from cg.complete import Completion, collect, stream_complete
 from cg.engine import Engine, EngineInfo, LogitsProcessor, Piece, PromptProgress, Sampling, Timings, decode
 from cg.errors import CgError
-from cg.prompt import build as prompts
-from cg.request import RunOptions
+from cg.prompt.build import fim_prompt, prefix_prompt
+from cg.request import Request
 from cg.serve.body import FimRequest
 
 MAX_QUEUE = 64  # jobs waiting; beyond, a request is answered 503 at once
@@ -110,7 +109,7 @@ class Steered:
 class Worker:
     """Owns the engine; runs jobs one at a time on its own thread."""
 
-    def __init__(self, engine: Engine, base: RunOptions):
+    def __init__(self, engine: Engine, base: Request):
         self.engine, self.base = engine, base
         self._queue: deque[Job] = deque()
         self._running: Job | None = None
@@ -188,7 +187,7 @@ class Worker:
             except CgError as exc:  # bad input (empty, too long for the context) or a failed model
                 job.put(Failed(400 if exc.exit_code == 2 else 500, exc.message))
             except Exception as exc:  # a bug: the server stays up, the client gets a 500
-                print(f"Error: cg serve: {type(exc).__name__}: {exc}", file=sys.stderr)
+                report.say(f"Error: cg serve: {type(exc).__name__}: {exc}")
                 job.put(Failed(500, f"internal error: {type(exc).__name__}"))
             finally:
                 with self._lock:
@@ -205,36 +204,30 @@ class Worker:
         if job.cancelled.is_set():
             return Outcome("", None, cancelled=True)
         req = job.request
-        opts = dataclasses.replace(self.base, max_tokens=max(req.max_tokens, 1), max_time=req.max_time,
-                                   sampling=req.sampling, logit_bias=dict(req.logit_bias) or None)
+        # the server's settings (model, reuse policy) with what this HTTP request asked
+        request = replace(self.base, context=req.context, max_tokens=max(req.max_tokens, 1), max_time=req.max_time,
+                          sampling=req.sampling, logit_bias=dict(req.logit_bias) or None, stop=req.stop)
         if req.max_tokens == 0:
-            return self._evaluate_only(job, opts)
+            return self._evaluate_only(job, request)
         engine = Steered(self.engine, job.cancelled)
-        parts: list[str] = []
-        for event in stream_complete(req.prefix, req.suffix, opts=opts, context=req.context, stop=req.stop,
-                                     engine=engine):
+        for event in stream_complete(req.prefix, req.suffix, request, engine):
             if event.text:
-                parts.append(event.text)
                 job.put(Text(event.text))
             if event.result is not None:
-                return Outcome("".join(parts), event.result, cancelled=job.cancelled.is_set())
+                return Outcome(event.result.text, event.result, cancelled=job.cancelled.is_set())
         raise AssertionError("stream ended without a result")
 
-    def _evaluate_only(self, job: Job, opts: RunOptions) -> Outcome:
+    def _evaluate_only(self, job: Job, request: Request) -> Outcome:
         """n_predict 0 (llama.vim's warm-up of its extra context): the prompt cg would build,
         evaluated and kept; also with nothing before or after the cursor, which a completion
         refuses. The prompt's window is the default request's, so the next request reuses it."""
         engine = Steered(self.engine, job.cancelled, quota=0)
-        opts = dataclasses.replace(opts, max_tokens=self.base.max_tokens)
+        request = replace(request, max_tokens=self.base.max_tokens)  # the window the next request has
         req = job.request
         if engine.info.special.has_fim:
-            prompt = prompts.fim_prompt(engine, req.prefix, req.suffix, opts, context=req.context)
+            prompt = fim_prompt(engine, req.prefix, req.suffix, request)
         else:
-            prompt = prompts.prefix_prompt(engine, req.prefix, opts)
-        timings = Timings(load_ms=engine.load_ms)
-        for _ in decode(engine, prompt, max_tokens=1, sampling=opts.sampling, logit_bias=opts.logit_bias,
-                        timings=timings, exact=opts.exact):
-            pass
-        info = engine.info
-        done = Completion("", "max_tokens", len(prompt), 0, timings, info.name, info.special.has_fim, list(prompt))
+            prompt = prefix_prompt(engine, req.prefix, request)
+        done = collect(decode(engine, prompt, replace(request, max_tokens=1), fim=engine.info.special.has_fim))
+        done.text, done.stop_reason, done.completion_tokens = "", "max_tokens", 0
         return Outcome("", done, cancelled=job.cancelled.is_set())

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import re
 import stat
@@ -40,7 +39,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeGuard
 
-from cg.errors import UsageError
 from cg_core.atomic import create_private, locked, open_regular, private_dir, remove_stale_temps, temp_beside
 
 if TYPE_CHECKING:
@@ -49,27 +47,10 @@ if TYPE_CHECKING:
 FORMAT = 3  # 3: the whole context's state (2 held sequence 0's, which lacks sliding-window cells)
 MIN_TOKENS = 256  # shorter prompts are cheap to evaluate; not worth a file
 MIN_GAIN = 64  # load from disk only when it saves at least this many tokens over memory
-DEFAULT_LIMIT_MB = 1024
 _MAX_HEADER = 4096
 _MAX_CTX = 1 << 24  # no context holds more tokens (kvcache moves cells past it)
 _MAX_STATE = 1 << 40
 _HASH = re.compile(r"[0-9a-f]{40}")
-
-
-def enabled() -> bool:
-    return os.environ.get("CG_PROMPT_CACHE", "1").strip().lower() not in ("0", "false", "no", "off")
-
-
-def limit_bytes() -> int:
-    raw = os.environ.get("CG_PROMPT_CACHE_MB", str(DEFAULT_LIMIT_MB))
-    try:
-        mb = float(raw)
-    except ValueError:
-        mb = -1.0
-    if not (mb >= 0 and math.isfinite(mb)):  # also NaN, inf
-        raise UsageError(f"CG_PROMPT_CACHE_MB={raw!r} is not a size in MiB",
-                         "Set it to a number such as 1024, or CG_PROMPT_CACHE=0 to turn the cache off.")
-    return int(mb * 2**20)
 
 
 def digest(data: bytes | memoryview) -> str:

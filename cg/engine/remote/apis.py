@@ -13,18 +13,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any
 
 from cg.engine import Piece, Sampling
 from cg.engine.remote.client import Http, shown
 from cg.errors import ServerError
 from cg.models.special_ids import SpecialIds
-
-
-class Api(StrEnum):
-    LLAMA = "llama"  # llama-server's native /completion
-    OPENAI = "openai"  # /v1/completions with token-id prompts
+from cg.request import Api
 
 
 def _bad(http: Http, what: str, data: object) -> ServerError:

@@ -20,8 +20,6 @@ from __future__ import annotations
 import base64
 import http.client
 import json
-import math
-import os
 import queue
 import socket
 import threading
@@ -31,25 +29,14 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import SplitResult, unquote, urlsplit
 
+from cg import settings
 from cg.errors import AuthError, ServerError, ServerRejectedError, ServerUnreachableError, UsageError
+from cg.request import header_safe
 
-DEFAULT_TIMEOUT = 600.0  # seconds a request may take: a long prompt on a busy CPU server takes a while
 CONNECT_TIMEOUT = 10.0
 TICK = 1.0  # the longest a stream's reader waits without hearing from it
 MAX_BODY = 64 * 2**20  # a JSON answer cg reads (model lists, vocabulary lookups) is far smaller
 MAX_LINE = 16 * 2**20  # one event of a stream
-
-
-def timeout() -> float:
-    """CG_SERVER_TIMEOUT, else DEFAULT_TIMEOUT: the longest one request may take."""
-    raw = os.environ.get("CG_SERVER_TIMEOUT")
-    try:
-        value = float(raw) if raw else DEFAULT_TIMEOUT
-    except ValueError:
-        value = -1.0
-    if not (value > 0 and math.isfinite(value)):
-        raise UsageError(f"CG_SERVER_TIMEOUT={raw!r} is not a number of seconds", "Set it to e.g. 600.")
-    return value
 
 
 def shown(data: bytes | str | object, limit: int = 120) -> str:
@@ -106,11 +93,6 @@ def _checked(url: str, shown_url: str) -> SplitResult:
     return parts
 
 
-def header_safe(text: str) -> bool:
-    """Printable ASCII (spaces included): what an HTTP header can carry as it is."""
-    return text.isprintable() and text.isascii()
-
-
 def _authorization(user: str | None, password: str | None, api_key: str | None, shown_url: str) -> str | None:
     if user is None and password is None:
         if api_key is None:
@@ -164,7 +146,7 @@ class Http:
 
     def call(self, method: str, path: str, body: Any = None, *, missing_ok: bool = False) -> Any:
         """A request's JSON answer; None for a 404 when missing_ok (probing what the server has)."""
-        deadline = time.monotonic() + timeout()
+        deadline = time.monotonic() + settings.server_timeout()
         conn, resp = self._send(method, path, body, deadline)
         try:
             data = self._read_body(resp, path, deadline)
@@ -201,7 +183,7 @@ class Http:
         """The JSON objects of a server-sent event stream, and None at least once a second while
         the server sends nothing new (keep-alives, silence). Closing the iterator closes the
         connection, which stops llama-server generating."""
-        deadline = time.monotonic() + timeout()
+        deadline = time.monotonic() + settings.server_timeout()
         conn, resp = self._send("POST", path, body, deadline)
         lines: queue.Queue[bytes | BaseException] = queue.Queue()
         try:

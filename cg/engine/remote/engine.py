@@ -34,7 +34,6 @@ from cg.engine import (
     split_sentinels,
 )
 from cg.engine.remote.apis import (
-    Api,
     CompletionApi,
     LlamaServerApi,
     LlamaServerTokenizer,
@@ -46,6 +45,8 @@ from cg.engine.remote.apis import (
 from cg.engine.remote.client import Http, open_server
 from cg.errors import ModelNotServedError, ServerRejectedError, UnsupportedServerError, UsageError
 from cg.models import special_ids
+from cg.request import Api
+from cg.settings import DEFAULT_CTX
 
 
 @dataclass(frozen=True)
@@ -133,7 +134,7 @@ def _refusing_text_prompts(events: Generator[dict[str, Any] | None, None, None],
 
 
 def connect(url: str, *, api: str | None = None, api_key: str | None = None, model: str | None = None,
-            n_ctx: int = 4096, recorded: dict[str, int] | None = None) -> RemoteEngine:
+            n_ctx: int = DEFAULT_CTX, recorded: dict[str, int] | None = None) -> RemoteEngine:
     """Find out what the server at url is and serves, and describe it. recorded: special ids
     cg's store holds for the served model (None: looked up by the model's name)."""
     start = time.perf_counter()
