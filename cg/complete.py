@@ -48,6 +48,7 @@ def stream_complete(prefix: str, suffix: str = "", request: Request = Request(),
     if not prefix.strip() and not suffix.strip():
         raise InputError("empty input: nothing before or after the cursor",
                          "Pass code on standard input, e.g. printf 'def add(a, b):\\n<CURSOR>\\n' | cg complete")
+    request = request.resolved()
     engine = engine or get_engine(request)
     use_fim = engine.info.special.has_fim
     if use_fim:
@@ -81,6 +82,7 @@ def stream_generate(prompt: str, request: Request = Request(), engine: Engine | 
     """
     if not prompt.strip():
         raise InputError("empty prompt", "Pass a prompt as an argument or on standard input.")
+    request = request.resolved()
     engine = engine or get_engine(request)
     use_chat = engine.info.chat if request.chat is None else request.chat
     start_turn, end_turn = engine.info.special.start_turn, engine.info.special.eot

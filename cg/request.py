@@ -101,6 +101,8 @@ class Request:
     # what is said on stderr
     quiet: bool = False  # no warnings or notes
     progress: bool = False  # prompt evaluation shown (the CLI, on a terminal)
+    # set by resolved(): the environment has been read, so every later layer takes the request as it is
+    environment_read: bool = field(default=False, repr=False, compare=False)
 
     @property
     def load(self) -> Load:
@@ -111,9 +113,12 @@ class Request:
         return Load(self.model, self.n_ctx, self.threads, layers, self.verbose, server or None, self.server_api, key)
 
     def resolved(self) -> Request:
-        """The request with what the environment decides filled in (read once per completion)."""
+        """The request with what the environment decides filled in: read once per completion,
+        by the first layer that needs it (the prompt's window, then the decode loop)."""
+        if self.environment_read:
+            return self
         window = self.max_prompt_tokens
         if window is None:
             window = settings.integer(settings.MAX_PROMPT_TOKENS, 16)
         exact = self.exact if self.exact is not None else settings.exact_reuse()
-        return replace(self, max_prompt_tokens=window, exact=exact)
+        return replace(self, max_prompt_tokens=window, exact=exact, environment_read=True)

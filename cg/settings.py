@@ -94,8 +94,9 @@ def integer(var: Variable, low: int) -> int | None:
     return value
 
 
-def number(var: Variable, default: float, *, positive: bool, hint: str) -> float:
-    """A finite number (above zero where positive, else at least zero); default when unset."""
+def number(var: Variable, default: float, *, positive: bool, what: str, hint: str) -> float:
+    """A finite number (above zero where positive, else at least zero); default when unset.
+    what: the number asked for, as the error names it."""
     raw = text(var)
     if raw is None:
         return default
@@ -104,7 +105,7 @@ def number(var: Variable, default: float, *, positive: bool, hint: str) -> float
     except ValueError:
         value = math.nan
     if not (math.isfinite(value) and (value > 0 if positive else value >= 0)):
-        raise UsageError(f"{var.name}={raw!r} is not {'a number of seconds' if positive else 'a size in MiB'}", hint)
+        raise UsageError(f"{var.name}={raw!r} is not {what}", hint)
     return value
 
 
@@ -119,7 +120,8 @@ def debug() -> bool:
 
 
 def server_timeout() -> float:
-    return number(SERVER_TIMEOUT_VAR, SERVER_TIMEOUT, positive=True, hint="Set it to e.g. 600.")
+    return number(SERVER_TIMEOUT_VAR, SERVER_TIMEOUT, positive=True, what="a number of seconds",
+                  hint="Set it to e.g. 600.")
 
 
 def prompt_cache_on() -> bool:
@@ -127,7 +129,7 @@ def prompt_cache_on() -> bool:
 
 
 def prompt_cache_bytes() -> int:
-    mb = number(PROMPT_CACHE_SIZE, PROMPT_CACHE_MB, positive=False,
+    mb = number(PROMPT_CACHE_SIZE, PROMPT_CACHE_MB, positive=False, what="a size in MiB",
                 hint="Set it to a number such as 1024, or CG_PROMPT_CACHE=0 to turn the cache off.")
     return int(mb * 2**20)
 

@@ -229,5 +229,4 @@ class Worker:
         else:
             prompt = prefix_prompt(engine, req.prefix, request)
         done = collect(decode(engine, prompt, replace(request, max_tokens=1), fim=engine.info.special.has_fim))
-        done.text, done.stop_reason, done.completion_tokens = "", "max_tokens", 0
         return Outcome("", done, cancelled=job.cancelled.is_set())
