@@ -26,11 +26,14 @@ Chains are run interleaved with the edits, so a run cut short still has both tab
     python benchmarks/bench_reuse_quality.py --edits 400 --chains 60 --out /tmp/quality.json [--model X.gguf]
 
 Measured through the Engine protocol (Engine.generate with exact=True / False, the reuse fields of
-Timings). cg internals used besides, as of commit dba38f7: cg.engine.local.engine.load and
-LocalEngine.kv (KvCache.clear, .restore(tokens, state), .prepare, .cells.state(), .cells.remove),
-cg.engine.local.reuse.FRESH (read at each splice: K) and reuse.common_prefix. Only the noise floor
-skips kvcache.prepare (llama-cpp-python's generate() then resumes from the restored prefix); no
-llama-cpp-python attribute is written here. The results file is rewritten every --every edits.
+Timings). cg internals used besides: cg.engine.local.engine.load, LocalEngine.kv (KvCache.clear,
+.restore(tokens, state), .cells.state(), .prepare), cg.engine.local.reuse.FRESH (read at each
+splice: K) and reuse.common_prefix; for the noise floor only, which replaces KvCache.prepare for one
+call, .cells.remove (the llama-cpp-python engine, dba38f7) or .main.truncate and .context.evaluate
+(the C-API engine, 4cdda15 on); KvCache.max_splice_depth, lifted to --depth so that chains
+measure every depth (cg refreshes a state after SPLICE_DEPTH splices). No llama-cpp-python
+attribute is written. The results file is rewritten every --every edits; --report JSON prints its
+tables again.
 """
 
 from __future__ import annotations
@@ -184,6 +187,18 @@ def mcnemar(fresh: np.ndarray, arm: np.ndarray) -> tuple[int, int, float]:
     return b, c, min(1.0, 2 * tail)
 
 
+def cp_upper(k: int, n: int) -> float:
+    """Clopper-Pearson's 95% upper bound of a rate seen k times in n (bisection on the binomial CDF)."""
+    if k >= n:
+        return 1.0
+    low, high = k / n, 1.0
+    for _ in range(60):
+        p = (low + high) / 2
+        cdf = sum(math.comb(n, i) * p ** i * (1 - p) ** (n - i) for i in range(k + 1))
+        low, high = (p, high) if cdf > 0.025 else (low, p)
+    return high
+
+
 def summarize(records: list[dict[str, Any]], arms: list[str]) -> dict[str, Any]:
     """Per arm: means with 95% intervals; against fresh: paired differences (arm - fresh) and
     losses (fresh - arm) with intervals, McNemar for exact match, how often the line equals fresh's."""
@@ -203,6 +218,9 @@ def summarize(records: list[dict[str, Any]], arms: list[str]) -> dict[str, Any]:
                 row[m + "_loss_upper"] = -low
         if arm != "fresh":
             row["mcnemar"] = mcnemar(fresh["exact"], np.array([r[arm]["exact"] for r in records]))
+            # The loss is at most the rate of edits only fresh got right: a bound that holds however
+            # few edits are discordant (the bootstrap interval is [0, 0] when none is).
+            row["exact_loss_upper_cp"] = cp_upper(row["mcnemar"][0], len(records))
             row["same_as_fresh"] = statistics.mean(float(r[arm]["text"] == r["fresh"]["text"]) for r in records)
         row["spliced"] = statistics.mean(float(r[arm]["spliced"]) for r in records)
         row["evaluated"] = statistics.mean(r[arm]["evaluated"] for r in records)
@@ -219,38 +237,47 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}"
 
 
+def _diff(d: list[float]) -> str:
+    return f"{100 * d[0]:+.1f} [{100 * d[1]:+.1f}, {100 * d[2]:+.1f}]"
+
+
+def _against_fresh(r: dict[str, Any]) -> list[str]:
+    """exact - fresh, McNemar, the conservative bound, similarity - fresh, line = fresh's."""
+    b, c, p = r["mcnemar"]
+    return [_diff(r["exact_diff"]), f"{b} / {c}, p = {p:.2f}", _pct(r["exact_loss_upper_cp"]), _diff(r["sim_diff"]),
+            f"{_pct(r['same_as_fresh'])}%"]
+
+
+_AGAINST = ("exact - fresh, points [95% CI] | McNemar (only fresh / only arm, p) | exact loss, bound (CP) | "
+            "similarity - fresh, points [95% CI] | line = fresh's")
+
+
 def table(summary: dict[str, Any], arms: list[str], first: str) -> list[str]:
-    rows = [f"| {first} | exact match % [95% CI] | edit similarity % [95% CI] | exact - fresh, points [95% CI] | "
-            "McNemar (only fresh / only arm, p) | similarity - fresh, points [95% CI] | line = fresh's | spliced | "
-            "tokens evaluated | rule met |", "|---|---|---|---|---|---|---|---|---|---|"]
+    rows = [f"| {first} | exact match % [95% CI] | edit similarity % [95% CI] | {_AGAINST} | spliced | "
+            "tokens evaluated | rule met |", "|---" * 11 + "|"]
     for arm in arms:
         r = summary[arm]
         e, s = r["exact"], r["sim"]
         cells = [arm, f"{_pct(e[0])} [{_pct(e[1])}, {_pct(e[2])}]", f"{_pct(s[0])} [{_pct(s[1])}, {_pct(s[2])}]"]
         if "exact_diff" in r:
-            ed, sd, (b, c, p) = r["exact_diff"], r["sim_diff"], r["mcnemar"]
-            cells += [f"{100 * ed[0]:+.1f} [{100 * ed[1]:+.1f}, {100 * ed[2]:+.1f}]", f"{b} / {c}, p = {p:.2f}",
-                      f"{100 * sd[0]:+.1f} [{100 * sd[1]:+.1f}, {100 * sd[2]:+.1f}]", f"{_pct(r['same_as_fresh'])}%",
-                      f"{100 * r['spliced']:.0f}%", f"{r['evaluated']:.0f}", "yes" if passes(r) else "no"]
+            cells += [*_against_fresh(r), f"{100 * r['spliced']:.0f}%", f"{r['evaluated']:.0f}",
+                      "yes" if passes(r) else "no"]
         else:
-            cells += ["", "", "", "", "", f"{r['evaluated']:.0f}", ""]
+            cells += ["", "", "", "", "", "", f"{r['evaluated']:.0f}", ""]
         rows.append("| " + " | ".join(cells) + " |")
     return rows
 
 
 def chain_table(by_depth: dict[int, dict[str, Any]], arm: str) -> list[str]:
-    rows = ["| splice of the chain | fresh exact % | spliced exact % | exact - fresh, points [95% CI] | McNemar "
-            "(only fresh / only spliced, p) | fresh similarity % | spliced similarity % | similarity - fresh, points "
-            "[95% CI] | line = fresh's | spliced | rule met |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    rows = [f"| splice of the chain | fresh exact % | spliced exact % | fresh similarity % | spliced similarity % | "
+            f"{_AGAINST} | spliced | rule met |", "|---" * 12 + "|"]
     for d, s in by_depth.items():
         if s["n"] == 0:
             continue
         r, f = s[arm], s["fresh"]
-        ed, sd, (b, c, p) = r["exact_diff"], r["sim_diff"], r["mcnemar"]
-        rows.append(f"| {d} | {_pct(f['exact'][0])} | {_pct(r['exact'][0])} | {100 * ed[0]:+.1f} [{100 * ed[1]:+.1f}, "
-                    f"{100 * ed[2]:+.1f}] | {b} / {c}, p = {p:.2f} | {_pct(f['sim'][0])} | {_pct(r['sim'][0])} | "
-                    f"{100 * sd[0]:+.1f} [{100 * sd[1]:+.1f}, {100 * sd[2]:+.1f}] | {_pct(r['same_as_fresh'])}% | "
-                    f"{100 * r['spliced']:.0f}% | {'yes' if passes(r) else 'no'} |")
+        cells = [str(d), _pct(f["exact"][0]), _pct(r["exact"][0]), _pct(f["sim"][0]), _pct(r["sim"][0]),
+                 *_against_fresh(r), f"{100 * r['spliced']:.0f}%", "yes" if passes(r) else "no"]
+        rows.append("| " + " | ".join(cells) + " |")
     return rows
 
 
@@ -259,42 +286,58 @@ def chain_table(by_depth: dict[int, dict[str, Any]], arm: str) -> list[str]:
 @dataclass
 class Run:
     args: argparse.Namespace
-    eng: LocalEngine
+    eng: LocalEngine | None  # None: tables printed again from a results file (--report)
     sources: dict[str, list[str]]
     edits: list[dict[str, Any]] = field(default_factory=list)
     chains: list[dict[str, Any]] = field(default_factory=list)
     started: float = field(default_factory=time.perf_counter)
+    label: str = ""
+    seconds: float | None = None  # a reprinted run's own
+
+    @property
+    def live(self) -> LocalEngine:
+        assert self.eng is not None, "a reprinted run measures nothing"
+        return self.eng
 
     def prompt(self, window: list[str]) -> list[int]:
-        return [self.eng.info.bos, *self.eng.tokenize_text("".join(window))]
+        return [self.live.info.bos, *self.live.tokenize_text("".join(window))]
 
     def exact_state(self, prompt: list[int]) -> bytes:
         """The prompt evaluated on an empty cache (the layout of a fresh run), as a state to restore."""
-        self.eng.kv.clear()
-        prime(self.eng, prompt)
-        state = self.eng.kv.cells.state()
+        self.live.kv.clear()
+        prime(self.live, prompt)
+        state = self.live.kv.cells.state()
         assert state is not None
         return state
 
     def restore(self, prompt: list[int], state: bytes) -> None:
-        assert self.eng.kv.restore(prompt, state), "llama.cpp refused a state it gave"
+        assert self.live.kv.restore(prompt, state), "llama.cpp refused a state it gave"
 
     def floor_line(self, old: list[int], new: list[int], state: bytes) -> Line:
         """The noise floor: the common prefix kept, the rest evaluated from there, mid-batch (cg's
         exact reuse resumes only on the 128-token grid): the same context as fresh, other float
-        rounding. Restored as a state of the prefix; kvcache.prepare is skipped (it would cut the
-        prefix back to the grid), llama-cpp-python's generate() evaluates the rest in one go."""
-        kv = self.eng.kv
+        rounding. kvcache.prepare is replaced for this one call (it would cut the prefix back to
+        the grid)."""
+        kv = self.live.kv
         prefix = min(reuse.common_prefix(old, new), len(new) - 1)
         self.restore(old, state)
-        kv.cells.remove(0, prefix, -1)
-        cut = kv.cells.state()
-        assert cut is not None
-        self.restore(new[:prefix], cut)
+        if hasattr(kv, "main"):  # the engine on llama.cpp's C API (4cdda15 on): prepare evaluates all but sampling
+
+            def prepare(prompt: list[int], timings: Timings, *_: Any, **__: Any) -> int:
+                kv.main.truncate(prefix)
+                return int(kv.context.evaluate(kv.main, list(prompt[prefix:])))
+        else:  # llama-cpp-python's Llama (dba38f7): its generate() evaluates what follows a restored prefix
+            kv.cells.remove(0, prefix, -1)
+            cut = kv.cells.state()
+            assert cut is not None
+            self.restore(new[:prefix], cut)
+
+            def prepare(*_: Any, **__: Any) -> None:
+                return None
         saved = kv.prepare
-        kv.prepare = lambda *a, **k: None  # type: ignore[method-assign]  # the state is ready as it is
+        kv.prepare = prepare  # type: ignore[method-assign]
         try:
-            line = complete_line(self.eng, new, exact=False)
+            line = complete_line(self.live, new, exact=False)
         finally:
             kv.prepare = saved
         return Line(line.text, len(new) - prefix, False)
@@ -307,14 +350,14 @@ class Run:
         record: dict[str, Any] = {"module": name, "kind": kind, "at": at, "target": target, "tokens": len(new)}
         for k in self.args.ks:
             self.restore(old, state)
-            record[f"K={k}"] = score(spliced_line(self.eng, new, k), target)
+            record[f"K={k}"] = score(spliced_line(self.live, new, k), target)
         # exact reuse of a restored fresh state is bit for bit a fresh run (--check-fresh checks it)
         self.restore(old, state)
-        record["fresh"] = score(complete_line(self.eng, new, exact=True), target)
+        record["fresh"] = score(complete_line(self.live, new, exact=True), target)
         record["floor"] = score(self.floor_line(old, new, state), target)
         if len(self.edits) < self.args.check_fresh:
-            self.eng.kv.clear()
-            record["fresh_cleared"] = complete_line(self.eng, new, exact=True).text
+            self.live.kv.clear()
+            record["fresh_cleared"] = complete_line(self.live, new, exact=True).text
             assert record["fresh_cleared"] == record["fresh"]["text"], record
         self.edits.append(record)
 
@@ -327,13 +370,13 @@ class Run:
             kinds.append(kind)
         state = self.exact_state(prompts[0])
         self.restore(prompts[0], state)  # then exact reuse only: each prompt bit for bit a fresh run
-        steps: list[dict[str, Any]] = [{"kind": kind, "fresh": score(complete_line(self.eng, p, exact=True), target)}
+        steps: list[dict[str, Any]] = [{"kind": kind, "fresh": score(complete_line(self.live, p, exact=True), target)}
                                        for kind, p in zip(kinds, prompts[1:], strict=True)]
         for k in self.args.ks:
             self.restore(prompts[0], state)
             in_a_row = 0
             for step, p in zip(steps, prompts[1:], strict=True):
-                step[f"K={k}"] = scored = score(spliced_line(self.eng, p, k), target)
+                step[f"K={k}"] = scored = score(spliced_line(self.live, p, k), target)
                 in_a_row = in_a_row + 1 if scored["spliced"] else 0
                 scored["in_a_row"] = in_a_row  # splices of splices so far (0: this one was not spliced)
         self.chains.append({"module": name, "target": target, "steps": steps})
@@ -345,8 +388,9 @@ class Run:
         edit_arms, chain_arms = self.arms(), ["fresh", *(f"K={k}" for k in self.args.ks)]
         by_depth = {d: summarize([c["steps"][d - 1] for c in self.chains], chain_arms)
                     for d in range(1, self.args.depth + 1)}
-        return {"model": self.eng.info.label, "args": {k: v for k, v in vars(self.args).items() if k != "out"},
-                "seconds": round(time.perf_counter() - self.started), "modules": MODULES,
+        seconds = self.seconds if self.seconds is not None else time.perf_counter() - self.started
+        return {"model": self.label, "args": {k: v for k, v in vars(self.args).items() if k != "out"},
+                "seconds": round(seconds), "modules": MODULES,
                 "edits_summary": summarize(self.edits, edit_arms), "chains_summary": by_depth,
                 "edits": self.edits, "chains": self.chains}
 
@@ -386,11 +430,20 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=32)
     ap.add_argument("--every", type=int, default=20, help="report and rewrite --out every N edits")
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--report", type=Path, metavar="JSON", help="print the tables of a results file again, run nothing")
     args = ap.parse_args()
+    if args.report:
+        data = json.loads(args.report.read_text())
+        args.ks, args.depth, args.out = data["args"]["ks"], data["args"]["depth"], None
+        reprint = Run(args, None, {}, data["edits"], data["chains"], label=data["model"], seconds=data["seconds"])
+        reprint.report(sys.stdout)
+        return
     sources = {m: inspect.getsource(importlib.import_module(m)).splitlines(keepends=True) for m in MODULES}
     eng = local.load(args.model or store.bundled_model_path(), n_ctx=2048, n_threads=args.threads)
+    if hasattr(eng.kv, "max_splice_depth"):  # chains measure every depth, past cg's limit
+        eng.kv.max_splice_depth = max(args.depth, eng.kv.max_splice_depth)
     assert eng.kv.can_shift, f"{eng.info.label}'s cache cannot shift (swa_full?): no splice to measure"
-    run = Run(args, eng, sources)
+    run = Run(args, eng, sources, label=eng.info.label)
     edit_rng, chain_rng = random.Random(args.seed), random.Random(args.seed + 1)  # sizes never shift the other
     for n in range(1, max(args.edits, 1) + 1):
         if n <= args.edits:

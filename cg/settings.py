@@ -23,9 +23,11 @@ EVAL_MAX_TOKENS = 256
 # Prompt tokens evaluated by default on the CPU, where reading the prompt is the whole cost
 # (benchmarks/README.md, sections 2 and 4). Elsewhere: the whole context.
 CPU_WINDOW = 2048
-# Reuse after a change (splicing, engine/local/reuse.py) by default? Decided by measurement on real
-# weights: benchmarks/README.md, section 6 (bench_reuse_quality.py). Off until a measurement says on.
-SPLICE_BY_DEFAULT = False
+# Reuse after a change (splicing, engine/local/reuse.py) by default, and how many splices in a row
+# before a state is evaluated fresh again: decided on real weights by what users see (the next
+# line against the file, paired with fresh runs): benchmarks/README.md, section 6.
+SPLICE_BY_DEFAULT = True
+SPLICE_DEPTH = 2
 DEFAULT_MARKER = "cg: fill"  # the marker comment `cg infill` fills and `cg check` finds
 PROMPT_CACHE_MB = 1024  # the on-disk prompt cache's size
 SERVER_TIMEOUT = 600.0  # seconds one request to a server may take: a long prompt on a busy CPU server
@@ -54,8 +56,10 @@ PROMPT_CACHE = Variable("CG_PROMPT_CACHE", "the on-disk prompt cache (on/off, de
 PROMPT_CACHE_SIZE = Variable("CG_PROMPT_CACHE_MB", f"the on-disk prompt cache's size in MiB ({PROMPT_CACHE_MB})")
 LLAMA_SERVER = Variable("CG_LLAMA_SERVER", "the llama-server binary `cg serve --llama-server` starts")
 DEBUG = Variable("CG_DEBUG", "show the traceback behind an error (on/off)")
+AMX = Variable("CG_AMX", "let llama.cpp repack weights for AMX where it was built with it (on/off, default off: "
+                         "its AMX kernels crash on some machines)")
 VARIABLES = (HOME, MODEL, SERVER, API_KEY, SERVER_TIMEOUT_VAR, GPU_LAYERS, MAX_PROMPT_TOKENS, EXACT, SPLICE,
-             PROMPT_CACHE, PROMPT_CACHE_SIZE, LLAMA_SERVER, DEBUG)
+             PROMPT_CACHE, PROMPT_CACHE_SIZE, LLAMA_SERVER, DEBUG, AMX)
 # Other tools' variables cg follows as they do (huggingface_hub, the XDG base directories)
 HF_ENDPOINT = Variable("HF_ENDPOINT", "the hub's address (default https://huggingface.co)")
 HF_TOKEN = Variable("HF_TOKEN", "a Hugging Face token for gated models", secret=True)
@@ -132,6 +136,10 @@ def prompt_cache_bytes() -> int:
     mb = number(PROMPT_CACHE_SIZE, PROMPT_CACHE_MB, positive=False, what="a size in MiB",
                 hint="Set it to a number such as 1024, or CG_PROMPT_CACHE=0 to turn the cache off.")
     return int(mb * 2**20)
+
+
+def amx() -> bool:
+    return flag(AMX)
 
 
 def exact_reuse() -> bool:

@@ -40,6 +40,30 @@ def cg_home(tmp_path_factory) -> Path:
             os.environ[k] = v
 
 
+@pytest.fixture(scope="session", autouse=True)
+def references_load_as_cg_does():
+    """The tests' llama_cpp.Llama references load weights as cg does: without llama.cpp's extra
+    buffer types where cg leaves them off (a build with AMX kernels, which crash on some machines).
+    Llama takes its model parameters from llama_model_default_params; nothing else changes."""
+    import llama_cpp.llama_cpp as capi
+
+    from cg.engine.local.engine import repack_weights
+
+    if repack_weights():
+        yield
+        return
+    original = capi.llama_model_default_params
+
+    def without_extra_bufts():  # type: ignore[no-untyped-def]
+        params = original()
+        params.use_extra_bufts = False
+        return params
+
+    capi.llama_model_default_params = without_extra_bufts
+    yield
+    capi.llama_model_default_params = original
+
+
 @pytest.fixture(autouse=True)
 def notes_once_per_test():
     """cg says some notes once per process; each test is its own run."""

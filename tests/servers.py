@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from cg.serve.llama_server import cpu_has_amx
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -65,7 +67,7 @@ class Running:
                 self.proc.wait()
 
 
-def _start(cmd: list[str], url: str, ready_path: str, log: Path, timeout: float,
+def start_server(cmd: list[str], url: str, ready_path: str, log: Path, timeout: float,
            env: dict[str, str] | None = None) -> Running:
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
@@ -91,7 +93,9 @@ def start_llama_server(gguf: Path, log: Path, *, ctx: int = 1024, parallel: int 
     port = free_port()
     cmd = [llama_server_binary(), "-m", str(gguf), "-c", str(ctx * parallel), "-np", str(parallel), "--host",
            "127.0.0.1", "--port", str(port), "-t", "2", *extra]
-    return _start(cmd, f"http://127.0.0.1:{port}", "/health", log, 120)
+    if cpu_has_amx():  # as cg serve --llama-server starts it: llama.cpp's AMX kernels crash on some machines
+        cmd.append("--no-repack")
+    return start_server(cmd, f"http://127.0.0.1:{port}", "/health", log, 120)
 
 
 def start_vllm(checkpoint: Path, log: Path) -> Running:
@@ -99,7 +103,7 @@ def start_vllm(checkpoint: Path, log: Path) -> Running:
     port = free_port()
     cmd = [vllm_python(), "-m", "vllm.entrypoints.openai.api_server", "--model", str(checkpoint), "--dtype",
            "float32", "--max-model-len", "2048", "--host", "127.0.0.1", "--port", str(port)]
-    return _start(cmd, f"http://127.0.0.1:{port}/v1", "/models", log, 600, env={"VLLM_CPU_KVCACHE_SPACE": "1"})
+    return start_server(cmd, f"http://127.0.0.1:{port}/v1", "/models", log, 600, env={"VLLM_CPU_KVCACHE_SPACE": "1"})
 
 
 class JsonHandler(BaseHTTPRequestHandler):

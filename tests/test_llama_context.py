@@ -209,7 +209,7 @@ def test_the_sampler_chain(tiny):
 
 
 def test_the_extra_buffer_types_are_a_load_parameter(tiny_gguf):
-    on = local.load(tiny_gguf, n_ctx=256)
+    on = local.load(tiny_gguf, n_ctx=256, use_extra_bufts=True)
     off = local.load(tiny_gguf, n_ctx=256, use_extra_bufts=False)
     try:
         assert on.llm.model_params.use_extra_bufts and not off.llm.model_params.use_extra_bufts
@@ -218,3 +218,34 @@ def test_the_extra_buffer_types_are_a_load_parameter(tiny_gguf):
     finally:
         on.llm.close()
         off.llm.close()
+
+
+def test_a_build_with_amx_kernels_loads_weights_without_the_extra_buffer_types(tiny_gguf, monkeypatch):
+    """llama.cpp's AMX kernels crash in llama_decode on some machines (this project's CI: SIGSEGV
+    on an 800-token prompt of the 270M; llama.cpp #20824, open): where the build has them, cg
+    leaves the extra buffer types off unless CG_AMX is on."""
+    import llama_cpp
+
+    from cg.engine.local import context
+    from cg.errors import UsageError
+
+    built = "AMX_INT8 = 1" in llama_cpp.llama_print_system_info().decode()
+    assert context.built_with_amx() == built
+    monkeypatch.delenv("CG_AMX", raising=False)
+    assert local.repack_weights() == (not built)
+    monkeypatch.setattr(local, "built_with_amx", lambda: True)
+    assert not local.repack_weights()
+    amx = local.load(tiny_gguf, n_ctx=256)
+    try:
+        assert not amx.llm.model_params.use_extra_bufts
+        assert len(_ours(amx, [amx.info.bos, *amx.tokenize_text("x = ")], 3)) == 3
+    finally:
+        amx.llm.close()
+    monkeypatch.setenv("CG_AMX", "1")
+    assert local.repack_weights()
+    monkeypatch.setenv("CG_AMX", "maybe")
+    with pytest.raises(UsageError, match="CG_AMX"):
+        local.load(tiny_gguf, n_ctx=256)
+    monkeypatch.setattr(local, "built_with_amx", lambda: False)
+    monkeypatch.setenv("CG_AMX", "0")
+    assert local.repack_weights()  # nothing to avoid: repacking stays on

@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+from unittest.mock import ANY
 
 import numpy as np
 import pytest
@@ -63,13 +64,15 @@ def test_exact_reuse_in_a_second_process_prints_the_same(run):
 
 def test_a_second_process_two_lines_down_evaluates_a_few_tokens(run):
     first = run(_file(60, "", at=30))
-    moved = run(_file(60, "", at=31), CG_SPLICE="1")  # one function (3 lines) further down
+    moved = run(_file(60, "", at=31))  # one function (3 lines) further down; splicing is the default
     t = moved["timings"]
     assert first["timings"]["reuse"] == "none" and t["reuse"] == "splice", moved["stderr"]
     assert t["evaluated_tokens"] <= 3 * 12 + reuse.FRESH + 4 and t["spliced_tokens"] > 0
     assert t["cached_tokens"] + t["evaluated_tokens"] == moved["prompt_tokens"]
-    # The default, the exact path, on the same step: bit for bit a fresh run, and pays for it.
-    exact = run(_file(60, "", at=31))
+    assert run(_file(60, "", at=31), CG_SPLICE="1")["timings"] == {**t, "disk_cache_ms": ANY, "prompt_ms": ANY,
+                                                                   "generation_ms": ANY, "load_ms": ANY}
+    # The exact path (CG_EXACT=1) on the same step: bit for bit a fresh run, and pays for it.
+    exact = run(_file(60, "", at=31), CG_EXACT="1")
     assert exact["timings"]["reuse"] != "splice" and exact["timings"]["spliced_tokens"] == 0
     assert exact["text"] == run(_file(60, "", at=31), CG_PROMPT_CACHE="0")["text"]
     assert exact["timings"]["evaluated_tokens"] > t["evaluated_tokens"] + 100
@@ -129,6 +132,41 @@ def test_a_spliced_state_is_spliced_again_and_exact_reuse_keeps_to_its_exact_par
     assert np.array_equal(again, fresh)
     engine.llm.close()
 
+
+
+def test_a_third_splice_in_a_row_is_refused_and_leaves_an_exact_state(tiny_gguf):
+    """Issue 32: from the fourth splice of a chain on, some chains lost a line that a fresh run
+    got (benchmarks/README.md, section 6). After SPLICE_DEPTH splices in a row the next prompt
+    reuses only the exact prefix (reuse "refresh"): bit for bit a fresh run, and the chain starts
+    again from an exact state."""
+    from cg.settings import SPLICE_DEPTH
+
+    engine = local.load(tiny_gguf, n_ctx=2048, n_threads=2)
+    kv, lines = engine.kv, _lines(70)
+    edits = [lines]
+    for at in (10, 25, 40, 55, 62):  # a line inserted further down each time
+        edits.append([*edits[-1][:at], f"v{at} = {at}\n", *edits[-1][at:]])
+    prompts = [[engine.info.bos, *engine.tokenize_text("".join(e))] for e in edits]
+    kv.clear()
+    _first_logits(engine, prompts[0], exact=True)
+    assert kv.splice_depth == 0 and SPLICE_DEPTH == 2
+    seen = []
+    for prompt in prompts[1:]:
+        logits, t = _first_logits(engine, prompt, exact=False)
+        seen.append((t.reuse, kv.splice_depth))
+        if t.reuse == "refresh":
+            assert kv.exact_upto == len(prompt) and t.spliced_tokens == 0 and t.cached_tokens > 0
+            held = list(kv.main.tokens)
+            kv.clear()
+            fresh, _ = _first_logits(engine, prompt, exact=True)
+            assert np.array_equal(logits, fresh)
+            kv.clear()
+            _first_logits(engine, held, exact=True)  # the exact state again, to go on from
+    assert seen == [("splice", 1), ("splice", 2), ("refresh", 0), ("splice", 1), ("splice", 2)]
+    # A state read from memory that exact reuse left, or a restore, is exact: depth 0.
+    kv.clear()
+    assert kv.splice_depth == 0
+    engine.llm.close()
 
 def test_a_model_whose_cache_cannot_shift_reuses_the_prefix_only(bundled_gguf):
     """Gemma 3 with a sliding-window cache sized to the window: llama.cpp cannot move its cells."""

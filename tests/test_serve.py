@@ -246,19 +246,46 @@ def test_warm_up_then_reuse(server, talkative_gguf):
 
 
 def test_splice_reuses_after_a_change_exact_does_not(server, talkative_gguf):
-    """A line typed near the top of the file: exact reuse (the default) evaluates everything after
-    it again; --splice (as cg complete --splice) reuses what follows the change."""
+    """A line typed near the top of the file: by default (splicing, as cg complete) the server
+    reuses what follows the change; --exact evaluates everything after it again."""
     code = "".join(f"def helper_{i}(value):\n    return value * {i}\n\n" for i in range(20))
     first = {"input_prefix": code, "input_suffix": SUFFIX, "n_predict": 2}
     second = {**first, "input_prefix": "import os\n" + code}
-    spliced = start(talkative_gguf, "--splice")
+    exact = start(talkative_gguf, "--exact")
     try:
-        for url, reused in ((server.url, lambda n: n < 128), (spliced.url, lambda n: n > 256)):
+        for url, reused in ((server.url, lambda n: n > 256), (exact.url, lambda n: n < 128)):
             post(url, "/infill", first)
             status, got = post(url, "/infill", second)
             assert status == 200 and reused(got["tokens_cached"]), (url, got["tokens_cached"])
     finally:
-        spliced.stop()
+        exact.stop()
+
+
+def test_a_request_replaced_while_its_prompt_is_read_stops_between_two_chunks(talkative_gguf):
+    """The next keystroke during a long prompt: the worker stops after the chunk being decoded
+    (128 tokens), not after the whole prompt and a first token; the chunks read stay for reuse."""
+    from cg.engine.local import engine as local
+    from cg.engine.protocol import Sampling, Timings
+    from cg.serve.slots import Steered
+
+    engine = local.load(talkative_gguf, n_ctx=1024, n_threads=2)
+    try:
+        replaced = threading.Event()
+        prompt = [engine.info.bos, *engine.tokenize_text("".join(f"v{i} = {i}\n" for i in range(120)))]
+        assert len(prompt) > 3 * 128
+        reads: list[int] = []
+
+        def keystroke(done: int, total: int) -> None:  # the prompt's progress: a new request arrives
+            reads.append(done)
+            replaced.set()
+
+        pieces = Steered(engine, replaced).generate(prompt, max_tokens=8, sampling=Sampling(), logit_bias=None,
+                                                    logits_processor=None, timings=Timings(), on_prompt=keystroke,
+                                                    exact=True)
+        assert list(pieces) == [] and reads == [128]
+        assert engine.kv.main.tokens == prompt[:128] and engine.kv.exact_upto == 128
+    finally:
+        engine.llm.close()
 
 
 def test_sentinel_text_stays_text(server, talkative_gguf):

@@ -27,7 +27,7 @@ from cg.cli import main
 from cg.complete import Request, complete
 
 from .helpers import ID, NO_STOPS, NO_STOPS_BIAS, run_cg, variant_gguf
-from .servers import JsonHandler, free_port, llama_server_binary, start_llama_server, start_vllm
+from .servers import JsonHandler, free_port, llama_server_binary, start_llama_server, start_server, start_vllm
 
 CASES = [
     ("def add(a, b):\n", "\nprint(add(1, 2))\n"),
@@ -337,6 +337,38 @@ def test_cg_serve_starts_llama_server_with_the_flags_cg_needs(tiny_gguf, tmp_pat
     with pytest.raises(OSError):
         urllib.request.urlopen(url + "/health", timeout=5)
 
+
+
+def test_on_a_cpu_with_amx_cg_serve_starts_llama_server_without_weight_repacking(bundled_gguf, tmp_path,
+                                                                                monkeypatch):
+    """llama.cpp's AMX kernels crash on some machines (llama.cpp #20824; this project's CI): cg
+    serve --llama-server passes --no-repack on a CPU with AMX, unless CG_AMX is on. The real
+    llama-server takes the flag and puts no weight in a repacked buffer."""
+    from cg.serve import llama_server as ls
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx512f amx_bf16 amx_tile amx_int8\n")
+    assert ls.cpu_has_amx(info)
+    for other in ("flags\t\t: fpu amx_int8x avx2\n", "model name\t: amx_int8\n", "", "\x00\xff garbage"):
+        info.write_text(other, errors="surrogateescape")
+        assert not ls.cpu_has_amx(info), other
+    assert not ls.cpu_has_amx(tmp_path / "absent") and not ls.cpu_has_amx(tmp_path)
+    monkeypatch.setattr(ls, "cpu_has_amx", lambda: True)
+    monkeypatch.delenv("CG_AMX", raising=False)
+    port = free_port()
+    cmd = ls.command(llama_server_binary(), bundled_gguf, ls.ServeOptions(ctx=512, port=port, threads=2))
+    assert cmd.count("--no-repack") == 1
+    monkeypatch.setenv("CG_AMX", "1")
+    assert "--no-repack" not in ls.command("llama-server", bundled_gguf, ls.ServeOptions())
+    logs = {}
+    for flags in (cmd, [c for c in cmd if c != "--no-repack"]):
+        log = tmp_path / f"log{len(logs)}"
+        running = start_server([*flags, "-v"], f"http://127.0.0.1:{port}", "/health", log, 120)  # -v: buffers
+        running.stop()
+        logs["--no-repack" in flags] = log.read_text(errors="replace")
+    assert "model buffer size" in logs[True] and "REPACK model buffer" not in logs[True]
+    if "REPACK = 1" in logs[False]:  # this build repacks Q4_K weights on this CPU: the flag is what changed that
+        assert "CPU_REPACK model buffer size" in logs[False]
 
 def _alive(pid: int) -> bool:
     """A process that runs (a zombie waiting for a parent that never reaps it does not)."""

@@ -74,6 +74,10 @@ def _backend(report: Report) -> None:
     report.add("GPU offload", "available: every layer runs on the GPU by default (--gpu-layers)" if offload
                else "not available in this llama.cpp build (README: GPU: offload layers)")
     report.add("CPU features", " ".join(features) or "-")
+    if "AMX_INT8" in features:
+        report.add("AMX", "on (CG_AMX)" if settings.amx() else
+                   "built in, off: llama.cpp's AMX kernels crash on some machines (llama.cpp #20824); "
+                   "CG_AMX=1 turns them on")
 
 
 def system_info(info: str) -> tuple[list[str], list[str]]:

@@ -64,7 +64,8 @@ class Timings:
     spliced_tokens: int = 0  # of those, reused after a change (moved, or after changed tokens)
     evaluated_tokens: int | None = None  # prompt tokens evaluated (None: a server that does not say)
     disk_cache_ms: float = 0.0  # time spent loading from the on-disk prompt cache
-    reuse: str = "none"  # none, prefix (exact), splice (after a change), server
+    reuse: str = "none"  # none, prefix (exact), splice (after a change), refresh (a splice refused: the
+    #                      state was SPLICE_DEPTH splices deep, its exact prefix reused), server
 
     def to_json(self) -> dict[str, Any]:
         return {f.name: round(v, 3) if isinstance(v := getattr(self, f.name), float) else v for f in fields(self)}
@@ -138,10 +139,13 @@ class Engine(Protocol):
 
     def generate(self, prompt: Sequence[int], *, max_tokens: int, sampling: Sampling,
                  logit_bias: dict[int, float] | None, logits_processor: LogitsProcessor | None,
-                 timings: Timings, on_prompt: PromptProgress | None, exact: bool) -> Generator[Piece, None, None]:
+                 timings: Timings, on_prompt: PromptProgress | None, exact: bool,
+                 cancel: Callable[[], bool] | None = None) -> Generator[Piece, None, None]:
         """Generate after prompt until closed (at most max_tokens). exact: reuse only what gives
         a fresh run's result bit for bit. Closing the generator ends the generation (a server's
-        stream is closed); the engine fills the reuse fields of timings."""
+        stream is closed); the engine fills the reuse fields of timings. cancel, asked between
+        two steps (a prompt chunk, a token, a server's event), ends it at once when true: what
+        `cg serve` does when the next keystroke replaces a request."""
         ...
 
 

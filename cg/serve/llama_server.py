@@ -2,7 +2,8 @@
 needs, until Ctrl-C, SIGTERM or SIGHUP (exit 130 / 143 / 129), never leaving it behind.
 
 The flags: the model, a context per slot (`-c` is shared by the slots, so it is ctx x jobs),
-parallel slots for `cg eval --jobs`, host and port, threads, GPU layers, and the API key in a
+parallel slots for `cg eval --jobs`, host and port, threads, GPU layers, no weight repacking on a
+CPU with AMX (unless CG_AMX is on: llama.cpp's AMX kernels crash on some machines), and the API key in a
 private file (`--api-key-file`: an argument would show in /proc/PID/cmdline, and `--api-key`
 splits keys at commas), removed once llama-server has read it. Stops on the server's side are
 not needed: cg stops on the stop ids itself and closes the stream.
@@ -64,12 +65,23 @@ def llama_server_binary() -> str:
     return found
 
 
+def cpu_has_amx(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """The CPU offers AMX (Linux: an amx_int8 flag in /proc/cpuinfo; elsewhere unknown: no)."""
+    try:
+        text = cpuinfo.read_text(errors="replace")
+    except OSError:
+        return False
+    return any(line.startswith("flags") and "amx_int8" in line.split() for line in text.splitlines())
+
+
 def command(binary: str, model: Path, opts: ServeOptions, key_file: Path | None = None) -> list[str]:
     cmd = [binary, "-m", str(model), "-c", str(opts.ctx * opts.jobs), "-np", str(opts.jobs),
            "--host", opts.host, "--port", str(opts.port), "-ngl", str(999 if opts.gpu_layers in (None, -1)
                                                                        else opts.gpu_layers)]
     if opts.threads:
         cmd += ["-t", str(opts.threads)]
+    if cpu_has_amx() and not settings.amx():  # as the local engine: llama.cpp's AMX kernels crash on some machines
+        cmd += ["--no-repack"]
     if key_file is not None:
         cmd += ["--api-key-file", str(key_file)]
     return cmd

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import deque
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field, replace
 
 from cg import report
@@ -91,10 +91,14 @@ class Steered:
 
     def generate(self, prompt: Sequence[int], *, max_tokens: int, sampling: Sampling,
                  logit_bias: dict[int, float] | None, logits_processor: LogitsProcessor | None,
-                 timings: Timings, on_prompt: PromptProgress | None, exact: bool) -> Generator[Piece, None, None]:
+                 timings: Timings, on_prompt: PromptProgress | None, exact: bool,
+                 cancel: Callable[[], bool] | None = None) -> Generator[Piece, None, None]:
+        def stop() -> bool:  # the next keystroke's request, or the client gone: between two prompt chunks too
+            return self.cancelled.is_set() or (cancel is not None and cancel())
+
         pieces = self.inner.generate(prompt, max_tokens=max_tokens, sampling=sampling, logit_bias=logit_bias,
                                      logits_processor=logits_processor, timings=timings, on_prompt=on_prompt,
-                                     exact=exact)
+                                     exact=exact, cancel=stop)
         try:
             for passed, piece in enumerate(pieces):
                 if self.quota is not None and passed >= self.quota:

@@ -54,6 +54,12 @@ def _lib() -> Any:
     return llama_cpp
 
 
+def built_with_amx() -> bool:
+    """This llama.cpp has AMX kernels (built natively on a CPU with AMX): weights loaded into its
+    extra buffer types go to them."""
+    return "AMX_INT8 = 1" in bytes(_lib().llama_print_system_info()).decode("utf-8", "replace")
+
+
 class Model:
     """A loaded GGUF's weights and vocabulary. Passed to a C function it is its llama_model*."""
 
@@ -62,7 +68,7 @@ class Model:
         self._lib = lib
         self.params = lib.llama_model_default_params()
         self.params.n_gpu_layers = 0x7FFFFFFF if gpu_layers < 0 else gpu_layers  # as Llama stores "all"
-        self.params.use_extra_bufts = use_extra_bufts  # weight repacking (AMX, ...): False avoids it
+        self.params.use_extra_bufts = use_extra_bufts  # weight repacking (AMX, AVX2 layouts...): False avoids it
         ptr = lib.llama_model_load_from_file(str(path).encode("utf-8"), self.params)
         if not ptr:
             raise LoadError(f"failed to load model from file: {path}")

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cg.engine.local.context import Context, ContextError, LoadError, Model
+from cg import settings
+from cg.engine.local.context import Context, ContextError, LoadError, Model, built_with_amx
 from cg.engine.local.kvcache import Cancelled, KvCache
 from cg.engine.local.sampler import Sampler
 from cg.engine.protocol import (
@@ -31,6 +32,7 @@ from cg.engine.protocol import (
 )
 from cg.errors import ModelFileError, ModelNotFoundError, PromptTooLongError
 from cg.models import special_ids
+from cg.settings import CPU_WINDOW, CTX_STEP, DEFAULT_CTX
 from cg_core import interrupts, llama_log
 
 if TYPE_CHECKING:
@@ -43,12 +45,6 @@ _GGUF_MAGIC = b"GGUF"
 # most 127 tokens of a reusable prefix instead of 511. A GPU wants bigger batches.
 UBATCH = 128
 GPU_UBATCH = 512
-# Prompt tokens evaluated by default: on the CPU the prompt is the whole cost (about 75 tokens/s at
-# codegemma-2b's size on 2 cores), and the code nearest the cursor says the most.
-CPU_WINDOW = 2048
-# llama.cpp rounds every context up to a multiple of this (llama-context.cpp pads n_ctx); cg asks
-# for what it makes, so every budget uses the real size.
-CTX_STEP = 256
 # Sequences of one context: the main one, the parking place of a splice, and the others of
 # generate_many (several prompts decoded together). They share the context's n_ctx cells.
 N_SEQ = 8
@@ -142,18 +138,27 @@ def check_gguf_file(path: Path) -> None:
                              "cg runs .gguf models; convert a checkpoint with `cg quantize`.")
 
 
-def load(path: Path | str, *, n_ctx: int = 4096, n_threads: int | None = None, seed: int = 0, verbose: bool = False,
-         recorded_ids: dict[str, int] | None = None, gpu_layers: int | None = None, swa_full: bool = True,
-         use_extra_bufts: bool = True, n_seq: int | None = None) -> LocalEngine:
+def repack_weights() -> bool:
+    """Whether weights load into llama.cpp's extra buffer types (repacked for AMX, AVX2 and
+    others): yes, except where this build has AMX kernels and CG_AMX is not on. They crash in
+    llama_decode on some machines (llama.cpp #20824 and #11115, open; this project's CI: SIGSEGV
+    in both compute threads on an 800-token prompt of the 270M), and the extra buffer types are
+    one switch in llama.cpp (llama-server's --no-repack)."""
+    return settings.amx() or not built_with_amx()
+
+
+def load(path: Path | str, *, n_ctx: int = DEFAULT_CTX, n_threads: int | None = None, seed: int = 0,
+         verbose: bool = False, recorded_ids: dict[str, int] | None = None, gpu_layers: int | None = None,
+         swa_full: bool = True, use_extra_bufts: bool | None = None, n_seq: int | None = None) -> LocalEngine:
     """Load a GGUF. gpu_layers: layers to offload (-1 all); None: all where llama.cpp was built
     with a GPU backend (Metal, CUDA, Vulkan...), else none. swa_full: a full-size cache for
     sliding-window layers (Gemma 2/3), without which llama.cpp drops the cells a window has
     passed, so a reused prefix would lack them and cells cannot be moved; the window itself still
     applies. It costs memory only on such models. use_extra_bufts: llama.cpp's extra weight buffer
-    types (repacked weights for AMX and others; its default, on); off where one of them crashes
-    (AMX on some machines). n_seq: sequences in the context (at least 2; None: N_SEQ, or 2 without
-    swa_full, where llama.cpp sizes the sliding-window cache by the sequences: window x n_seq). seed: unused (each
-    generation seeds its own sampler from its Sampling); kept for callers."""
+    types (repacked weights for AMX and others); None: repack_weights(). n_seq: sequences in the
+    context (at least 2; None: N_SEQ, or 2 without swa_full, where llama.cpp sizes the
+    sliding-window cache by the sequences: window x n_seq). seed: unused (each generation seeds
+    its own sampler from its Sampling); kept for callers."""
     del seed
     path = Path(path)
     check_gguf_file(path)
@@ -167,7 +172,8 @@ def load(path: Path | str, *, n_ctx: int = 4096, n_threads: int | None = None, s
         # A CPU build takes the number and runs every layer on the CPU all the same.
         offloaded = bool(layers) and bool(llama_cpp.llama_supports_gpu_offload())
         try:
-            model = Model(path, gpu_layers=layers, use_extra_bufts=use_extra_bufts)
+            repack = repack_weights() if use_extra_bufts is None else use_extra_bufts
+            model = Model(path, gpu_layers=layers, use_extra_bufts=repack)
         except LoadError as exc:
             raise ModelFileError(f"cannot load {path}: {log.last_error() or exc}",
                                  "The file may be truncated or corrupt; download or convert it again.") from None

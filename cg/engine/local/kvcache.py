@@ -8,7 +8,11 @@ which, and `exact_upto`
 how many of the first of them hold what a fresh evaluation would (all of them, unless the last
 prompt was spliced: then up to its first change). Exact reuse takes only those; a splice may move
 any of them (cells already moved once carry their first context further: llama-server's
---cache-reuse does the same), and only an exact state goes to the disk cache.
+--cache-reuse does the same), and only an exact state goes to the disk cache. Splices pile up
+their errors: `splice_depth` counts the splices in a row behind the main sequence's state (0:
+exact), and a splice asked of a state already max_splice_depth deep reuses its exact prefix
+instead (Timings.reuse "refresh"), which leaves an exact state again (the depth measured:
+benchmarks/README.md, section 6).
 
 Cutting a state to a prefix is exact only while it holds every position from 0: a sliding-window
 cache that is not full-size (swa_full) drops the cells its window has passed, and so would a state
@@ -30,6 +34,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from cg import settings
 from cg.engine.local import reuse
 from cg.engine.local.context import Context, DecodeError
 from cg.engine.local.context import Sequence as Seq
@@ -115,6 +120,8 @@ class KvCache:
         self.main = context.sequence(MAIN)
         self.parking = context.sequence(PARKING)
         self.exact_upto = 0
+        self.splice_depth = 0  # splices in a row behind the main sequence's state (0: exact)
+        self.max_splice_depth = settings.SPLICE_DEPTH
 
     @property
     def can_shift(self) -> bool:
@@ -136,14 +143,17 @@ class KvCache:
         """Reuse what can be reused and evaluate the rest of the prompt in the main sequence;
         returns the output row of its last token's logits. Raises Cancelled (the cells decoded
         so far kept) when cancel() turns true between two decodes."""
-        splice = not exact and self.can_shift
+        refresh = not exact and self.splice_depth >= self.max_splice_depth
+        splice = not exact and self.can_shift and not refresh
         plan, source = self._choose(prompt, timings, cache, splice)
-        if source.entry is not None and not self._load(source, cache):
+        if source.entry is not None and not _load(self, source, cache):
             plan, source = reuse.Plan(0, (), len(prompt)), Source(self.held[:0], 0)
-        self.exact_upto = 0  # until the plan is carried out: an interrupted one leaves nothing to trust
+        depth = 0 if source.entry is not None else self.splice_depth  # the state the plan starts from
+        # until the plan is carried out: an interrupted one leaves nothing to trust
+        self.exact_upto, self.splice_depth = 0, 0
         timings.cached_tokens, timings.spliced_tokens, timings.evaluated_tokens = \
             plan.reused, plan.spliced, plan.evaluated
-        timings.reuse = "splice" if plan.runs else "prefix" if plan.prefix else "none"
+        timings.reuse = "splice" if plan.runs else "refresh" if refresh else "prefix" if plan.prefix else "none"
         trusted = min(plan.prefix, source.exact)
         try:
             try:
@@ -159,20 +169,26 @@ class KvCache:
             self.parking.clear()
             self.main.tokens = self.main.tokens[:max(0, self.main.span()[1] + 1)]
             # an exact plan decodes on from its exact prefix: all of it is exact
-            self.exact_upto = len(self.main.tokens) if not plan.runs and plan.prefix <= source.exact \
-                else min(trusted, len(self.main.tokens))
+            self._settle(len(self.main.tokens) if not plan.runs and plan.prefix <= source.exact
+                         else min(trusted, len(self.main.tokens)), depth)
             raise
-        self.exact_upto = len(prompt) if not plan.runs and plan.prefix <= source.exact else trusted
+        self._settle(len(prompt) if not plan.runs and plan.prefix <= source.exact else trusted, depth)
         return row
+
+    def _settle(self, exact_upto: int, depth: int) -> None:
+        """After a plan: how much of the state is exact, and the splices in a row behind it (one
+        more than the state it started from, unless all of it is exact)."""
+        self.exact_upto = exact_upto
+        self.splice_depth = 0 if exact_upto >= len(self.main.tokens) else depth + 1
 
     def finish(self, prompt: Sequence[int], timings: Timings, cache: PromptCache | None) -> None:
         """After generation: keep only the prompt's KV, and offer it to the disk cache when it is
         what a fresh run computes."""
         self._forget_generated(len(prompt))
-        from cg.engine.local.prompt_cache import MIN_TOKENS
+        from cg.engine.local.prompt_cache import DISK_MIN_GAIN, MIN_TOKENS
 
         computed = len(prompt) - timings.cached_tokens
-        if cache is not None and len(prompt) >= MIN_TOKENS and computed >= reuse.MIN_GAIN \
+        if cache is not None and len(prompt) >= MIN_TOKENS and computed >= DISK_MIN_GAIN \
                 and self.exact_upto >= len(prompt) == len(self.main.tokens) and self.cells.complete(len(prompt)):
             state = self.cells.state()
             if state is not None:
@@ -181,8 +197,8 @@ class KvCache:
     def _choose(self, prompt: Sequence[int], timings: Timings, cache: PromptCache | None, splice: bool
                 ) -> tuple[reuse.Plan, Source]:
         """The plan that evaluates least: from memory, or from a disk entry when that saves
-        MIN_GAIN more. Exact reuse keeps only exact cells; a splice may take them all."""
-        from cg.engine.local.prompt_cache import MIN_GAIN
+        DISK_MIN_GAIN more. Exact reuse keeps only exact cells; a splice may take them all."""
+        from cg.engine.local.prompt_cache import DISK_MIN_GAIN
 
         def plan(tokens: np.ndarray) -> reuse.Plan:
             if splice:
@@ -193,30 +209,14 @@ class KvCache:
         exact = self.exact_upto if self.cells.complete(len(held)) else 0  # else no prefix is exact
         in_memory = Source(held if splice else held[:exact], exact)
         best, source = plan(in_memory.tokens), in_memory
-        if cache is not None and best.evaluated >= MIN_GAIN:
+        if cache is not None and best.evaluated >= DISK_MIN_GAIN:
             t0 = time.perf_counter()
             for entry in cache.entries(self.context.n_ctx(), self.context.n_vocab()):
                 candidate = plan(entry.tokens)
-                if candidate.evaluated + MIN_GAIN <= best.evaluated:
+                if candidate.evaluated + DISK_MIN_GAIN <= best.evaluated:
                     best, source = candidate, Source(entry.tokens, len(entry.tokens), entry)
             timings.disk_cache_ms = (time.perf_counter() - t0) * 1000
         return best, source
-
-    def _load(self, source: Source, cache: PromptCache | None) -> bool:
-        """A disk entry into the main sequence (checked against its hash first); False if it failed."""
-        assert source.entry is not None and cache is not None
-        data = cache.read_state(source.entry)
-        if data is None:
-            self.clear()
-            return False
-        if not self.restore(source.tokens, data):
-            cache.warn_once("an entry did not load into llama.cpp; evaluating the prompt fresh")
-            return False
-        if not self.cells.complete(len(source.tokens)):  # its header lies about what the state holds
-            self.clear()
-            cache.drop(source.entry, "its state does not hold its tokens")
-            return False
-        return True
 
     def restore(self, tokens: Sequence[int] | np.ndarray, state: bytes) -> bool:
         """The main sequence from a state of exactly these tokens (from Cells.state()); False,
@@ -226,7 +226,7 @@ class KvCache:
             self.clear()
             return False
         self.main.tokens = [int(t) for t in tokens]
-        self.exact_upto = len(tokens)
+        self.exact_upto, self.splice_depth = len(tokens), 0
         return True
 
     def _carry_out(self, prompt: Sequence[int], plan: reuse.Plan, on_prompt: PromptProgress | None,
@@ -253,7 +253,24 @@ class KvCache:
 
     def clear(self) -> None:
         self.context.clear()
-        self.exact_upto = 0
+        self.exact_upto, self.splice_depth = 0, 0
+
+
+def _load(kv: KvCache, source: Source, cache: PromptCache | None) -> bool:
+    """A disk entry into the main sequence (checked against its hash first); False if it failed."""
+    assert source.entry is not None and cache is not None
+    data = cache.read_state(source.entry)
+    if data is None:
+        kv.clear()
+        return False
+    if not kv.restore(source.tokens, data):
+        cache.warn_once("an entry did not load into llama.cpp; evaluating the prompt fresh")
+        return False
+    if not kv.cells.complete(len(source.tokens)):  # its header lies about what the state holds
+        kv.clear()
+        cache.drop(source.entry, "its state does not hold its tokens")
+        return False
+    return True
 
 
 def _splice(ctx: Context, main: Seq, parking: Seq, prompt: Sequence[int], plan: reuse.Plan,

@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 
 FORMAT = 3  # 3: the whole context's state (2 held sequence 0's, which lacks sliding-window cells)
 MIN_TOKENS = 256  # shorter prompts are cheap to evaluate; not worth a file
-MIN_GAIN = 64  # load from disk only when it saves at least this many tokens over memory
+DISK_MIN_GAIN = 64  # load from disk only when it saves at least this many tokens over memory
 _MAX_HEADER = 4096
 _MAX_CTX = 1 << 24  # no context holds more tokens (kvcache moves cells past it)
 _MAX_STATE = 1 << 40

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 FRESH = 32  # tokens evaluated again after each splice (chosen in benchmarks/README.md, section 6)
 MIN_RUN = 16  # a moved run shorter than this (after its fresh tokens) is not worth a splice
-MIN_GAIN = 64  # a splice must save at least this many evaluated tokens over the exact plan
+SPLICE_MIN_GAIN = 64  # a splice must save at least this many evaluated tokens over the exact plan
 _GRAM = 8  # tokens a run is found by
 _CANDIDATES = 16  # places of one gram tried on either side of its own (repetitive code has many)
 _MOST_RUNS = 256  # candidate runs a chain is chosen from (the search is quadratic)
@@ -106,7 +106,7 @@ def exact(cached: Tokens, prompt: Tokens, ubatch: int) -> Plan:
 
 
 def splice(cached: Tokens, prompt: Tokens, ubatch: int, *, fresh: int = FRESH) -> Plan:
-    """The exact plan, or a splice plan where that saves at least MIN_GAIN evaluated tokens (and
+    """The exact plan, or a splice plan where that saves at least SPLICE_MIN_GAIN evaluated tokens (and
     leaves less than half the prompt to evaluate: past that, a fresh state is worth more)."""
     base = exact(cached, prompt, ubatch)
     if len(prompt) < 2:
@@ -119,7 +119,7 @@ def splice(cached: Tokens, prompt: Tokens, ubatch: int, *, fresh: int = FRESH) -
         if length >= MIN_RUN:
             runs.append(Run(run.old + fresh, run.new + fresh, length))
     plan = Plan(prefix, tuple(runs), len(prompt))
-    if not runs or plan.evaluated + MIN_GAIN > base.evaluated or plan.evaluated * 2 > len(prompt):
+    if not runs or plan.evaluated + SPLICE_MIN_GAIN > base.evaluated or plan.evaluated * 2 > len(prompt):
         return base
     return plan
 

@@ -18,7 +18,7 @@ that first request, and is refused then.
 from __future__ import annotations
 
 import time
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import PurePosixPath
 from typing import Any
@@ -69,7 +69,8 @@ class RemoteEngine:
 
     def generate(self, prompt: Sequence[int], *, max_tokens: int, sampling: Sampling,
                  logit_bias: dict[int, float] | None, logits_processor: LogitsProcessor | None,
-                 timings: Timings, on_prompt: PromptProgress | None, exact: bool) -> Generator[Piece, None, None]:
+                 timings: Timings, on_prompt: PromptProgress | None, exact: bool,
+                 cancel: Callable[[], bool] | None = None) -> Generator[Piece, None, None]:
         if logits_processor is not None:
             raise UsageError("a logits processor runs inside this process; a server cannot take one",
                              "Drop --server to run the model locally.")
@@ -80,6 +81,8 @@ class RemoteEngine:
         room = max_tokens  # the request says max_tokens, but a server may not listen
         try:
             for event in _refusing_text_prompts(events, self.http):
+                if cancel is not None and cancel():
+                    return  # closing the stream: the server stops generating
                 if event is None:
                     yield Piece()  # a sign of life: the caller may look at the clock
                     continue
