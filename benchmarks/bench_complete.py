@@ -51,16 +51,19 @@ def decode_direct(path: str, prompt_text: str, n: int, threads: int) -> float:
 
 
 def decode_cg(path: str, prompt_text: str, n: int, threads: int) -> float:
-    from cg.engine import load
+    from cg.engine import Sampling, Timings
+    from cg.engine.local.engine import load
 
     eng = load(path, n_ctx=4096, n_threads=threads)
-    prompt = [eng.special.bos, *eng.tokenize_text(prompt_text)]
+    prompt = [eng.info.bos, *eng.tokenize_text(prompt_text)]
     start = None
     count = 0
-    for _ev in eng.stream(prompt, max_tokens=n, stop_ids=frozenset()):
+    for _piece in eng.generate(prompt, max_tokens=n, sampling=Sampling(), logit_bias=None, logits_processor=None,
+                               timings=Timings(), on_prompt=None, exact=True):  # no stop: n tokens
         count += 1
         if start is None:
             start = time.perf_counter()
+    assert start is not None
     rate = (count - 1) / (time.perf_counter() - start)
     eng.llm.close()
     return rate

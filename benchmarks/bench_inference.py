@@ -53,8 +53,9 @@ sys.stdout.write(llm.detokenize(out).decode("utf-8", "replace"))
 
 def worker_prepare(model: str, out: Path, threads: int) -> None:
     """Build the input with cg's own tokenizer and prompt builder; write the spec file."""
-    from cg.complete import Request, build_fim_prompt, build_prefix_prompt
-    from cg.engine import load
+    from cg.complete import Request
+    from cg.engine.local.engine import load
+    from cg.prompt.build import fim_prompt, prefix_prompt
 
     eng = load(model, n_ctx=4096, n_threads=threads)
     prefix, suffix = fim_input(eng.tokenize_text)
@@ -62,7 +63,7 @@ def worker_prepare(model: str, out: Path, threads: int) -> None:
     fim = eng.special.has_fim
     if not fim:
         prefix, suffix = fim_input(eng.tokenize_text, prefix_tokens=1500, suffix_tokens=0, cursor_at=0.8)
-    ids = build_fim_prompt(eng, prefix, suffix, opts) if fim else build_prefix_prompt(eng, prefix, opts)
+    ids = (fim_prompt(eng, prefix, suffix, opts) if fim else prefix_prompt(eng, prefix, opts)).ids
     out.write_text(json.dumps({"model": model, "prefix": prefix, "suffix": suffix, "ids": ids, "fim": fim,
                                "stop_ids": sorted(eng.special.stop_ids), "threads": threads}))
 
@@ -71,7 +72,7 @@ def worker_inproc(spec_file: Path, tokens: int, repeats: int) -> None:
     import llama_cpp
 
     from cg.complete import Request, complete
-    from cg.engine import load
+    from cg.engine.local.engine import load
 
     spec = json.loads(spec_file.read_text())
     t, ban = spec["threads"], spec["stop_ids"]

@@ -78,12 +78,13 @@ def start_server(binary: str, model: str, threads: int) -> tuple[subprocess.Pope
 
 def one_completion(url: str, model: str, run: int, work: Path) -> tuple[float, float]:
     """(cg seconds, direct seconds) for the same prompt ids."""
-    from cg.complete import Request, build_fim_prompt, get_engine
+    from cg.complete import Request, get_engine
+    from cg.prompt.build import fim_prompt
 
     # Each side gets a prompt of its own (another first line): neither reuses the other's KV cache.
     prefix, suffix = f"# run {run}\n" + SPEC["prefix"], SPEC["suffix"]
     opts = Request(server=url, n_ctx=4096, max_tokens=32, quiet=True)
-    ids = build_fim_prompt(get_engine(opts), f"# run {run}b\n" + SPEC["prefix"], suffix, opts)  # tokenized only
+    ids = fim_prompt(get_engine(opts), f"# run {run}b\n" + SPEC["prefix"], suffix, opts).ids  # tokenized only
     spec = work / f"direct-{run}.json"
     spec.write_text(json.dumps({"url": url, "ids": ids, "tokens": 32, "stops": STOPS}))
     bias = [a for t in STOPS for a in ("--logit-bias", f"{t}=-1e9")]

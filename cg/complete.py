@@ -63,7 +63,7 @@ def stream_complete(prefix: str, suffix: str = "", request: Request = Request(),
     block = blocks.cursor_block(prefix, suffix, blocks.language_of(request.path)) if request.block_stop else None
     rules = CutRules(suffix=suffix, max_lines=request.max_lines, single_line=request.single_line,
                      stop_texts=_stop_texts(request), line_prefix=prefix.rsplit("\n", 1)[-1], block=block)
-    yield from decode(engine, prompt, request, cut=TextCutter(rules), fim=use_fim)
+    yield from decode(engine, prompt.ids, request, cut=TextCutter(rules), fim=use_fim, truncated=prompt.truncated)
 
 
 def complete(prefix: str, suffix: str = "", request: Request = Request(), engine: Engine | None = None) -> Completion:
@@ -86,15 +86,17 @@ def stream_generate(prompt: str, request: Request = Request(), engine: Engine | 
     engine = engine or get_engine(request)
     use_chat = engine.info.chat if request.chat is None else request.chat
     start_turn, end_turn = engine.info.special.start_turn, engine.info.special.eot
+    truncated = False
     if use_chat and start_turn is not None and end_turn is not None:
         ids = chat_prompt(engine, prompt, request, start_turn, end_turn)
     else:
-        ids = prefix_prompt(engine, prompt, request)
+        built = prefix_prompt(engine, prompt, request)
+        ids, truncated = built.ids, built.truncated
     one = asks_for_one_thing(prompt) if request.one_definition is None else request.one_definition
     block = None if use_chat else blocks.BlockRules(repetition=True, one_definition=one)
     rules = CutRules(stop_texts=_stop_texts(request), block=block, strip_leading=one and not use_chat,
                      fence=not request.raw)
-    yield from decode(engine, ids, request, cut=TextCutter(rules), fim=False)
+    yield from decode(engine, ids, request, cut=TextCutter(rules), fim=False, truncated=truncated)
 
 
 _ONE_THING = re.compile(r"\b(?:a|an|one)\s+(?:[\w+#-]+\s+){0,4}?(?:function|class|method|program|script|snippet|"

@@ -61,7 +61,8 @@ def test_json_output_fields(capsys, monkeypatch, tiny_gguf):
     data = json.loads(out)
     assert code == 0 and err == ""
     assert set(data) == {"text", "stop_reason", "prompt_tokens", "completion_tokens", "timings", "model", "fim",
-                         "server", "context"}
+                         "server", "context", "truncated"}
+    assert data["truncated"] is False
     assert set(data["timings"]) == {"load_ms", "prompt_ms", "generation_ms", "cached_tokens", "spliced_tokens",
                                     "evaluated_tokens", "disk_cache_ms", "reuse"}
     assert data["stop_reason"] in {"stop_token", "max_tokens", "time_limit", "suffix_overlap", "max_lines",

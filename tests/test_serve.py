@@ -288,6 +288,25 @@ def test_a_request_replaced_while_its_prompt_is_read_stops_between_two_chunks(ta
         engine.llm.close()
 
 
+
+def test_max_prompt_tokens_bounds_the_window_and_truncated_says_when_text_was_left_out(server, talkative_gguf):
+    """`truncated` (llama.vim shows it) is true when the window left text out; --max-prompt-tokens
+    (or CG_MAX_PROMPT_TOKENS) narrows the window as it does for cg complete."""
+    long = "".join(f"value_{i} = {i}\n" for i in range(80))
+    body = {"input_prefix": PREFIX, "input_suffix": SUFFIX, "n_predict": 1}
+    _, small = post(server.url, "/infill", body)
+    _, whole = post(server.url, "/infill", {**body, "input_prefix": long})
+    assert small["truncated"] is False and whole["truncated"] is False and whole["tokens_evaluated"] > 400
+    narrow = start(talkative_gguf, "--max-prompt-tokens", "256")
+    try:
+        _, cut = post(narrow.url, "/infill", {**body, "input_prefix": long})
+        _, fits = post(narrow.url, "/infill", body)
+    finally:
+        narrow.stop()
+    assert cut["truncated"] is True and cut["tokens_evaluated"] <= 256 and fits["truncated"] is False
+    there = complete(long, SUFFIX, Request(model=str(talkative_gguf), n_ctx=CTX, max_tokens=1, max_prompt_tokens=256))
+    assert there.truncated and cut["tokens_evaluated"] == there.prompt_tokens
+
 def test_sentinel_text_stays_text(server, talkative_gguf):
     """A file that spells out CodeGemma's control tokens cannot inject them: the prompt holds one
     of each sentinel, and the server's text is the library's."""

@@ -522,6 +522,47 @@ def test_cg_serve_as_the_gateway_in_front_of_a_server(leaky_server, leaky_gguf, 
     assert proc.returncode == 143 and "Stopped cg serve." in err
 
 
+
+def test_cg_serve_as_a_gateway_sends_the_upstream_key_from_its_file(tiny_gguf, tmp_path):
+    """A keyed llama-server behind cg serve: --server-key-file's key goes upstream (CG_API_KEY
+    stays the clients' key, here another one); without it the upstream refuses cg serve's first
+    look at it, a clear error. The key is on no command line of cg's."""
+    upstream_key = tmp_path / "upstream.key"
+    upstream_key.write_text("upstream-sekret\n")
+    upstream_key.chmod(0o600)
+    server = start_llama_server(tiny_gguf, tmp_path / "log", extra=("--api-key-file", str(upstream_key)))
+    body = {"input_prefix": CASES[0][0], "input_suffix": CASES[0][1], "n_predict": 4,
+            "logit_bias": [[t, b] for t, b in NO_STOPS_BIAS.items()]}
+    procs = []
+    try:
+        for extra in (["--server-key-file", str(upstream_key)], []):
+            port = free_port()
+            proc = subprocess.Popen([sys.executable, "-m", "cg", "serve", "--server", server.url, "--port", str(port),
+                                     "--ctx", "1024", *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    text=True, env={**os.environ, "CG_HOME": str(tmp_path), "CG_API_KEY": "clients"})
+            procs.append(proc)
+            url = proc.stdout.readline().strip()
+            if not extra:  # the upstream refuses cg serve's first look at it: a clear error, exit 3
+                _, err = proc.communicate(timeout=60)
+                assert proc.returncode == 3 and "refused the request (401)" in err, err
+                assert "upstream-sekret" not in err
+                continue
+            assert url == f"http://127.0.0.1:{port}", proc.stderr
+            assert not any("upstream-sekret" in a for a in Path(f"/proc/{proc.pid}/cmdline").read_text().split("\0"))
+            req = urllib.request.Request(url + "/infill", json.dumps(body).encode(),
+                                         {"Content-Type": "application/json", "Authorization": "Bearer clients"})
+            with urllib.request.urlopen(req, timeout=120) as resp:
+                got = json.loads(resp.read())
+            assert resp.status == 200 and got["tokens_predicted"] == 4, got
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.communicate(timeout=60)
+        server.stop()
+    no_server = run_cg("serve", "--server-key-file", str(upstream_key), "--port", str(free_port()))
+    assert no_server.returncode == 2
+    assert no_server.stderr.startswith("Error: --server-key-file is the key of a --server"), no_server.stderr
+
 def test_a_corrupt_store_is_a_clear_error_through_a_server_too(llama_server, tmp_path):
     """The ids cg recorded for a served model come from the store: a corrupt one is the usual
     error, never silently dropped (completions would run past <|file_separator|>)."""

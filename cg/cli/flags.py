@@ -79,6 +79,17 @@ ThreadsOpt = Annotated[int | None, int_option("--threads", "-t", min=1, help="CP
 GpuLayersOpt = Annotated[int | None, int_option(
     "--gpu-layers", "-ngl", envvar=settings.GPU_LAYERS.name, min=-1,
     help="Layers to run on the GPU (-1: all). Default: all when llama.cpp has a GPU backend, else 0.")]
+MaxPromptTokensOpt = Annotated[int | None, int_option(
+    "--max-prompt-tokens", envvar=settings.MAX_PROMPT_TOKENS.name, min=16,
+    help=f"Most prompt tokens. Default: {settings.CPU_WINDOW} when the model runs on the CPU, else the whole "
+         "context.")]
+ExactOpt = Annotated[bool, typer.Option(
+    "--exact", help="Reuse earlier prompts only where the result is bit for bit a fresh run's: no reuse after "
+                    f"a change (env {settings.EXACT.name})" + (" (the default)." if not SPLICE_BY_DEFAULT else "."))]
+SpliceOpt = Annotated[bool, typer.Option(
+    "--splice", help="Also reuse what follows a change in an earlier prompt: faster, close to a fresh run but "
+                     f"not bit for bit (env {settings.SPLICE.name})" + (" (the default)." if SPLICE_BY_DEFAULT
+                                                                        else "; README: Prompt reuse."))]
 ApiKeyOpt = Annotated[str | None, typer.Option("--api-key", envvar=settings.API_KEY.name, help="The server's API key.")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", help="Show llama.cpp's log on stderr.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No warnings or notes on stderr.")]
@@ -108,11 +119,7 @@ SHARED = (
     Shared("ctx", CtxOpt, DEFAULT_CTX, "n_ctx"),
     Shared("threads", ThreadsOpt, None, "threads"),
     Shared("gpu_layers", GpuLayersOpt, None, "gpu_layers"),
-    Shared("max_prompt_tokens", Annotated[int | None, int_option(
-        "--max-prompt-tokens", envvar=settings.MAX_PROMPT_TOKENS.name, min=16,
-        help=f"Most prompt tokens. Default: {settings.CPU_WINDOW} when the model runs on the CPU, else the whole "
-             "context.")],
-        None, "max_prompt_tokens"),
+    Shared("max_prompt_tokens", MaxPromptTokensOpt, None, "max_prompt_tokens"),
     Shared("server", Annotated[str | None, typer.Option(
         "--server", envvar=settings.SERVER.name,
         help="Run on this llama-server or OpenAI-compatible server (URL) instead.")],
@@ -137,15 +144,8 @@ SHARED = (
         "--max-time", low=0.0, help="Seconds; then stop at the next newline.")], None, "max_time"),
     Shared("logit_bias", Annotated[list[str] | None, typer.Option(
         "--logit-bias", help="TOKEN_ID=BIAS added to a token's logit (repeatable).")], None, "logit_bias"),
-    Shared("exact", Annotated[bool, typer.Option(
-        "--exact", help="Reuse earlier prompts only where the result is bit for bit a fresh run's: no reuse after "
-                        f"a change (env {settings.EXACT.name})" + (" (the default)." if not SPLICE_BY_DEFAULT else ".")
-    )], False, "exact"),
-    Shared("splice", Annotated[bool, typer.Option(
-        "--splice", help="Also reuse what follows a change in an earlier prompt: faster, close to a fresh run but "
-                         f"not bit for bit (env {settings.SPLICE.name})" + (" (the default)." if SPLICE_BY_DEFAULT
-                                                                            else "; README: Prompt reuse.")
-    )], False, "splice"),
+    Shared("exact", ExactOpt, False, "exact"),
+    Shared("splice", SpliceOpt, False, "splice"),
     Shared("verbose", VerboseOpt, False, "verbose"),
     Shared("quiet", QuietOpt, False, "quiet"),
 )
@@ -169,6 +169,13 @@ def model_options(command: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def exact_choice(exact: bool, splice: bool) -> bool | None:
+    """Request.exact from --exact / --splice (None: neither, CG_EXACT / CG_SPLICE or the default decide)."""
+    if splice and exact:
+        raise UsageError("--exact and --splice contradict each other", "Pass one of them (or CG_EXACT / CG_SPLICE).")
+    return True if exact else False if splice else None
+
+
 def run_options(given: dict[str, Any], *, as_json: bool = False) -> Request:
     """The Request from the shared options' values (those a command left out keep their
     defaults; what neither gives, the environment decides when the request is resolved: a flag
@@ -184,10 +191,7 @@ def run_options(given: dict[str, Any], *, as_json: bool = False) -> Request:
         else:
             run[s.field] = value
     run["logit_bias"] = parse_bias(run.get("logit_bias") or [])
-    splice = run.pop("splice", False)
-    if splice and run.get("exact"):
-        raise UsageError("--exact and --splice contradict each other", "Pass one of them (or CG_EXACT / CG_SPLICE).")
-    run["exact"] = True if run.get("exact") else False if splice else None
+    run["exact"] = exact_choice(bool(run.get("exact")), bool(run.pop("splice", False)))
     run["progress"] = not run.get("quiet") and not as_json and sys.stderr.isatty()
     request = Request(**run, sampling=dataclasses.replace(SAMPLING, **sampling))
     return request.resolved()  # a bad CG_* value is an error before any model loads

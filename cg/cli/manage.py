@@ -12,7 +12,19 @@ import typer
 
 from cg import report, settings
 from cg.cli.app import app, eval_app, models_app, write_result
-from cg.cli.flags import CtxOpt, GpuLayersOpt, ModelOpt, ThreadsOpt, VerboseOpt, int_option, model_options
+from cg.cli.flags import (
+    CtxOpt,
+    ExactOpt,
+    GpuLayersOpt,
+    MaxPromptTokensOpt,
+    ModelOpt,
+    SpliceOpt,
+    ThreadsOpt,
+    VerboseOpt,
+    exact_choice,
+    int_option,
+    model_options,
+)
 from cg.errors import UsageError
 from cg.evaluate.tasks import Benchmark
 from cg.request import Api, Request
@@ -246,9 +258,12 @@ def serve(
     server_api: Annotated[Api | None, typer.Option(
         "--server-api", case_sensitive=False, help="With --server: llama or openai (default: found from the URL).")]
     = None,
-    splice: Annotated[bool, typer.Option(
-        "--splice", help="As cg complete --splice: also reuse what follows a change in the last prompt (faster, "
-                         f"not bit for bit; env {settings.SPLICE.name}; README: Prompt reuse).")] = False,
+    server_key_file: Annotated[Path | None, typer.Option(
+        "--server-key-file", help="With --server: a file holding that server's API key (never read from "
+                                  f"{settings.API_KEY.name}, which is the clients' key here).")] = None,
+    max_prompt_tokens: MaxPromptTokensOpt = None,
+    exact: ExactOpt = False,
+    splice: SpliceOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
     """Serve completions to editors: llama.cpp's /infill, Ollama's /api/generate and OpenAI's
@@ -259,9 +274,13 @@ def serve(
         raise UsageError(f"two models given: {model} and --model {model_opt}", "Pass one of them.")
     chosen = model or model_opt
     key = read_key(api_key_file)
+    reuse = exact_choice(exact, splice)
     if llama_server and server:
         raise UsageError("--llama-server and --server contradict each other",
                          "--llama-server starts a llama-server; --server uses one that runs already.")
+    if server_key_file is not None and not server:
+        raise UsageError("--server-key-file is the key of a --server", "Pass --server URL too, or drop it.")
+    upstream = read_key(server_key_file) if server_key_file is not None else ""
     if llama_server:
         from cg.serve.llama_server import ServeOptions
         from cg.serve.llama_server import serve as run_llama_server
@@ -281,10 +300,10 @@ def serve(
         report.say(f"cg is serving {label} at {url}: /infill (llama.vim, llama.vscode), "
               "/api/generate (Ollama, Continue), /v1/completions (OpenAI); Ctrl-C stops it.")
 
-    # server "": in this process whatever CG_SERVER says; api_key "": the clients' key is not the server's
+    # server "": not whatever CG_SERVER says; api_key: only --server-key-file's (CG_API_KEY is the clients' key)
     run = Request(model=chosen, n_ctx=ctx, threads=threads, gpu_layers=gpu_layers, verbose=verbose, quiet=True,
-                  server=server or "", server_api=server_api.value if server_api else None, api_key="",
-                  exact=False if splice else None).resolved()
+                  server=server or "", server_api=server_api.value if server_api else None, api_key=upstream,
+                  max_prompt_tokens=max_prompt_tokens, exact=reuse).resolved()
     run_server(ServeSettings(run=run, host=host, port=port, api_key=key, jobs=jobs), listening)
 
 

@@ -38,9 +38,10 @@ class Uncut:
 
 
 def decode(engine: Engine, prompt: Sequence[int], request: Request, *, cut: Cutter | None = None,
-           fim: bool = True) -> Iterator[Event]:
+           fim: bool = True, truncated: bool = False) -> Iterator[Event]:
     """Generate after prompt as request says, cut by cut; one Event per step that gives a token
-    or text, then a last one with the finish reason and the Completion. Closing the stream ends
+    or text, then a last one with the finish reason and the Completion (truncated: the prompt
+    builder left text out, as the Completion says). Closing the stream ends
     the generation (a local engine trims its cache to the prompt, a server's stream is closed)."""
     request = request.resolved()
     cutter: Cutter = cut if cut is not None else Uncut()
@@ -95,7 +96,7 @@ def decode(engine: Engine, prompt: Sequence[int], request: Request, *, cut: Cutt
     parts.append(cutter.finish())
     info = engine.info
     result = Completion("".join(parts), cutter.reason or reason, len(prompt), count, timings, info.name, fim,
-                        list(prompt), info.server, [name for name, _ in request.context])
+                        list(prompt), info.server, [name for name, _ in request.context], truncated)
     yield Event(parts[-1], stop, result.stop_reason, result)
 
 

@@ -85,11 +85,12 @@ class Completion:
     prompt_ids: list[int] = field(default_factory=list, repr=False)
     server: str | None = None  # the server's URL when one ran the model
     context: list[str] = field(default_factory=list)  # the other files given (--context, auto's imports)
+    truncated: bool = False  # text was left out of the prompt to fit its window
 
     def to_json(self) -> dict[str, Any]:
         return {"text": self.text, "stop_reason": self.stop_reason, "prompt_tokens": self.prompt_tokens,
                 "completion_tokens": self.completion_tokens, "timings": self.timings.to_json(), "model": self.model,
-                "fim": self.fim, "server": self.server, "context": self.context}
+                "fim": self.fim, "server": self.server, "context": self.context, "truncated": self.truncated}
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,8 @@ through the engine, decides what fits, and says once per process what was left o
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from cg import report
 from cg.engine import Engine
 from cg.errors import PromptTooLongError
@@ -12,7 +14,16 @@ from cg.prompt import fim
 from cg.request import Request
 
 
-def fim_prompt(engine: Engine, prefix: str, suffix: str, request: Request) -> list[int]:
+@dataclass(frozen=True)
+class Prompt:
+    """A prompt's token ids, and whether text was left out to fit the window (llama-server's
+    `truncated`)."""
+
+    ids: list[int]
+    truncated: bool = False
+
+
+def fim_prompt(engine: Engine, prefix: str, suffix: str, request: Request) -> Prompt:
     """The FIM prompt for prefix and suffix, with request's path (header line), context files
     and order (PSM or SPM)."""
     path, context = request.path, request.context
@@ -27,10 +38,11 @@ def fim_prompt(engine: Engine, prefix: str, suffix: str, request: Request) -> li
         chunks = [fim.context_chunk(engine.tokenize_text(f"{p}\n{c}"), sp.fim_sep) for p, c in context]
     room = budget - len(trimmed.prefix) - len(trimmed.suffix)
     kept, dropped = fim.pack_context(chunks, room)
-    _left_out(request, limit, trimmed.dropped_prefix, trimmed.dropped_suffix, dropped)
+    truncated = _left_out(request, limit, trimmed.dropped_prefix, trimmed.dropped_suffix, dropped)
     pre, suf, mid = sp.fim_triple()
     ids = fim.FimIds(engine.info.bos, pre, suf, mid, sp.fim_sep)
-    return fim.layout(ids, trimmed.prefix, trimmed.suffix, header=header, context=kept, spm=request.spm)
+    return Prompt(fim.layout(ids, trimmed.prefix, trimmed.suffix, header=header, context=kept, spm=request.spm),
+                  truncated)
 
 
 def _window(engine: Engine, prefix: str, suffix: str, budget: int) -> fim.Trimmed:
@@ -44,11 +56,11 @@ def _window(engine: Engine, prefix: str, suffix: str, budget: int) -> fim.Trimme
     return fim.Trimmed(trimmed.prefix, trimmed.suffix, len(pre) - len(trimmed.prefix), len(suf) - len(trimmed.suffix))
 
 
-def prefix_prompt(engine: Engine, prefix: str, request: Request) -> list[int]:
+def prefix_prompt(engine: Engine, prefix: str, request: Request) -> Prompt:
     budget, limit = prompt_budget(engine, request, 1)
     trimmed = _window(engine, prefix, "", budget)  # a stable top line, as for FIM prompts
-    _left_out(request, limit, trimmed.dropped_prefix, 0, 0)
-    return [engine.info.bos, *trimmed.prefix]
+    truncated = _left_out(request, limit, trimmed.dropped_prefix, 0, 0)
+    return Prompt([engine.info.bos, *trimmed.prefix], truncated)
 
 
 def chat_prompt(engine: Engine, message: str, request: Request, start_turn: int, end_turn: int) -> list[int]:
@@ -76,13 +88,14 @@ def prompt_budget(engine: Engine, request: Request, overhead: int) -> tuple[int,
     return room - overhead, f"the {n_ctx}-token context"
 
 
-def _left_out(request: Request, limit: str, before: int, after: int, files: int) -> None:
-    """Say once per process (not with -q) what did not fit, and how to make room."""
+def _left_out(request: Request, limit: str, before: int, after: int, files: int) -> bool:
+    """Say once per process (not with -q) what did not fit, and how to make room; whether anything did not."""
     if not (before or after or files):
-        return
+        return False
     parts = [f"{before} tokens before the cursor" if before else "", f"{after} after it" if after else "",
              f"{files} context file(s)" if files else ""]
     widen = ("widen it with --max-prompt-tokens N (or CG_MAX_PROMPT_TOKENS)" if "window" in limit
              else "raise --ctx or lower --max-tokens")
     report.note(f"{limit} left out " + ", ".join(p for p in parts if p) + f"; {widen}.", quiet=request.quiet,
                 once="left_out")
+    return True

@@ -232,5 +232,6 @@ class Worker:
             prompt = fim_prompt(engine, req.prefix, req.suffix, request)
         else:
             prompt = prefix_prompt(engine, req.prefix, request)
-        done = collect(decode(engine, prompt, replace(request, max_tokens=1), fim=engine.info.special.has_fim))
+        done = collect(decode(engine, prompt.ids, replace(request, max_tokens=1), fim=engine.info.special.has_fim,
+                              truncated=prompt.truncated))
         return Outcome("", done, cancelled=job.cancelled.is_set())
