@@ -41,6 +41,8 @@ def _landed_module(rev: str, repo: Path):  # a module built at run time
         text = text.replace("from cg.engine.local.kvcache import", "from landed_local.kvcache import")
         text = text.replace("from cg.engine import (", "from cg.engine.protocol import (")
         text = text.replace("from cg.engine import PromptProgress", "from cg.engine.protocol import PromptProgress")
+        text = text.replace("import MIN_GAIN", "import DISK_MIN_GAIN as MIN_GAIN")  # renamed since
+        text = text.replace("reuse.MIN_GAIN", "reuse.SPLICE_MIN_GAIN")
         (folder / f"{name}.py").write_text(text)
     sys.path.insert(0, str(folder.parent))
     spec = importlib.util.find_spec("landed_local.engine")
