@@ -440,8 +440,7 @@ def main() -> None:
         return
     sources = {m: inspect.getsource(importlib.import_module(m)).splitlines(keepends=True) for m in MODULES}
     eng = local.load(args.model or store.bundled_model_path(), n_ctx=2048, n_threads=args.threads)
-    if hasattr(eng.kv, "max_splice_depth"):  # chains measure every depth, past cg's limit
-        eng.kv.max_splice_depth = max(args.depth, eng.kv.max_splice_depth)
+    eng.kv.max_splice_depth = max(args.depth, eng.kv.max_splice_depth)  # chains measure every depth, past cg's
     assert eng.kv.can_shift, f"{eng.info.label}'s cache cannot shift (swa_full?): no splice to measure"
     run = Run(args, eng, sources, label=eng.info.label)
     edit_rng, chain_rng = random.Random(args.seed), random.Random(args.seed + 1)  # sizes never shift the other

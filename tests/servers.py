@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from cg.serve.llama_server import cpu_has_amx
+from cg.serve.llama_server import repack_flags
 
 
 def free_port() -> int:
@@ -68,7 +68,7 @@ class Running:
 
 
 def start_server(cmd: list[str], url: str, ready_path: str, log: Path, timeout: float,
-           env: dict[str, str] | None = None) -> Running:
+                 env: dict[str, str] | None = None) -> Running:
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
                                 env={**os.environ, **(env or {})})
@@ -92,9 +92,7 @@ def start_llama_server(gguf: Path, log: Path, *, ctx: int = 1024, parallel: int 
                        ) -> Running:
     port = free_port()
     cmd = [llama_server_binary(), "-m", str(gguf), "-c", str(ctx * parallel), "-np", str(parallel), "--host",
-           "127.0.0.1", "--port", str(port), "-t", "2", *extra]
-    if cpu_has_amx():  # as cg serve --llama-server starts it: llama.cpp's AMX kernels crash on some machines
-        cmd.append("--no-repack")
+           "127.0.0.1", "--port", str(port), "-t", "2", *repack_flags(), *extra]  # as cg serve --llama-server
     return start_server(cmd, f"http://127.0.0.1:{port}", "/health", log, 120)
 
 

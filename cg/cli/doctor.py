@@ -75,7 +75,9 @@ def _backend(report: Report) -> None:
                else "not available in this llama.cpp build (README: GPU: offload layers)")
     report.add("CPU features", " ".join(features) or "-")
     if "AMX_INT8" in features:
-        report.add("AMX", "on (CG_AMX)" if settings.amx() else
+        from cg.engine.local.engine import repack_weights
+
+        report.add("AMX", "on (CG_AMX)" if repack_weights() else
                    "built in, off: llama.cpp's AMX kernels crash on some machines (llama.cpp #20824); "
                    "CG_AMX=1 turns them on")
 

@@ -74,14 +74,19 @@ def cpu_has_amx(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
     return any(line.startswith("flags") and "amx_int8" in line.split() for line in text.splitlines())
 
 
+def repack_flags() -> list[str]:
+    """llama-server's flags for weight repacking, by the local engine's rule: off (--no-repack) on a
+    CPU with AMX unless CG_AMX is on, as llama.cpp's AMX kernels crash on some machines."""
+    return ["--no-repack"] if cpu_has_amx() and not settings.amx() else []
+
+
 def command(binary: str, model: Path, opts: ServeOptions, key_file: Path | None = None) -> list[str]:
     cmd = [binary, "-m", str(model), "-c", str(opts.ctx * opts.jobs), "-np", str(opts.jobs),
            "--host", opts.host, "--port", str(opts.port), "-ngl", str(999 if opts.gpu_layers in (None, -1)
                                                                        else opts.gpu_layers)]
     if opts.threads:
         cmd += ["-t", str(opts.threads)]
-    if cpu_has_amx() and not settings.amx():  # as the local engine: llama.cpp's AMX kernels crash on some machines
-        cmd += ["--no-repack"]
+    cmd += repack_flags()
     if key_file is not None:
         cmd += ["--api-key-file", str(key_file)]
     return cmd

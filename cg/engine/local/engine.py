@@ -141,7 +141,7 @@ def check_gguf_file(path: Path) -> None:
 def repack_weights() -> bool:
     """Whether weights load into llama.cpp's extra buffer types (repacked for AMX, AVX2 and
     others): yes, except where this build has AMX kernels and CG_AMX is not on. They crash in
-    llama_decode on some machines (llama.cpp #20824 and #11115, open; this project's CI: SIGSEGV
+    llama_decode on some machines (llama.cpp #20824, open, and #11115; this project's CI: SIGSEGV
     in both compute threads on an 800-token prompt of the 270M), and the extra buffer types are
     one switch in llama.cpp (llama-server's --no-repack)."""
     return settings.amx() or not built_with_amx()
